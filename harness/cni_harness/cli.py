@@ -1,0 +1,90 @@
+"""`cni-harness`: clusters on providers, deploy, suites, matrix runs and reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from . import PROJECT_ROOT, __version__
+from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _venv_bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def cmd_matrix_validate(args: argparse.Namespace) -> int:
+    try:
+        matrix = load_matrix(args.file)
+    except MatrixError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    summary = {
+        "file": args.file,
+        "profiles": sorted(matrix.profiles),
+        "os_entries": [e.name for e in matrix.os_entries],
+        "kernel_entries": [e.name for e in matrix.kernel_entries],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.file}: valid; {len(matrix.os_entries)} OS entries, "
+              f"{len(matrix.kernel_entries)} kernel entries, profiles {summary['profiles']}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: preflight of this host, then the suites with a report."""
+    steps = [
+        ("preflight", [_venv_bin("cni-cilium"), "preflight"]),
+        ("unit suite", [sys.executable, "-m", "pytest", "-q", "-m", "unit",
+                        os.path.join(PROJECT_ROOT, "tests")]),
+    ]
+    for title, argv in steps:
+        print(f"==> {title}: {' '.join(argv)}", flush=True)
+        rc = subprocess.run(argv, cwd=PROJECT_ROOT, check=False).returncode
+        if rc != 0:
+            print(f"==> {title} failed (exit {rc})", file=sys.stderr)
+            return EXIT_FAIL
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cni-harness",
+        description="Integration harness for cni-cilium: clusters, deploy, suites, matrix,"
+        " reports.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    matrix = sub.add_parser("matrix", help="the OS/kernel matrix")
+    matrix_sub = matrix.add_subparsers(dest="matrix_command", metavar="SUBCOMMAND")
+    matrix_sub.required = True
+    validate = matrix_sub.add_parser("validate", help="check matrix.yaml against its schema")
+    validate.add_argument("file", nargs="?", default=DEFAULT_MATRIX)
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_matrix_validate)
+
+    demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cni-harness` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

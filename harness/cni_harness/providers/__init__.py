@@ -1,0 +1,1 @@
+"""Providers create nodes behind one interface (`base.Provider`)."""

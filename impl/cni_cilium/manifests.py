@@ -1,0 +1,502 @@
+"""Kubernetes-shaped desired state: parse and validate Node, Pod, Service, EndpointSlice.
+
+Pure: takes YAML text or loaded documents, returns typed objects and one problem line per
+fault, naming the object and the field ("Service default/web: spec.ports[0].port: ...").
+An invalid object is refused on its own; every valid object in the same file is kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import yaml
+
+from .config import LB_ALGORITHM_ANNOTATION, LB_ALGORITHMS
+
+PROTOCOLS = ("TCP", "UDP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+AFFINITIES = ("None", "ClientIP")
+NODE_PORT_RANGE = (30000, 32767)
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+
+
+class ManifestError(ValueError):
+    """One or more objects are invalid; `problems` has one line per fault."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: str
+    port: int
+    target_port: int | str
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str
+    cluster_ip: str
+    ports: tuple[ServicePort, ...]
+    selector: dict[str, str] | None
+    external_traffic_policy: str = "Cluster"
+    health_check_node_port: int | None = None
+    session_affinity: str = "None"
+    load_balancer_ips: tuple[str, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    source_ranges: tuple[str, ...] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    kind = "Service"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def lb_algorithm(self) -> str | None:
+        """The algorithm the annotation asks for (honoured only when the option is on)."""
+        return self.annotations.get(LB_ALGORITHM_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    target_pod: str | None = None  # "namespace/name" of the pod behind it
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    endpoints: tuple[Endpoint, ...]
+    ports: tuple[EndpointPort, ...]
+
+    kind = "EndpointSlice"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ip: str
+    pod_cidr: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    kind = "Node"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, "", self.name)
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container_port: int
+    protocol: str = "TCP"
+    host_port: int | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    node_name: str
+    pod_ip: str | None
+    labels: dict[str, str] = field(default_factory=dict)
+    host_network: bool = False
+    ports: tuple[ContainerPort, ...] = ()
+
+    kind = "Pod"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+KubeObject = Union[Service, EndpointSlice, Node, Pod]
+
+
+class _Ctx:
+    """Collects problems for one object, prefixed with its kind and name."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.problems: list[str] = []
+
+    def err(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.label}: {path}: {message}")
+
+
+def _mapping(ctx: _Ctx, value: Any, path: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        ctx.err(path, f"expected a mapping, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _list(ctx: _Ctx, value: Any, path: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        ctx.err(path, f"expected a list, got {type(value).__name__}")
+        return []
+    return value
+
+
+def _port(ctx: _Ctx, value: Any, path: str, lo: int = 1, hi: int = 65535) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        ctx.err(path, f"invalid port {value!r}; must be an integer {lo}-{hi}")
+        return None
+    if not lo <= value <= hi:
+        ctx.err(path, f"invalid port {value}; must be {lo}-{hi}")
+        return None
+    return value
+
+
+def _protocol(ctx: _Ctx, value: Any, path: str) -> str:
+    if value is None:
+        return "TCP"
+    if value not in PROTOCOLS:
+        ctx.err(path, f"unsupported protocol {value!r}; allowed: {', '.join(PROTOCOLS)}")
+        return "TCP"
+    return value
+
+
+def _enum(ctx: _Ctx, value: Any, path: str, allowed: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in allowed:
+        ctx.err(path, f"invalid value {value!r}; allowed: {', '.join(allowed)}")
+        return default
+    return value
+
+
+def _ipv4(ctx: _Ctx, value: Any, path: str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, ValueError, TypeError):
+        ctx.err(path, f"invalid IPv4 address {value!r}")
+        return None
+
+
+def _cidr(ctx: _Ctx, value: Any, path: str) -> str | None:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, TypeError):
+        ctx.err(path, f"invalid IPv4 CIDR {value!r}")
+        return None
+
+
+def _labels(ctx: _Ctx, value: Any, path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, val in _mapping(ctx, value, path).items():
+        name = str(key).split("/")[-1]
+        if not isinstance(key, str) or not _LABEL_NAME.match(name):
+            ctx.err(f"{path}.{key}", "invalid label key")
+            continue
+        if val is None:
+            val = ""
+        if not isinstance(val, str) or not _LABEL_VALUE.match(val):
+            ctx.err(f"{path}.{key}", f"invalid label value {val!r}")
+            continue
+        out[key] = val
+    return out
+
+
+def _meta(ctx: _Ctx, doc: dict, namespaced: bool) -> tuple[str, str, dict, dict]:
+    meta = _mapping(ctx, doc.get("metadata"), "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        ctx.err("metadata.name", f"invalid name {name!r}")
+        name = str(name)
+    namespace = meta.get("namespace", "default") if namespaced else ""
+    if namespaced and (not isinstance(namespace, str) or not _DNS_LABEL.match(namespace)):
+        ctx.err("metadata.namespace", f"invalid namespace {namespace!r}")
+    labels = _labels(ctx, meta.get("labels"), "metadata.labels")
+    annotations = {str(k): str(v) for k, v in _mapping(
+        ctx, meta.get("annotations"), "metadata.annotations").items()}
+    return str(namespace), name, labels, annotations
+
+
+def _target_port(ctx: _Ctx, value: Any, path: str, default: int | None) -> int | str | None:
+    if value is None:
+        return default
+    if isinstance(value, str) and not value.isdigit():
+        if not _DNS_LABEL.match(value):
+            ctx.err(path, f"invalid named port {value!r}")
+        return value
+    return _port(ctx, int(value) if isinstance(value, str) else value, path)
+
+
+def parse_service(doc: dict, ctx: _Ctx) -> Service | None:
+    namespace, name, _, annotations = _meta(ctx, doc, namespaced=True)
+    spec = _mapping(ctx, doc.get("spec"), "spec")
+    stype = _enum(ctx, spec.get("type"), "spec.type", SERVICE_TYPES, "ClusterIP")
+    cluster_ip = spec.get("clusterIP")
+    if cluster_ip in (None, "None"):
+        ctx.err("spec.clusterIP", "required (headless services are not load-balanced)")
+        cluster_ip = "0.0.0.0"
+    else:
+        cluster_ip = _ipv4(ctx, cluster_ip, "spec.clusterIP") or "0.0.0.0"
+    selector = spec.get("selector")
+    if selector is not None:
+        if not isinstance(selector, dict) or not selector:
+            ctx.err("spec.selector", "must be a non-empty mapping of label key to value")
+            selector = None
+        else:
+            selector = _labels(ctx, selector, "spec.selector")
+    ports: list[ServicePort] = []
+    raw_ports = _list(ctx, spec.get("ports"), "spec.ports")
+    if not raw_ports:
+        ctx.err("spec.ports", "at least one port is required")
+    seen: set[tuple[int, str]] = set()
+    for i, raw in enumerate(raw_ports):
+        path = f"spec.ports[{i}]"
+        raw = _mapping(ctx, raw, path)
+        port = _port(ctx, raw.get("port"), f"{path}.port")
+        protocol = _protocol(ctx, raw.get("protocol"), f"{path}.protocol")
+        target = _target_port(ctx, raw.get("targetPort"), f"{path}.targetPort", port)
+        node_port = raw.get("nodePort")
+        if stype == "ClusterIP" and node_port is not None:
+            ctx.err(f"{path}.nodePort", "not allowed for type ClusterIP")
+            node_port = None
+        elif node_port is not None:
+            node_port = _port(ctx, node_port, f"{path}.nodePort", *NODE_PORT_RANGE)
+        elif stype != "ClusterIP":
+            ctx.err(f"{path}.nodePort", f"required for type {stype} (allocated by apply)")
+        pname = raw.get("name", "")
+        if len(raw_ports) > 1 and not pname:
+            ctx.err(f"{path}.name", "required when a service has several ports")
+        if port is not None:
+            if (port, protocol) in seen:
+                ctx.err(f"{path}.port", f"duplicate port {port}/{protocol}")
+            seen.add((port, protocol))
+            ports.append(ServicePort(str(pname), protocol, port,
+                                     target if target is not None else port, node_port))
+    etp = _enum(ctx, spec.get("externalTrafficPolicy"), "spec.externalTrafficPolicy",
+                TRAFFIC_POLICIES, "Cluster")
+    if stype == "ClusterIP" and spec.get("externalTrafficPolicy") is not None:
+        ctx.err("spec.externalTrafficPolicy", "only for type NodePort or LoadBalancer")
+    hc_port = spec.get("healthCheckNodePort")
+    if hc_port is not None:
+        hc_port = _port(ctx, hc_port, "spec.healthCheckNodePort", *NODE_PORT_RANGE)
+        if etp != "Local":
+            ctx.err("spec.healthCheckNodePort", "only with externalTrafficPolicy: Local")
+    elif etp == "Local" and stype != "ClusterIP":
+        ctx.err("spec.healthCheckNodePort", "required with externalTrafficPolicy: Local "
+                "(allocated by apply)")
+    affinity = _enum(ctx, spec.get("sessionAffinity"), "spec.sessionAffinity", AFFINITIES,
+                     "None")
+    lb_ips: list[str] = []
+    if stype == "LoadBalancer":
+        status = _mapping(ctx, doc.get("status"), "status")
+        lb = _mapping(ctx, status.get("loadBalancer"), "status.loadBalancer")
+        for i, ing in enumerate(_list(ctx, lb.get("ingress"), "status.loadBalancer.ingress")):
+            ip = _ipv4(ctx, _mapping(ctx, ing, f"status.loadBalancer.ingress[{i}]").get("ip"),
+                       f"status.loadBalancer.ingress[{i}].ip")
+            if ip:
+                lb_ips.append(ip)
+        if spec.get("loadBalancerIP"):
+            ip = _ipv4(ctx, spec["loadBalancerIP"], "spec.loadBalancerIP")
+            if ip and ip not in lb_ips:
+                lb_ips.append(ip)
+    ext_ips = [ip for i, v in enumerate(_list(ctx, spec.get("externalIPs"), "spec.externalIPs"))
+               if (ip := _ipv4(ctx, v, f"spec.externalIPs[{i}]"))]
+    ranges = [c for i, v in enumerate(_list(ctx, spec.get("loadBalancerSourceRanges"),
+                                            "spec.loadBalancerSourceRanges"))
+              if (c := _cidr(ctx, v, f"spec.loadBalancerSourceRanges[{i}]"))]
+    algo = annotations.get(LB_ALGORITHM_ANNOTATION)
+    if algo is not None and algo not in LB_ALGORITHMS:
+        ctx.err(f"metadata.annotations.{LB_ALGORITHM_ANNOTATION}",
+                f"invalid value {algo!r}; allowed: {', '.join(LB_ALGORITHMS)}")
+    if ctx.problems:
+        return None
+    return Service(namespace, name, stype, cluster_ip, tuple(ports), selector, etp, hc_port,
+                   affinity, tuple(lb_ips), tuple(ext_ips), tuple(ranges), annotations)
+
+
+def parse_endpoint_slice(doc: dict, ctx: _Ctx) -> EndpointSlice | None:
+    namespace, name, labels, _ann = _meta(ctx, doc, namespaced=True)
+    service_name = labels.get(SERVICE_NAME_LABEL)
+    if not service_name:
+        ctx.err(f"metadata.labels.{SERVICE_NAME_LABEL}", "required (the owning service)")
+    address_type = doc.get("addressType", "IPv4")
+    if address_type != "IPv4":
+        ctx.err("addressType", f"unsupported {address_type!r}; allowed: IPv4")
+    endpoints: list[Endpoint] = []
+    for i, raw in enumerate(_list(ctx, doc.get("endpoints"), "endpoints")):
+        path = f"endpoints[{i}]"
+        raw = _mapping(ctx, raw, path)
+        addrs = [a for j, v in enumerate(_list(ctx, raw.get("addresses"), f"{path}.addresses"))
+                 if (a := _ipv4(ctx, v, f"{path}.addresses[{j}]"))]
+        if not raw.get("addresses"):
+            ctx.err(f"{path}.addresses", "at least one address is required")
+        cond = _mapping(ctx, raw.get("conditions"), f"{path}.conditions")
+        for key in ("ready", "serving", "terminating"):
+            if key in cond and cond[key] is not None and not isinstance(cond[key], bool):
+                ctx.err(f"{path}.conditions.{key}", f"must be a boolean, got {cond[key]!r}")
+        ref = _mapping(ctx, raw.get("targetRef"), f"{path}.targetRef")
+        target = None
+        if ref.get("name"):
+            target = f"{ref.get('namespace', namespace)}/{ref['name']}"
+        ready = cond.get("ready")
+        endpoints.append(Endpoint(
+            tuple(addrs), ready=ready is not False,
+            serving=cond.get("serving", ready) is not False,
+            terminating=cond.get("terminating") is True,
+            node_name=raw.get("nodeName"), target_pod=target))
+    ports: list[EndpointPort] = []
+    for i, raw in enumerate(_list(ctx, doc.get("ports"), "ports")):
+        path = f"ports[{i}]"
+        raw = _mapping(ctx, raw, path)
+        port = _port(ctx, raw.get("port"), f"{path}.port")
+        protocol = _protocol(ctx, raw.get("protocol"), f"{path}.protocol")
+        if port is not None:
+            ports.append(EndpointPort(str(raw.get("name", "") or ""), port, protocol))
+    if ctx.problems:
+        return None
+    return EndpointSlice(namespace, name, str(service_name), tuple(endpoints), tuple(ports))
+
+
+def parse_node(doc: dict, ctx: _Ctx) -> Node | None:
+    _ns, name, labels, _ann = _meta(ctx, doc, namespaced=False)
+    spec = _mapping(ctx, doc.get("spec"), "spec")
+    pod_cidr = _cidr(ctx, spec.get("podCIDR"), "spec.podCIDR")
+    status = _mapping(ctx, doc.get("status"), "status")
+    internal = None
+    for i, addr in enumerate(_list(ctx, status.get("addresses"), "status.addresses")):
+        addr = _mapping(ctx, addr, f"status.addresses[{i}]")
+        if addr.get("type") == "InternalIP":
+            internal = _ipv4(ctx, addr.get("address"), f"status.addresses[{i}].address")
+    if internal is None and not ctx.problems:
+        ctx.err("status.addresses", "an InternalIP address is required")
+    if ctx.problems or pod_cidr is None or internal is None:
+        return None
+    return Node(name, internal, pod_cidr, labels)
+
+
+def parse_pod(doc: dict, ctx: _Ctx) -> Pod | None:
+    namespace, name, labels, _ann = _meta(ctx, doc, namespaced=True)
+    spec = _mapping(ctx, doc.get("spec"), "spec")
+    node_name = spec.get("nodeName")
+    if not isinstance(node_name, str) or not node_name:
+        ctx.err("spec.nodeName", "required (the node the pod runs on)")
+    host_network = spec.get("hostNetwork", False)
+    if not isinstance(host_network, bool):
+        ctx.err("spec.hostNetwork", f"must be a boolean, got {host_network!r}")
+    ports: list[ContainerPort] = []
+    for ci, container in enumerate(_list(ctx, spec.get("containers"), "spec.containers")):
+        container = _mapping(ctx, container, f"spec.containers[{ci}]")
+        for pi, raw in enumerate(_list(ctx, container.get("ports"),
+                                       f"spec.containers[{ci}].ports")):
+            path = f"spec.containers[{ci}].ports[{pi}]"
+            raw = _mapping(ctx, raw, path)
+            cport = _port(ctx, raw.get("containerPort"), f"{path}.containerPort")
+            hport = raw.get("hostPort")
+            if hport is not None:
+                hport = _port(ctx, hport, f"{path}.hostPort")
+            proto = _protocol(ctx, raw.get("protocol"), f"{path}.protocol")
+            if cport is not None:
+                ports.append(ContainerPort(cport, proto, hport, str(raw.get("name", "") or "")))
+    status = _mapping(ctx, doc.get("status"), "status")
+    pod_ip = status.get("podIP")
+    if pod_ip is not None:
+        pod_ip = _ipv4(ctx, pod_ip, "status.podIP")
+    if ctx.problems:
+        return None
+    return Pod(namespace, name, str(node_name), pod_ip, labels, bool(host_network),
+               tuple(ports))
+
+
+PARSERS = {
+    "Service": parse_service,
+    "EndpointSlice": parse_endpoint_slice,
+    "Node": parse_node,
+    "Pod": parse_pod,
+}
+
+
+def _label_of(doc: Any, index: int, source: str) -> str:
+    if not isinstance(doc, dict):
+        return f"{source} document {index}"
+    kind = doc.get("kind", "<no kind>")
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    name = meta.get("name", "<no name>")
+    ns = meta.get("namespace")
+    if kind in ("Service", "EndpointSlice", "Pod"):
+        ns = ns or "default"
+    return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+
+
+def parse_documents(docs: list[Any], source: str = "<input>"
+                    ) -> tuple[list[KubeObject], list[str]]:
+    """Parse loaded documents: (valid objects, problems). Invalid objects are skipped."""
+    objects: list[KubeObject] = []
+    problems: list[str] = []
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        ctx = _Ctx(_label_of(doc, index, source))
+        if not isinstance(doc, dict):
+            ctx.err("(document)", f"expected a mapping, got {type(doc).__name__}")
+            problems.extend(ctx.problems)
+            continue
+        kind = doc.get("kind")
+        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            sub_objects, sub_problems = parse_documents(doc["items"], source)
+            objects.extend(sub_objects)
+            problems.extend(sub_problems)
+            continue
+        parser = PARSERS.get(kind)
+        if parser is None:
+            ctx.err("kind", f"unsupported kind {kind!r}; supported: {', '.join(PARSERS)}")
+            problems.extend(ctx.problems)
+            continue
+        obj = parser(doc, ctx)
+        problems.extend(ctx.problems)
+        if obj is not None:
+            objects.append(obj)
+    return objects, problems
+
+
+def parse_yaml(text: str, source: str = "<input>") -> tuple[list[KubeObject], list[str]]:
+    """Parse a (multi-document) YAML text: (valid objects, problems)."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        return [], [f"{source}: not valid YAML: {exc}".replace("\n", " ")]
+    return parse_documents(docs, source)
