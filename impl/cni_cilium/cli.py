@@ -7,11 +7,11 @@ import json
 import os
 import sys
 
-from . import __version__
+from . import __version__, paths
 from .config import ConfigError, Settings, defaults, load_settings_file
 from .preflight import FAIL, Verdict, evaluate, parse_os_release
 
-DEFAULT_CONFIG = "/etc/cni-cilium/config.yaml"
+DEFAULT_CONFIG = paths.CONFIG
 EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE = 0, 1, 2
 
 
@@ -92,6 +92,12 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.supported else EXIT_UNSUPPORTED
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import run
+
+    return run(args.config, args.node_name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cni-cilium",
@@ -120,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     preflight.add_argument("--kernel-release", metavar="R",
                            help="that machine's `uname -r` (with --os-release; no live probes)")
     preflight.set_defaults(func=cmd_preflight)
+
+    agent = sub.add_parser("agent", help="run the node agent in the foreground")
+    agent.add_argument("--config", default=DEFAULT_CONFIG, help="module config file")
+    agent.add_argument("--node-name", help="this node's name (default: the hostname)")
+    agent.set_defaults(func=cmd_agent)
     return parser
 
 

@@ -1,0 +1,33 @@
+"""Where things live on a node (docs/architecture.md, "Files on a node").
+
+Every path can be moved under a prefix with CNI_CILIUM_ROOT, which tests use to run the
+agent's file handling without touching the real /etc or /run.
+"""
+
+from __future__ import annotations
+
+import os
+
+ROOT = os.environ.get("CNI_CILIUM_ROOT", "/")
+
+
+def _p(*parts: str) -> str:
+    return os.path.join(ROOT, *parts)
+
+
+CONFIG = _p("etc", "cni-cilium", "config.yaml")
+MANIFEST_DIR = _p("etc", "cni-cilium", "manifests")
+CNI_CONF_DIR = _p("etc", "cni", "net.d")
+CNI_CONF = os.path.join(CNI_CONF_DIR, "05-cilium.conflist")
+CNI_BIN = _p("opt", "cni", "bin", "cilium-cni")
+INSTALL_DIR = _p("opt", "cni-cilium")
+IPAM_DIR = _p("var", "lib", "cni-cilium", "ipam")
+RUN_DIR = _p("run", "cni-cilium")
+ENDPOINT_DIR = os.path.join(RUN_DIR, "endpoints")
+AGENT_SOCKET = os.path.join(RUN_DIR, "agent.sock")
+AGENT_PID = os.path.join(RUN_DIR, "agent.pid")
+AGENT_STATUS = os.path.join(RUN_DIR, "status.json")
+LOG_DIR = _p("var", "log", "cni-cilium")
+AGENT_LOG = os.path.join(LOG_DIR, "agent.log")
+BPFFS = _p("sys", "fs", "bpf")
+PIN_DIR = os.path.join(BPFFS, "cni-cilium")
