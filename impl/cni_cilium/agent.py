@@ -50,6 +50,7 @@ from .translate import (
     apply_ops,
     diff_maps,
     diff_routes,
+    owners,
     translate,
 )
 
@@ -76,14 +77,19 @@ def write_json_atomic(path: str, doc: dict) -> None:
 
 
 def read_manifest_dir(directory: str) -> tuple[list, list[str]]:
-    """Every valid object in directory/*.yaml, and one problem line per invalid one."""
+    """Every valid object in directory/*.yaml, oldest file first (on a frontend conflict
+    the older object wins), and one problem line per invalid object."""
     objects: list = []
     problems: list[str] = []
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith((".yaml", ".yml")))
+        names = [n for n in os.listdir(directory) if n.endswith((".yaml", ".yml"))]
     except FileNotFoundError:
         return objects, problems
+    aged = []
     for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            aged.append((os.stat(os.path.join(directory, name)).st_mtime_ns, name))
+    for _mtime, name in sorted(aged):
         path = os.path.join(directory, name)
         try:
             with open(path, encoding="utf-8") as fh:
@@ -258,8 +264,10 @@ class Agent:
         self._retry = False
         self._reload_settings()
         objects, problems = read_manifest_dir(paths.MANIFEST_DIR)
+        previous = owners(self.translation) if self.translation is not None else {}
         translation = translate(DesiredState(self._settings_in_effect(), self.node_name,
-                                             objects, cluster_cidr=self.cluster_cidr))
+                                             objects, cluster_cidr=self.cluster_cidr,
+                                             previous_owners=previous))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:

@@ -42,12 +42,14 @@ CT_F_CLOSING = 0x04
 CT_F_HOST = 0x08
 CT_F_REPLIED = 0x20
 CT_F_LOCAL_BACKEND = 0x40
+CT_F_HAIRPIN = 0x80
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
     CT_F_CLOSING: "closing",
     CT_F_HOST: "host",
     CT_F_REPLIED: "replied",
     CT_F_LOCAL_BACKEND: "local-backend",
+    CT_F_HAIRPIN: "hairpin",
 }
 
 CFG_F_MASQUERADE = 0x01

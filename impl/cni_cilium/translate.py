@@ -59,6 +59,10 @@ class DesiredState:
     objects: Sequence[KubeObject]
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR
     nat_ports: tuple[int, int] = DEFAULT_NAT_PORTS
+    # Who had each frontend last time: on a conflict the service already using it keeps
+    # it, so a newly applied object never takes a frontend away from a working service.
+    # Without a previous owner, the service listed first in `objects` (oldest) wins.
+    previous_owners: Mapping[Frontend, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -283,12 +287,25 @@ def translate(state: DesiredState) -> Translation:
 
     _node_routes(state, nodes, node, out)
 
-    owner: dict[Frontend, str] = {}
+    claims: dict[Frontend, list[str]] = defaultdict(list)
+    for svc in (o for o in state.objects if isinstance(o, Service)):  # given (age) order
+        for sp in svc.ports:
+            for _type, fe, _flags, _path in _frontends_of(svc, sp, node):
+                claims[fe].append(_svc_id(svc))
+    owner = {}
+    for fe, claimants in claims.items():
+        previous = state.previous_owners.get(fe)
+        owner[fe] = previous if previous in claimants else claimants[0]
     hc_owner: dict[int, str] = {}
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
                            owner, hc_owner, out)
     return out
+
+
+def owners(translation: Translation) -> dict[Frontend, str]:
+    """Frontend -> owning service, to pass as the next `previous_owners`."""
+    return {f.frontend: f.service for f in translation.frontends}
 
 
 def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Translation) -> None:
@@ -311,20 +328,23 @@ def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Transl
 
 
 def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
-                       settings: Settings, owner: dict[Frontend, str],
+                       settings: Settings, owner: Mapping[Frontend, str],
                        hc_owner: dict[int, str], out: Translation) -> None:
     sid = _svc_id(svc)
     algorithm = _algorithm(svc, settings, out.warnings)
     local_addrs: set[str] = set()
+    done: set[Frontend] = set()
     for sp in svc.ports:
         backends = _backends(svc, sp, slices, node)
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
         for ftype, fe, flags, path in _frontends_of(svc, sp, node):
-            if fe in owner:
+            if owner[fe] != sid or fe in done:
+                other = owner[fe] if owner[fe] != sid else "itself"
                 out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
-                                    f"by Service {owner[fe]}; not programmed")
+                                    f"by {'Service ' if other != 'itself' else ''}{other}; "
+                                    "not programmed")
                 continue
-            owner[fe] = sid
+            done.add(fe)
             selected = _selection(backends, bool(flags & FE_LOCAL_ONLY))
             lb_mode = out.lb_mode[sp.protocol] if flags & FE_EXTERNAL else "-"
             value = FrontendValue(len(selected), flags, LB_ALGORITHMS[algorithm],

@@ -159,8 +159,9 @@ class PinnedMap:
 
     def delete(self, key: bytes) -> bool:
         """Remove an entry; False when it was not there."""
+        kbuf = self._key_buf(key)  # keep the buffer alive across the call
         try:
-            _bpf(BPF_MAP_DELETE_ELEM, self._elem_attr(self._key_buf(key), None))
+            _bpf(BPF_MAP_DELETE_ELEM, self._elem_attr(kbuf, None))
         except BpfError as exc:
             if exc.errno == errno.ENOENT:
                 return False
