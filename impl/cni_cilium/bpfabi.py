@@ -7,6 +7,7 @@ byte order exactly as the programs see them in packets; other integers are host 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -90,12 +91,20 @@ SIZES = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def ip_bytes(addr: str) -> bytes:
-    return ipaddress.IPv4Address(addr).packed
+    """A dotted-quad IPv4 address in network order (addresses repeat: cached)."""
+    try:
+        raw = bytes(int(part) for part in addr.split("."))
+    except ValueError:
+        raw = b""
+    if len(raw) != 4 or not addr.replace(".", "").isdigit():
+        return ipaddress.IPv4Address(addr).packed  # raises with a clear message
+    return raw
 
 
 def ip_str(raw: bytes) -> str:
-    return str(ipaddress.IPv4Address(raw))
+    return ".".join(str(b) for b in raw)
 
 
 def port_bytes(port: int) -> bytes:

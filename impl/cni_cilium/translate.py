@@ -27,6 +27,7 @@ from .bpfabi import (
     FrontendValue,
     NodeConfig,
     index_key,
+    ip_bytes,
     lpm_key,
     slot_key,
 )
@@ -154,8 +155,11 @@ def _svc_id(svc: Service) -> str:
     return f"{svc.namespace}/{svc.name}"
 
 
-def _in_cidr(addr: str, cidr: str) -> bool:
-    return ipaddress.IPv4Address(addr) in ipaddress.IPv4Network(cidr)
+def _cidr_test(cidr: str):
+    """A fast membership test for one network (called for every endpoint)."""
+    net = ipaddress.IPv4Network(cidr)
+    base, mask = int(net.network_address), int(net.netmask)
+    return lambda addr: int.from_bytes(ip_bytes(addr), "big") & mask == base
 
 
 def _slice_port(eps: EndpointSlice, sp: ServicePort) -> int | None:
@@ -170,8 +174,8 @@ def _slice_port(eps: EndpointSlice, sp: ServicePort) -> int | None:
     return sp.target_port if isinstance(sp.target_port, int) else None
 
 
-def _backends(svc: Service, sp: ServicePort, slices: Iterable[EndpointSlice], node: Node
-              ) -> tuple[BackendView, ...]:
+def _backends(svc: Service, sp: ServicePort, slices: Iterable[EndpointSlice], node: Node,
+              in_pod_cidr) -> tuple[BackendView, ...]:
     rank = {STATE_ACTIVE: 0, STATE_TERMINATING: 1, STATE_NOT_READY: 2}
     found: dict[tuple[str, int], BackendView] = {}
     for eps in slices:
@@ -186,13 +190,12 @@ def _backends(svc: Service, sp: ServicePort, slices: Iterable[EndpointSlice], no
             else:
                 state = STATE_NOT_READY
             for addr in ep.addresses:
-                local = (ep.node_name == node.name if ep.node_name
-                         else _in_cidr(addr, node.pod_cidr))
+                local = ep.node_name == node.name if ep.node_name else in_pod_cidr(addr)
                 view = BackendView(addr, port, state, local, ep.node_name, ep.target_pod)
                 old = found.get((addr, port))
                 if old is None or rank[state] < rank[old.state]:
                     found[(addr, port)] = view
-    return tuple(sorted(found.values(), key=lambda b: (ipaddress.IPv4Address(b.addr), b.port)))
+    return tuple(sorted(found.values(), key=lambda b: (ip_bytes(b.addr), b.port)))
 
 
 def _selection(backends: Sequence[BackendView], local_only: bool) -> tuple[Backend, ...]:
@@ -332,10 +335,11 @@ def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
                        hc_owner: dict[int, str], out: Translation) -> None:
     sid = _svc_id(svc)
     algorithm = _algorithm(svc, settings, out.warnings)
+    in_pod_cidr = _cidr_test(node.pod_cidr)
     local_addrs: set[str] = set()
     done: set[Frontend] = set()
     for sp in svc.ports:
-        backends = _backends(svc, sp, slices, node)
+        backends = _backends(svc, sp, slices, node, in_pod_cidr)
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
         for ftype, fe, flags, path in _frontends_of(svc, sp, node):
             if owner[fe] != sid or fe in done:
