@@ -76,7 +76,10 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (ret > 0)
 		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : TC_ACT_OK;
-	return handle_service(skb, &p, FROM_POD, &handled);
+	ret = handle_service(skb, &p, FROM_POD, &handled);
+	if (!handled)
+		lb_forget_stale_reply(&p);
+	return ret;
 }
 
 int to_container(struct __sk_buff *skb)

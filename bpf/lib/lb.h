@@ -77,6 +77,20 @@ static __always_inline int lb_connection(const struct pkt *p, const struct lb_ke
 	return 0;
 }
 
+/* A pod talking straight to an address:port that was recently one of its services' backends,
+ * from the same source port: the reply entry of that service connection would rewrite this
+ * connection's replies. The kernel reuses ports across destinations, so drop the stale entry
+ * when such a connection starts (TCP SYN) or sends (UDP). */
+static __always_inline void lb_forget_stale_reply(const struct pkt *p)
+{
+	struct ct_key reply = {};
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return;
+	ct_key_set(&reply, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_REPLY);
+	ct4.delete(&reply);
+}
+
 /* Put the frontend back as the source of a reply (backend -> client). 1 when translated
  * (*flags gets the entry's CT_F_*), 0 when not a service reply, -1 on failure. */
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 *flags)
