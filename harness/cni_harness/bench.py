@@ -161,3 +161,24 @@ def format_program_results(compile_s: float, results: Sequence[ProgramResult]) -
 def program_results_json(compile_s: float, results: Sequence[ProgramResult]) -> str:
     return json.dumps({"compileSeconds": compile_s, "programming": [
         {**r.__dict__, "total_s": r.total_s} for r in results]}, indent=2)
+
+
+def cmd_bench(args) -> int:
+    """`cni-harness bench`: print the datapath figures of this machine."""
+    counts = [int(c) for c in args.services.split(",") if c]
+    compile_s, results = program_benchmark(counts, progress=lambda m: print(f"==> {m}",
+                                                                            flush=True))
+    if args.json:
+        print(program_results_json(compile_s, results))
+    else:
+        print(format_program_results(compile_s, results))
+    return 0
+
+
+def register(sub) -> None:
+    """Add `bench` to cni-harness's subcommands."""
+    bench = sub.add_parser("bench", help="datapath benchmarks (figures, not pass/fail)")
+    bench.add_argument("--services", default="1000,10000",
+                       help="service counts to program (10 backends each; default %(default)s)")
+    bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    bench.set_defaults(func=cmd_bench)

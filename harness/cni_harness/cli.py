@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
+
+    from . import bench
+
+    bench.register(sub)
     return parser
 
 
