@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Callable
 
 from . import api, paths
 from .bpfabi import CT_KINDS, CtEntry, CtKey
@@ -24,13 +25,27 @@ def _agent_json(path: str) -> dict | None:
         return None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    doc = _agent_json("/status")
+def _agent_view(path: str, args: argparse.Namespace, render: Callable[[dict], None]) -> int:
+    """Fetch a document from the agent and print it as JSON or through `render`."""
+    doc = _agent_json(path)
     if doc is None:
         return EXIT_FAIL
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
-        return EXIT_OK
+    else:
+        render(doc)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _agent_view("/status", args, print_status)
+
+
+def cmd_service_list(args: argparse.Namespace) -> int:
+    return _agent_view("/services", args, print_services)
+
+
+def print_status(doc: dict) -> None:
     modes = doc["modes"]
     print(f"node {doc['node']}: {doc['state']} (pid {doc['pid']}, up {doc['uptimeSeconds']} s, "
           f"restarts {doc['restarts']}, self-heals {doc['selfHeals']}, reboot required: "
@@ -64,16 +79,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"problem: {line}")
     for line in doc["warnings"]:
         print(f"warning: {line}")
-    return EXIT_OK
 
 
-def cmd_service_list(args: argparse.Namespace) -> int:
-    doc = _agent_json("/services")
-    if doc is None:
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
-        return EXIT_OK
+def print_services(doc: dict) -> None:
     print(f"{'FRONTEND':24} {'TYPE':12} {'SERVICE':24} {'ALGORITHM':10} {'LB MODE':8} BACKENDS")
     for fe in doc["frontends"]:
         backends = ", ".join(
@@ -82,7 +90,6 @@ def cmd_service_list(args: argparse.Namespace) -> int:
         etp = " [Local]" if fe["externalTrafficPolicy"] == "Local" else ""
         print(f"{fe['frontend']:24} {fe['type']:12} {fe['service'] + etp:24} "
               f"{fe['algorithm']:10} {fe['lbMode']:8} {backends}")
-    return EXIT_OK
 
 
 def ct_rows(items, now: float) -> list[dict]:
