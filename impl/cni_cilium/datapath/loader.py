@@ -23,8 +23,10 @@ class LoadError(RuntimeError):
 
 
 def find_bpf_dir(explicit: str | None = None) -> str:
-    """The BPF sources: --bpf-dir, else the installed copy, else the source checkout's."""
-    for candidate in (explicit, paths.BPF_DIR, REPO_BPF_DIR):
+    """The BPF sources: --bpf-dir, else $CNI_CILIUM_BPF_DIR, else the installed copy, else
+    the source checkout's."""
+    for candidate in (explicit, os.environ.get("CNI_CILIUM_BPF_DIR"), paths.BPF_DIR,
+                      REPO_BPF_DIR):
         if candidate and os.path.isfile(os.path.join(candidate, MAIN)):
             return os.path.realpath(candidate)
     raise LoadError(f"no BPF sources found (looked for {MAIN} in "
