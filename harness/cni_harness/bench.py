@@ -158,27 +158,133 @@ def format_program_results(compile_s: float, results: Sequence[ProgramResult]) -
     return "\n".join(lines)
 
 
-def program_results_json(compile_s: float, results: Sequence[ProgramResult]) -> str:
-    return json.dumps({"compileSeconds": compile_s, "programming": [
-        {**r.__dict__, "total_s": r.total_s} for r in results]}, indent=2)
+
+
+TRAFFIC_CONFIG = "bpfLBMode: SNAT\n"
+IPERF_PORT = 5201
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
+                      progress: Callable[[str], None] = print) -> dict:
+    """Throughput and request rate on three paths to one backend pod on node2."""
+    from .lab import CLIENT, PEER_PORT, pod
+
+    progress("starting benchmark pods and services ...")
+    docs = [{"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": name, "namespace": "default"},
+             "spec": {"type": "NodePort", "selector": {"app": name},
+                      "ports": [{"name": "tcp", "port": port, "targetPort": target,
+                                 "protocol": "TCP"}]}}
+            for name, port, target in (("bench-iperf", IPERF_PORT, IPERF_PORT),
+                                       ("bench-http", 80, PEER_PORT))]
+    for name in ("bench-iperf", "bench-http", "bench-cli"):
+        if lab.pods.get("default", name):
+            lab.pods.delete(name)
+    iperf = lab.pods.run("node2", "bench-iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                         labels={"app": "bench-iperf"})
+    http = lab.start_peer_pod("node2", "bench-http", {"app": "bench-http"})
+    lab.start_peer_pod("node1", "bench-cli", {"app": "bench-cli"})
+    lab.apply(docs)
+    try:
+        lab.wait_programmed("default/bench-iperf", {"ClusterIP": 1})
+        lab.wait_programmed("default/bench-http", {"ClusterIP": 1})
+        node1 = lab.provider.node("node1").ip
+        svc_iperf, svc_http = lab.service("bench-iperf"), lab.service("bench-http")
+        paths = {
+            "pod->pod direct": (pod("bench-cli"), (iperf.ip, IPERF_PORT), (http.ip, PEER_PORT)),
+            "pod->ClusterIP": (pod("bench-cli"), (svc_iperf["spec"]["clusterIP"], IPERF_PORT),
+                               (svc_http["spec"]["clusterIP"], 80)),
+            "client->NodePort": (CLIENT, (node1, svc_iperf["spec"]["ports"][0]["nodePort"]),
+                                 (node1, svc_http["spec"]["ports"][0]["nodePort"])),
+        }
+        samples: dict[str, dict[str, list[float]]] = {
+            p: {"gbps": [], "rps": []} for p in paths}
+        lab.wait_for("iperf3 server", lambda: lab.run(pod("bench-iperf"), [
+            "ss", "-ltn", f"sport = :{IPERF_PORT}"]).stdout.count("LISTEN"), timeout=10)
+        for r in range(rounds):
+            for label, (where, (ihost, iport), (hhost, hport)) in paths.items():
+                progress(f"round {r + 1}/{rounds}: {label}")
+                res = lab.run(where, ["iperf3", "-c", ihost, "-p", str(iport), "-t",
+                                      str(seconds), "-J"], timeout=seconds + 30, check=True)
+                bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
+                samples[label]["gbps"].append(bps / 1e9)
+                res = lab.run(where, ["python3", lab.tool(where, "rr_client.py"), hhost,
+                                      str(hport), "--seconds", str(seconds)],
+                              timeout=seconds + 30, check=True)
+                samples[label]["rps"].append(json.loads(res.stdout)["rate"])
+    finally:
+        lab.delete(docs)
+        for name in ("bench-iperf", "bench-http", "bench-cli"):
+            lab.pods.delete(name)
+    direct = samples["pod->pod direct"]
+    return {label: {"gbps": _median(s["gbps"]), "rps": _median(s["rps"]),
+                    "gbps_ratio": _median(s["gbps"]) / _median(direct["gbps"]),
+                    "rps_ratio": _median(s["rps"]) / _median(direct["rps"]),
+                    "samples": s} for label, s in samples.items()}
+
+
+def format_traffic_results(results: dict, seconds: float, rounds: int) -> str:
+    lines = [f"TCP, one backend pod on node2; median of {rounds} rounds of {seconds:g} s each",
+             f"{'path':18} {'throughput':>12} {'ratio':>6} {'requests/s':>11} {'ratio':>6}"]
+    for label, r in results.items():
+        lines.append(f"{label:18} {r['gbps']:>8.2f} Gb/s {r['gbps_ratio']:>6.2f} "
+                     f"{r['rps']:>11.0f} {r['rps_ratio']:>6.2f}")
+    return "\n".join(lines)
 
 
 def cmd_bench(args) -> int:
-    """`cni-harness bench`: print the datapath figures of this machine."""
+    """`cni-harness bench datapath`: print the datapath figures of this machine."""
+    from .lab import LabError, deployed_lab
+
+    def progress(message: str) -> None:
+        print(f"==> {message}", flush=True)
+
     counts = [int(c) for c in args.services.split(",") if c]
-    compile_s, results = program_benchmark(counts, progress=lambda m: print(f"==> {m}",
-                                                                            flush=True))
-    if args.json:
-        print(program_results_json(compile_s, results))
-    else:
-        print(format_program_results(compile_s, results))
+    compile_s, results = program_benchmark(counts, progress=progress)
+    report: dict = {"compileSeconds": compile_s,
+                    "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]}
+    text = [format_program_results(compile_s, results)]
+    if not args.no_traffic:
+        try:
+            lab, created = deployed_lab(args.cluster, TRAFFIC_CONFIG, progress=progress)
+        except LabError as exc:
+            print(f"error: traffic benchmark: {exc}")
+            return 1
+        try:
+            traffic = traffic_benchmark(lab, args.seconds, args.rounds, progress)
+        finally:
+            if created:
+                lab.provider.down()
+        report["traffic"] = traffic
+        text.append(format_traffic_results(traffic, args.seconds, args.rounds))
+    print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
     return 0
 
 
-def register(sub) -> None:
-    """Add `bench` to cni-harness's subcommands."""
-    bench = sub.add_parser("bench", help="datapath benchmarks (figures, not pass/fail)")
+def add_arguments(bench) -> None:
+    """Options of `cni-harness bench datapath`."""
     bench.add_argument("--services", default="1000,10000",
                        help="service counts to program (10 backends each; default %(default)s)")
+    bench.add_argument("--no-traffic", action="store_true",
+                       help="only the map programming figures (no cluster needed)")
+    bench.add_argument("--cluster", default="bench",
+                       help="cluster for the traffic figures; created and removed unless it "
+                       "already runs (default %(default)s)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    bench.add_argument("--rounds", type=int, default=3, help="rounds per path (median)")
+
+
+def register(sub) -> None:
+    """Add `bench datapath` to cni-harness's subcommands."""
+    bench = sub.add_parser("bench", help="benchmarks that print measured figures")
+    bench.add_argument("what", choices=["datapath"],
+                       help="datapath: map programming, throughput and request rates")
+    add_arguments(bench)
     bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     bench.set_defaults(func=cmd_bench)
