@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_matrix_validate)
 
+    from .cluster_cli import register as register_cluster_commands
+    register_cluster_commands(sub)
+
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
     return parser
