@@ -85,7 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cni-harness` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if "--" in argv:        # `... -- CMD ARGS`: the command is not for argparse
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if command:
+        if not hasattr(args, "argv"):
+            parser.error("this command takes no `-- CMD`")
+        args.argv = command
     return int(args.func(args) or 0)
 
 

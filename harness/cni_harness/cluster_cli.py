@@ -107,13 +107,9 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- node
 
-def _strip_dashdash(argv: list[str]) -> list[str]:
-    return argv[1:] if argv and argv[0] == "--" else argv
-
-
 @guarded
 def cmd_node_exec(args: argparse.Namespace) -> int:
-    argv = _strip_dashdash(args.argv)
+    argv = list(args.argv)
     if not argv:
         return _fail("node exec: give a command after --", EXIT_USAGE)
     provider = provider_for(args)
@@ -132,8 +128,6 @@ def cmd_node_reboot(args: argparse.Namespace) -> int:
     provider.reboot(args.node, hard=args.hard)
     from .pods import restart_node_pods
     restart_node_pods(provider, args.node, progress=progress)
-    from .apiserver import ApiServer
-    ApiServer.for_provider(provider).sync(nodes=[args.node])
     print(f"{args.node} rebooted in {time.monotonic() - started:.2f} s: boot id {before} -> "
           f"{provider.boot_id(args.node)}")
     return EXIT_OK
@@ -145,9 +139,183 @@ def cmd_node_ssh(args: argparse.Namespace) -> int:
     provider.plan().node(args.node)
     if not os.path.exists(provider.ssh_config_path):
         return _fail(f"cluster {args.name} is not up (no {provider.ssh_config_path})")
-    argv = ["ssh", "-F", provider.ssh_config_path, args.node, *_strip_dashdash(args.argv)]
+    argv = ["ssh", "-F", provider.ssh_config_path, args.node, *list(args.argv)]
     os.execvp("ssh", argv)
     return EXIT_FAIL  # not reached
+
+
+# ---------------------------------------------------------------- pods
+
+def _require_up(provider: LocalProvider) -> None:
+    if not provider.journal.exists():
+        raise ClusterError(f"cluster {provider.cluster} is not up; run `cni-harness cluster up "
+                           f"--name {provider.cluster}`")
+
+
+def _pod_runtime(args: argparse.Namespace):
+    from .pods import PodRuntime
+    provider = provider_for(args)
+    _require_up(provider)
+    return PodRuntime(provider, progress=progress)
+
+
+def _pod_guard(handler):
+    def run(args: argparse.Namespace) -> int:
+        from .cniruntime import CniCallError
+        from .pods import PodError
+        try:
+            return handler(args)
+        except (PodError, CniCallError) as exc:
+            err = getattr(exc, "error", None)
+            if err:
+                print(json.dumps(err, indent=2), file=sys.stderr)
+            return _fail(str(exc))
+    run.__doc__ = handler.__doc__
+    return guarded(run)
+
+
+@_pod_guard
+def cmd_pod_run(args: argparse.Namespace) -> int:
+    from .pods import PodError, parse_labels, parse_port
+    argv = list(args.argv)
+    try:
+        labels = parse_labels(args.label)
+        ports = [parse_port(p) for p in args.port]
+    except PodError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if not argv:
+        return _fail("pod run: give the pod's command after --", EXIT_USAGE)
+    runtime = _pod_runtime(args)
+    try:
+        rec = runtime.run(args.node, args.pod, argv, namespace=args.namespace, labels=labels,
+                          ports=ports, host_network=args.host_network)
+    except PodError as exc:
+        return _fail(str(exc), EXIT_USAGE if "invalid" in str(exc) else EXIT_FAIL)
+    if args.json:
+        from dataclasses import asdict
+        print(json.dumps(asdict(rec), indent=2))
+    else:
+        print(f"pod {rec.namespace}/{rec.name} on {rec.node}: {rec.ip} (pid {rec.pid}, "
+              f"log {rec.log_path})")
+    return EXIT_OK
+
+
+@_pod_guard
+def cmd_pod_delete(args: argparse.Namespace) -> int:
+    rec = _pod_runtime(args).delete(args.pod, args.namespace)
+    print(f"pod {rec.namespace}/{rec.name} deleted (was {rec.ip} on {rec.node})")
+    return EXIT_OK
+
+
+@_pod_guard
+def cmd_pod_list(args: argparse.Namespace) -> int:
+    runtime = _pod_runtime(args)
+    records = runtime.list()
+    alive = runtime.running(records)
+    rows = [{"namespace": r.namespace, "name": r.name, "node": r.node, "ip": r.ip,
+             "labels": r.labels, "hostNetwork": r.host_network, "containerID": r.container_id,
+             "running": alive.get(f"{r.namespace}/{r.name}", False)} for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'NAMESPACE':10} {'NAME':20} {'NODE':8} {'IP':14} STATUS")
+    for row in rows:
+        print(f"{row['namespace']:10} {row['name']:20} {row['node']:8} {row['ip']:14} "
+              f"{'Running' if row['running'] else 'Stopped'}")
+    return EXIT_OK
+
+
+@_pod_guard
+def cmd_pod_exec(args: argparse.Namespace) -> int:
+    argv = list(args.argv)
+    if not argv:
+        return _fail("pod exec: give a command after --", EXIT_USAGE)
+    runtime = _pod_runtime(args)
+    node, inner = runtime.exec_argv(args.pod, argv, args.namespace)
+    return subprocess.run(runtime.provider.exec_command(node, inner), check=False).returncode
+
+
+@_pod_guard
+def cmd_pod_logs(args: argparse.Namespace) -> int:
+    runtime = _pod_runtime(args)
+    rec = runtime.get(args.namespace, args.pod)
+    if rec is None:
+        return _fail(f"no pod {args.namespace}/{args.pod}")
+    res = runtime.provider.exec(rec.node, ["cat", rec.log_path], check=False)
+    sys.stdout.write(res.stdout)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- desired state
+
+def _read_docs(files: list[str]) -> tuple[list[tuple[str, list]], list[str]]:
+    import yaml
+    out, problems = [], []
+    for path in files:
+        try:
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+            out.append((path, list(yaml.safe_load_all(text))))
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror}")
+        except yaml.YAMLError as exc:
+            problems.append(f"{path}: not valid YAML: {exc}".replace("\n", " "))
+    return out, problems
+
+
+def _apply_or_delete(args: argparse.Namespace, deleting: bool) -> int:
+    from .apiserver import ApiServer
+    provider = provider_for(args)
+    _require_up(provider)
+    sources, problems = _read_docs(args.filename)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    api = ApiServer.for_provider(provider)
+    reports = [(api.delete if deleting else api.apply)(docs, source) for source, docs in sources]
+    merged: dict = {"applied": [], "unchanged": [], "deleted": [], "notFound": [],
+                    "problems": list(problems), "nodes": {}}
+    for rep in reports:
+        merged["applied"] += rep.applied
+        merged["unchanged"] += rep.unchanged
+        merged["deleted"] += rep.deleted
+        merged["notFound"] += rep.not_found
+        merged["problems"] += rep.problems
+        merged["nodes"].update(rep.nodes)
+    sync_errors = [f"{node}: {res['error']}" for node, res in merged["nodes"].items()
+                   if "error" in res]
+    if args.json:
+        print(json.dumps(merged, indent=2))
+    else:
+        for what in merged["applied"]:
+            print(f"{what} applied")
+        for what in merged["unchanged"]:
+            print(f"{what} unchanged")
+        for what in merged["deleted"]:
+            print(f"{what} deleted")
+        for what in merged["notFound"]:
+            print(f"{what} not found", file=sys.stderr)
+        for line in merged["problems"][len(problems):]:
+            print(f"error: {line}", file=sys.stderr)
+        for line in sync_errors:
+            print(f"warning: not distributed to {line}", file=sys.stderr)
+    if merged["problems"]:
+        return EXIT_USAGE
+    if sync_errors or (merged["notFound"] and not getattr(args, "ignore_not_found", False)):
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+@guarded
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _apply_or_delete(args, deleting=False)
+
+
+@guarded
+def cmd_delete(args: argparse.Namespace) -> int:
+    return _apply_or_delete(args, deleting=True)
 
 
 # ---------------------------------------------------------------- parser
@@ -183,10 +351,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
     nsub.required = True
     ex = nsub.add_parser("exec", help="run a command as root on a node (its namespaces)",
+                         usage="%(prog)s [--name NAME] NODE -- CMD...",
                          description="Example: cni-harness node exec node1 -- ip addr")
     _cluster_args(ex)
     ex.add_argument("node")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(argv=[])
     ex.set_defaults(func=cmd_node_exec)
     rb = nsub.add_parser("reboot", help="reboot a node: processes killed, namespaces rebuilt, "
                          "new boot id, boot sequence (sshd, then the agent if installed)")
@@ -194,8 +363,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("node")
     rb.add_argument("--hard", action="store_true", help="kill at once (no service stop)")
     rb.set_defaults(func=cmd_node_reboot)
-    ssh = nsub.add_parser("ssh", help="ssh to a node through its sshd")
+    ssh = nsub.add_parser("ssh", help="ssh to a node through its sshd",
+                          usage="%(prog)s [--name NAME] NODE [-- CMD...]")
     _cluster_args(ssh)
     ssh.add_argument("node")
-    ssh.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ssh.set_defaults(argv=[])
     ssh.set_defaults(func=cmd_node_ssh)
+
+    pod = sub.add_parser("pod", help="pods on nodes, created through the CNI plugin")
+    psub = pod.add_subparsers(dest="pod_command", metavar="SUBCOMMAND")
+    psub.required = True
+    prun = psub.add_parser(
+        "run", help="create a pod like a kubelet (netns, CNI ADD) and start its process",
+        usage="%(prog)s [options] --node NODE NAME -- CMD...",
+        description="Example: cni-harness pod run --node node2 web --label app=web "
+        "--port http=8080 -- python3 -m http.server 8080")
+    _cluster_args(prun)
+    prun.add_argument("--node", required=True)
+    prun.add_argument("pod", metavar="NAME")
+    prun.add_argument("--namespace", default="default")
+    prun.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    prun.add_argument("--port", action="append", default=[],
+                      metavar="[NAME=]PORT[:HOSTPORT][/PROTO]", help="a container port")
+    prun.add_argument("--host-network", action="store_true",
+                      help="run in the node's network namespace (no CNI)")
+    prun.add_argument("--json", action="store_true")
+    prun.set_defaults(argv=[])
+    prun.set_defaults(func=cmd_pod_run)
+    for name, func, helptext in (("delete", cmd_pod_delete, "stop a pod, CNI DEL, remove it"),
+                                 ("logs", cmd_pod_logs, "print a pod's output")):
+        p = psub.add_parser(name, help=helptext)
+        _cluster_args(p)
+        p.add_argument("pod", metavar="NAME")
+        p.add_argument("--namespace", default="default")
+        p.set_defaults(func=func)
+    plist = psub.add_parser("list", help="pods with node, IP and whether they run")
+    _cluster_args(plist)
+    plist.add_argument("--json", action="store_true")
+    plist.set_defaults(func=cmd_pod_list)
+    pexec = psub.add_parser("exec", help="run a command in a pod's network namespace",
+                            usage="%(prog)s [--name NAME] [--namespace NS] NAME -- CMD...")
+    _cluster_args(pexec)
+    pexec.add_argument("pod", metavar="NAME")
+    pexec.add_argument("--namespace", default="default")
+    pexec.set_defaults(argv=[])
+    pexec.set_defaults(func=cmd_pod_exec)
+
+    for name, func, helptext in (
+            ("apply", cmd_apply, "store objects (Service, EndpointSlice, ...) and distribute "
+             "them to every node; invalid objects are refused, valid ones kept"),
+            ("delete", cmd_delete, "remove objects named in files")):
+        p = sub.add_parser(name, help=helptext)
+        _cluster_args(p)
+        p.add_argument("-f", "--filename", action="append", required=True,
+                       metavar="FILE", help="YAML file ('-' for stdin); repeatable")
+        p.add_argument("--json", action="store_true")
+        if name == "delete":
+            p.add_argument("--ignore-not-found", action="store_true")
+        p.set_defaults(func=func)

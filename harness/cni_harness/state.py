@@ -46,16 +46,30 @@ def read_json(path: str, default=None):
         return default
 
 
+_held: dict[str, int] = {}   # lock path -> nesting depth in this process
+
+
 @contextlib.contextmanager
-def cluster_lock(name: str, wait: bool = True) -> Iterator[None]:
-    """Serialise commands that change one cluster (the lock lives beside its state dir)."""
+def cluster_lock(name: str) -> Iterator[None]:
+    """Serialise changes to one cluster across processes (the lock file lives beside its
+    state dir). Re-entrant within a process: a pod run inside a reboot does not deadlock."""
     root = state_root()
+    path = os.path.join(root, f".{name}.lock")
+    if _held.get(path):
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
     os.makedirs(root, exist_ok=True)
-    fd = os.open(os.path.join(root, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[path] = 1
         yield
     finally:
+        _held.pop(path, None)
         os.close(fd)
 
 

@@ -82,6 +82,7 @@ class LocalProvider(Provider):
     """Namespace nodes on this kernel (see the module docstring)."""
 
     name = "local"
+    shares_host_files = True     # nodes see the host's files below their overlays
 
     def __init__(self, cluster: str = DEFAULT_CLUSTER, nodes: int = DEFAULT_NODES,
                  progress: Callable[[str], None] = _progress_none):
