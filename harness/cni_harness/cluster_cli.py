@@ -318,6 +318,43 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return _apply_or_delete(args, deleting=True)
 
 
+# ---------------------------------------------------------------- deploy
+
+def _print_recap(result) -> None:
+    hosts = sorted({h for counts in result.stats.values() for h in counts})
+    for host in hosts:
+        counts = {k: result.stats.get(k, {}).get(host, 0)
+                  for k in ("ok", "changed", "failures", "dark", "skipped")}
+        print(f"{host:10} ok={counts['ok']} changed={counts['changed']} "
+              f"failed={counts['failures']} unreachable={counts['dark']} "
+              f"skipped={counts['skipped']}")
+
+
+@guarded
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import run_playbook
+    if args.config:
+        from cni_cilium.config import ConfigError, load_settings_file
+        try:
+            load_settings_file(args.config)
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(f"error: {line}", file=sys.stderr)
+            return EXIT_USAGE
+    provider = provider_for(args)
+    _require_up(provider)
+    result = run_playbook(provider, config=args.config, verbose=args.verbose,
+                          progress=None if args.json else progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_recap(result)
+        for line in result.failed_tasks:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"deploy {result.status} in {result.seconds:.1f} s, changed={result.changed}")
+    return EXIT_OK if result.rc == 0 else EXIT_FAIL
+
+
 # ---------------------------------------------------------------- parser
 
 def _cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -408,6 +445,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     pexec.add_argument("--namespace", default="default")
     pexec.set_defaults(argv=[])
     pexec.set_defaults(func=cmd_pod_exec)
+
+    dep = sub.add_parser("deploy", help="install the module on every node with Ansible "
+                         "(playbooks/site.yml through ansible-runner)")
+    _cluster_args(dep)
+    dep.add_argument("--config", metavar="MODULECONFIG",
+                     help="ModuleConfig to install (default: the one given to `cluster up`, "
+                     "else all defaults)")
+    dep.add_argument("--verbose", action="store_true", help="show Ansible's own output")
+    dep.add_argument("--json", action="store_true", help="print the result and stats as JSON")
+    dep.set_defaults(func=cmd_deploy)
 
     for name, func, helptext in (
             ("apply", cmd_apply, "store objects (Service, EndpointSlice, ...) and distribute "

@@ -352,6 +352,7 @@ class LocalProvider(Provider):
             "cni_provider": "local",
             "cni_cluster": plan.name,
             "cni_cilium_init": "nodeinit",
+            "cni_cilium_manage_packages": False,   # the host's /usr (scripts/setup.sh)
             "cni_reboot_command": "/usr/local/sbin/nodectl reboot",
             "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
         }

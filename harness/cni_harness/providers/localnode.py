@@ -194,6 +194,12 @@ def prepare_disk(state_dir: str, plan: ClusterPlan, node: NodePlan, authorized_k
     if not os.path.exists(key):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.netns,
                         "-f", key], check=True, capture_output=True)
+    # root's shell start-up files as a fresh machine has them, not the host's (which may
+    # put another Python first on PATH for every ssh command).
+    for name in (".bashrc", ".profile"):
+        skel = os.path.join("/etc/skel", name)
+        if os.path.exists(skel):
+            shutil.copyfile(skel, os.path.join(disk, "root", "upper", name))
     ssh_dir = os.path.join(disk, "root", "upper", ".ssh")
     os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
     _write(os.path.join(ssh_dir, "authorized_keys"), authorized_key.strip() + "\n", 0o600)
