@@ -311,6 +311,15 @@ class LocalProvider(Provider):
     def boot_id(self, node: str) -> str:
         return self._node_state(node)[1].get("bootId", "")
 
+    def generation(self, node: str) -> int:
+        """How many times the node has rebooted since `up`."""
+        return int(self._node_state(node)[1].get("generation", 0))
+
+    def wait_booted(self, node: str, after_generation: int, timeout: float = REBOOT_TIMEOUT
+                    ) -> None:
+        """Wait until a reboot (by any means, e.g. `nodectl reboot` inside) has completed."""
+        self._wait_running([node], {node: after_generation}, timeout)
+
     def reboot(self, node: str, hard: bool = False) -> None:
         """Reboot a node: its processes are killed, its namespaces rebuilt from its disk,
         and its boot sequence (sshd, then enabled units such as the agent) runs again.
@@ -322,7 +331,7 @@ class LocalProvider(Provider):
             raise NodeDown(f"node {node} cannot be rebooted: it is {state} without a supervisor")
         generation = rt.get("generation", 0)
         os.kill(sup, signal.SIGUSR2 if hard else signal.SIGUSR1)
-        self._wait_running([node], {node: generation}, REBOOT_TIMEOUT)
+        self.wait_booted(node, generation)
 
     # ------------------------------------------------------------ access files
 
