@@ -355,6 +355,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_OK if result.rc == 0 else EXIT_FAIL
 
 
+@guarded
+def cmd_check(args: argparse.Namespace) -> int:
+    """testinfra node checks (tests/infra) against the cluster's inventory."""
+    from . import PROJECT_ROOT
+    provider = provider_for(args)
+    _require_up(provider)
+    venv_bin = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            os.path.join(PROJECT_ROOT, "tests", "infra"), "--hosts=ansible://all",
+            f"--ansible-inventory={provider.inventory_path()}", *args.argv]
+    return subprocess.run(argv, env=env, cwd=PROJECT_ROOT, check=False).returncode
+
+
 # ---------------------------------------------------------------- parser
 
 def _cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -455,6 +469,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     dep.add_argument("--verbose", action="store_true", help="show Ansible's own output")
     dep.add_argument("--json", action="store_true", help="print the result and stats as JSON")
     dep.set_defaults(func=cmd_deploy)
+
+    chk = sub.add_parser("check", help="testinfra checks of every deployed node (tests/infra)",
+                         usage="%(prog)s [--name NAME] [-- PYTEST-ARGS...]")
+    _cluster_args(chk)
+    chk.set_defaults(func=cmd_check, argv=[])
 
     for name, func, helptext in (
             ("apply", cmd_apply, "store objects (Service, EndpointSlice, ...) and distribute "
