@@ -369,6 +369,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     return subprocess.run(argv, env=env, cwd=PROJECT_ROOT, check=False).returncode
 
 
+@guarded
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time `cluster up` and `down` for each size (measured here; no assertion on time)."""
+    rows = []
+    for count in args.nodes:
+        provider = LocalProvider(args.name, count)
+        provider.down()                           # a stale bench cluster from an earlier run
+        started = time.monotonic()
+        provider.up()
+        up_s = time.monotonic() - started
+        started = time.monotonic()
+        provider.down()
+        rows.append({"nodes": count, "upSeconds": round(up_s, 3),
+                     "downSeconds": round(time.monotonic() - started, 3)})
+    if args.json:
+        print(json.dumps({"benchmark": "cluster", "cluster": args.name, "results": rows},
+                         indent=2))
+        return EXIT_OK
+    print("local cluster (namespace nodes, sshd listening on each when `up` returns)")
+    print(f"{'nodes':>5}  {'up (s)':>8}  {'down (s)':>8}  {'up per node (ms)':>16}")
+    for row in rows:
+        print(f"{row['nodes']:>5}  {row['upSeconds']:>8.3f}  {row['downSeconds']:>8.3f}  "
+              f"{1000 * row['upSeconds'] / row['nodes']:>16.1f}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 def _cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -469,6 +495,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     dep.add_argument("--verbose", action="store_true", help="show Ansible's own output")
     dep.add_argument("--json", action="store_true", help="print the result and stats as JSON")
     dep.set_defaults(func=cmd_deploy)
+
+    bench = sub.add_parser("bench", help="benchmarks that print measured figures",
+                           description="`bench cluster`: time `cluster up`/`down` of 3 and "
+                           "10 nodes (a separate cluster, removed afterwards).")
+    bench.add_argument("what", nargs="?", choices=["cluster"], default="cluster")
+    bench.add_argument("--name", default="bench", help="cluster name to use (default bench)")
+    bench.add_argument("--nodes", type=int, nargs="+", default=[3, 10], metavar="N")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="testinfra checks of every deployed node (tests/infra)",
                          usage="%(prog)s [--name NAME] [-- PYTEST-ARGS...]")

@@ -205,3 +205,17 @@ def test_up_after_a_crash_cleans_the_stale_cluster(venv_bin):
     finally:
         harness(venv_bin, "cluster", "down", "--name", "lcc")
     assert leftovers("lcc") == NOTHING
+
+
+def test_node_ssh_runs_a_command_through_sshd(local_cluster, venv_bin):
+    res = harness(venv_bin, "node", "ssh", "--name", "lct", "node1", "--", "cat",
+                  "/etc/hostname")
+    assert res.stdout.strip() == "node1"
+
+
+def test_bench_prints_measured_up_and_down_times(venv_bin):
+    res = harness(venv_bin, "bench", "cluster", "--name", "lcb", "--nodes", "2", "--json")
+    rows = json.loads(res.stdout)["results"]
+    assert [r["nodes"] for r in rows] == [2]
+    assert rows[0]["upSeconds"] > 0 and rows[0]["downSeconds"] > 0
+    assert leftovers("lcb") == NOTHING
