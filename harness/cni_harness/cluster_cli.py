@@ -15,7 +15,7 @@ import time
 
 from .addressing import DEFAULT_CLUSTER, DEFAULT_NODES, PlanError
 from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
-from .providers.local import ClusterError, LocalProvider, NodeDown
+from .providers.local import ClusterError, LocalProvider
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -50,18 +50,24 @@ def guarded(handler):
     return run
 
 
+def _config_is_valid(path: str) -> bool:
+    """Validate a ModuleConfig before anything is done with it; print its problems."""
+    from cni_cilium.config import ConfigError, load_settings_file
+    try:
+        load_settings_file(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- cluster
 
 @guarded
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    if args.config:
-        from cni_cilium.config import ConfigError, load_settings_file
-        try:
-            load_settings_file(args.config)
-        except ConfigError as exc:
-            for line in exc.problems:
-                print(f"error: {line}", file=sys.stderr)
-            return EXIT_USAGE
+    if args.config and not _config_is_valid(args.config):
+        return EXIT_USAGE
     provider = provider_for(args)
     provider.up()
     if args.config:
@@ -112,11 +118,7 @@ def cmd_node_exec(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if not argv:
         return _fail("node exec: give a command after --", EXIT_USAGE)
-    provider = provider_for(args)
-    try:
-        cmd = provider.exec_command(args.node, argv)
-    except NodeDown as exc:
-        return _fail(str(exc))
+    cmd = provider_for(args).exec_command(args.node, argv)   # NodeDown: see guarded()
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -333,14 +335,8 @@ def _print_recap(result) -> None:
 @guarded
 def cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import run_playbook
-    if args.config:
-        from cni_cilium.config import ConfigError, load_settings_file
-        try:
-            load_settings_file(args.config)
-        except ConfigError as exc:
-            for line in exc.problems:
-                print(f"error: {line}", file=sys.stderr)
-            return EXIT_USAGE
+    if args.config and not _config_is_valid(args.config):
+        return EXIT_USAGE
     provider = provider_for(args)
     _require_up(provider)
     result = run_playbook(provider, config=args.config, verbose=args.verbose,
