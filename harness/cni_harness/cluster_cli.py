@@ -14,7 +14,7 @@ import sys
 import time
 
 from .addressing import DEFAULT_CLUSTER, DEFAULT_NODES, PlanError
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
+from .providers.base import EXIT_PROVIDER_UNAVAILABLE, NodeDown, ProviderUnavailable
 from .providers.local import ClusterError, LocalProvider
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -44,7 +44,7 @@ def guarded(handler):
             return _fail(str(exc), EXIT_PROVIDER_UNAVAILABLE)
         except KeyError as exc:
             return _fail(str(exc.args[0]) if exc.args else str(exc), EXIT_USAGE)
-        except ClusterError as exc:
+        except (ClusterError, NodeDown) as exc:
             return _fail(str(exc))
     run.__doc__ = handler.__doc__
     return run
@@ -118,7 +118,7 @@ def cmd_node_exec(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if not argv:
         return _fail("node exec: give a command after --", EXIT_USAGE)
-    cmd = provider_for(args).exec_command(args.node, argv)   # NodeDown: see guarded()
+    cmd = provider_for(args).exec_command(args.node, argv)   # NodeDown: exit 1 (guarded)
     return subprocess.run(cmd, check=False).returncode
 
 

@@ -6,6 +6,7 @@ server (which derives EndpointSlices from it). Works on any provider (it only us
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from cni_cilium.manifests import parse_documents
 
 from .apiserver import ApiServer
 from .cniruntime import CniCallError, Network, invoke, load_network
+from .providers.base import NodeDown
 from .state import cluster_lock, read_json, write_atomic
 
 POD_IFNAME = "eth0"
@@ -217,7 +219,9 @@ class PodRuntime:
             rec = self.get(namespace, name)
             if rec is None:
                 raise PodError(f"no pod {namespace}/{name}")
-            self._teardown(rec)
+            # A pod on a node that is down died with it; its lease is reclaimed as stale.
+            with contextlib.suppress(NodeDown):
+                self._teardown(rec)
             os.unlink(self._path(namespace, name))
             self.api.remove_pod(namespace, name)
         return rec

@@ -131,3 +131,12 @@ def test_ansible_lint_passes(venv_bin):
                          text=True, cwd=os.path.join(PROJECT_ROOT, "playbooks"), env=env,
                          timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def test_rolling_reboot_playbook_uses_the_inventorys_reboot_command(deployed_cluster):
+    before = deployed_cluster.boot_id("node1")
+    result = run_playbook(deployed_cluster, "reboot.yml", extravars={"reboot_hosts": "node1"})
+    assert result.rc == 0, result.failed_tasks
+    assert deployed_cluster.boot_id("node1") != before
+    assert sh(deployed_cluster, "node1", "nodectl is-active cni-cilium-agent").strip() == \
+        "running"

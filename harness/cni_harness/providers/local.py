@@ -48,7 +48,7 @@ from ..netns import (
 )
 from ..nodeinit import BASE_ENV
 from ..state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
-from .base import Availability, NodeInfo, Provider, ProviderUnavailable
+from .base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
 from .localnode import (
     SUPERVISOR_MODULE,
     build_client,
@@ -68,10 +68,6 @@ STOP_TIMEOUT = 30.0
 
 class ClusterError(RuntimeError):
     """The cluster cannot be created or used as asked; the message says why and what to do."""
-
-
-class NodeDown(ClusterError):
-    """The node is not running (rebooting, powered off, or its cluster is down)."""
 
 
 def _progress_none(_msg: str) -> None:
