@@ -219,3 +219,12 @@ def test_bench_prints_measured_up_and_down_times(venv_bin):
     assert [r["nodes"] for r in rows] == [2]
     assert rows[0]["upSeconds"] > 0 and rows[0]["downSeconds"] > 0
     assert leftovers("lcb") == NOTHING
+
+
+def test_up_refuses_a_bad_module_config_before_creating_anything(venv_bin, tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("bpfLBMode: Fast\n")
+    res = harness(venv_bin, "cluster", "up", "--name", "lc1", "--config", str(bad),
+                  check=False)
+    assert res.returncode == 2 and "bpfLBMode: invalid value 'Fast'" in res.stderr
+    assert leftovers("lc1") == NOTHING
