@@ -140,3 +140,15 @@ def test_rolling_reboot_playbook_uses_the_inventorys_reboot_command(deployed_clu
     assert deployed_cluster.boot_id("node1") != before
     assert sh(deployed_cluster, "node1", "nodectl is-active cni-cilium-agent").strip() == \
         "running"
+
+
+def test_the_project_sources_are_installed_on_every_node(deployed_cluster):
+    bpf = os.path.join(PROJECT_ROOT, "bpf")
+    want = sorted(os.path.relpath(os.path.join(d, f), bpf)
+                  for d, _dirs, files in os.walk(bpf) for f in files)
+    for node in ("node1", "node3"):
+        got = sh(deployed_cluster, node, "cd /opt/cni-cilium/bpf 2>/dev/null && "
+                 "find -L . -type f | sed 's|^./||' | sort; true").split()
+        assert got == want
+        version = sh(deployed_cluster, node, "/opt/cni-cilium/venv/bin/cni-cilium --version")
+        assert "0.1.0" in version
