@@ -425,7 +425,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     nsub.required = True
     ex = nsub.add_parser("exec", help="run a command as root on a node (its namespaces)",
                          usage="%(prog)s [--name NAME] NODE -- CMD...",
-                         description="Example: cni-harness node exec node1 -- ip addr")
+                         description="Example: cni-harness node exec node1 -- ip addr. NODE "
+                         "may also be client, world or router (their network namespace).")
     _cluster_args(ex)
     ex.add_argument("node")
     ex.set_defaults(argv=[])

@@ -278,9 +278,19 @@ class LocalProvider(Provider):
             raise NodeDown(f"node {node} of cluster {self.cluster} is not running ({state})")
         return int(rt["initPid"])
 
+    def external_netns(self) -> dict[str, str]:
+        """The namespaces that are not nodes: client, world, router (the fabric)."""
+        plan = self.plan()
+        return {"client": plan.client_netns, "world": plan.world_netns,
+                "router": plan.fabric_netns}
+
     def exec_command(self, node: str, argv: Sequence[str]) -> list[str]:
-        """The host command line that runs `argv` as root inside a node."""
+        """The host command line that runs `argv` as root inside a node (or in the client,
+        world or router namespace: those share the host's file system)."""
         env = [f"{k}={v}" for k, v in BASE_ENV.items()]
+        external = self.external_netns().get(node)
+        if external:
+            return ["nsenter", f"--net=/run/netns/{external}", "--", "env", "-i", *env, *argv]
         return ["nsenter", "-t", str(self.init_pid(node)), "-m", "-u", "-i", "-n", "-p",
                 "--", "env", "-i", *env, *argv]
 

@@ -228,3 +228,14 @@ def test_up_refuses_a_bad_module_config_before_creating_anything(venv_bin, tmp_p
                   check=False)
     assert res.returncode == 2 and "bpfLBMode: invalid value 'Fast'" in res.stderr
     assert leftovers("lc1") == NOTHING
+
+
+def test_client_and_world_reach_the_nodes_over_the_fabric(local_cluster, venv_bin):
+    for external in ("client", "world"):
+        res = local_cluster.exec(external, ["nc", "-z", "-w", "2", "10.99.0.12", "22"],
+                                 check=False)
+        assert res.returncode == 0, (external, res.stderr)
+    routes = harness(venv_bin, "node", "exec", "--name", "lct", "client", "--", "ip",
+                     "route").stdout
+    assert "10.97.0.0/24 via 10.99.0.11" in routes        # the LB pool goes to node1
+    assert "default via 203.0.113.1" in local_cluster.exec("world", ["ip", "route"]).stdout
