@@ -34,7 +34,7 @@ def venv_bin():
 @pytest.fixture(scope="session")
 def local_cluster():
     """A 3-node local namespace cluster named `lct`, removed at the end of the session."""
-    from cni_harness.testing import local_cluster as make
+    from cni_harness.testing import fresh_local_cluster as make
 
     with make("lct") as provider:
         yield provider
@@ -45,7 +45,7 @@ def deployed_cluster():
     """A 3-node local cluster named `lcd` with the module deployed (agent running).
     `deployed_cluster.first_deploy` is the result of that first deploy."""
     from cni_harness.deploy import run_playbook
-    from cni_harness.testing import local_cluster as make
+    from cni_harness.testing import fresh_local_cluster as make
 
     with make("lcd") as provider:
         result = run_playbook(provider)

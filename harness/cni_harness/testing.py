@@ -1,7 +1,7 @@
 """Helpers for test suites that build clusters (used by tests/conftest.py fixtures).
 
 `root_netns_snapshot` records the root network namespace (links, addresses, routes) so a
-suite can prove the testbed never touched it; `local_cluster` brings a cluster up (after
+suite can prove the testbed never touched it; `fresh_local_cluster` brings a cluster up (after
 removing a stale one of the same name) and always takes it down again.
 """
 
@@ -35,7 +35,7 @@ def root_netns_snapshot() -> dict:
 
 
 @contextlib.contextmanager
-def local_cluster(name: str, nodes: int = 3) -> Iterator[LocalProvider]:
+def fresh_local_cluster(name: str, nodes: int = 3) -> Iterator[LocalProvider]:
     """A fresh local cluster for a test session; removed afterwards whatever happens."""
     provider = LocalProvider(name, nodes)
     provider.down()                 # a stale cluster of this name from an aborted run

@@ -12,7 +12,7 @@ import pytest
 from cni_cilium.cni import conflist
 from cni_harness import PROJECT_ROOT
 from cni_harness.deploy import run_playbook
-from cni_harness.testing import local_cluster
+from cni_harness.testing import fresh_local_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -104,7 +104,7 @@ def test_the_agent_starts_at_boot_after_sshd(deployed_cluster):
 
 
 def test_an_unsupported_host_stops_the_play_before_anything_is_touched():
-    with local_cluster("lcu", nodes=1) as provider:
+    with fresh_local_cluster("lcu", nodes=1) as provider:
         provider.put_file("node1", "/etc/os-release",
                           b'ID=ubuntu\nVERSION_ID="18.04"\nPRETTY_NAME="Ubuntu 18.04.6 LTS"\n')
         result = run_playbook(provider)
