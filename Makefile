@@ -16,12 +16,14 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check impl harness tests
+	cd playbooks && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-lint --offline -q
 
 unit: setup
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/cni-harness bench
+	$(VENV)/bin/cni-harness bench cluster
+	$(VENV)/bin/cni-harness bench datapath
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -252,7 +252,7 @@ def cmd_bench(args) -> int:
     text = [format_program_results(compile_s, results)]
     if not args.no_traffic:
         try:
-            lab, created = deployed_lab(args.cluster, TRAFFIC_CONFIG, progress=progress)
+            lab, created = deployed_lab(args.name, TRAFFIC_CONFIG, progress=progress)
         except LabError as exc:
             print(f"error: traffic benchmark: {exc}")
             return 1
@@ -268,23 +268,12 @@ def cmd_bench(args) -> int:
 
 
 def add_arguments(bench) -> None:
-    """Options of `cni-harness bench datapath`."""
+    """Options of `cni-harness bench datapath` (the cluster for the traffic figures is
+    `--name`: created and removed unless it already runs)."""
     bench.add_argument("--services", default="1000,10000",
                        help="service counts to program (10 backends each; default %(default)s)")
     bench.add_argument("--no-traffic", action="store_true",
                        help="only the map programming figures (no cluster needed)")
-    bench.add_argument("--cluster", default="bench",
-                       help="cluster for the traffic figures; created and removed unless it "
-                       "already runs (default %(default)s)")
     bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     bench.add_argument("--rounds", type=int, default=3, help="rounds per path (median)")
 
-
-def register(sub) -> None:
-    """Add `bench datapath` to cni-harness's subcommands."""
-    bench = sub.add_parser("bench", help="benchmarks that print measured figures")
-    bench.add_argument("what", choices=["datapath"],
-                       help="datapath: map programming, throughput and request rates")
-    add_arguments(bench)
-    bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    bench.set_defaults(func=cmd_bench)
