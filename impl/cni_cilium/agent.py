@@ -644,15 +644,19 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
     node_name = node_name or socket.gethostname()
     os.makedirs(paths.RUN_DIR, exist_ok=True)
     os.makedirs(paths.ENDPOINT_DIR, exist_ok=True)
+    # The pid file goes first: the CNI plugin then waits for endpoints to be programmed
+    # while the programs compile, instead of letting pods start unprogrammed.
+    with open(paths.AGENT_PID, "w", encoding="ascii") as fh:
+        fh.write(f"{os.getpid()}\n")
     try:
         agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr)
         agent.start()
     except (loader.LoadError, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"error: {exc}", flush=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.AGENT_PID)
         return 1
-    with open(paths.AGENT_PID, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
 
     def stop(signum, _frame):
         log.info("signal %d: stopping (the datapath stays in place)", signum)

@@ -380,11 +380,6 @@ def test_endpoint_changes_take_effect_live(cluster, record_property):
     assert set(names(after_add)) == {"web-1", "web-3"}
 
 
-def _agent_pid(cluster, node_name: str) -> int:
-    res = cluster.lab.run(node(node_name), ["cat", "/run/cni-cilium/agent.pid"])
-    return int(res.stdout.strip() or 0)
-
-
 def test_established_nodeport_stream_survives_agent_kill_and_restart(cluster, record_property):
     lab = cluster.lab
     seconds, rate = 10, 500_000
