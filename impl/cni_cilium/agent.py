@@ -11,6 +11,7 @@ that each program is still attached and puts back any that was removed (self-hea
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -644,6 +645,14 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
     node_name = node_name or socket.gethostname()
     os.makedirs(paths.RUN_DIR, exist_ok=True)
     os.makedirs(paths.ENDPOINT_DIR, exist_ok=True)
+    lock = open(os.path.join(paths.RUN_DIR, "agent.lock"), "a+")  # noqa: SIM115 (held)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        message = f"another agent is running on this node (pid file {paths.AGENT_PID})"
+        log.error("cannot start: %s", message)
+        print(f"error: {message}", flush=True)
+        return 1
     # The pid file goes first: the CNI plugin then waits for endpoints to be programmed
     # while the programs compile, instead of letting pods start unprogrammed.
     with open(paths.AGENT_PID, "w", encoding="ascii") as fh:

@@ -28,6 +28,7 @@ pytest.importorskip("cni_harness.providers.local", reason="needs the local clust
 from cni_cilium.hostdev import gateway_of
 from cni_harness.addressing import CLIENT_IP, WORLD_IP
 from cni_harness.lab import (
+    AGENT_CLI,
     CLIENT,
     WORLD,
     LabUnavailable,
@@ -345,6 +346,12 @@ def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_
     assert {k["kind"] for k in ct} >= {"service", "reply", "nat-out", "nat-in"}
 
 
+def test_a_second_agent_on_a_node_refuses_to_start(cluster, record_property):
+    res = cluster.lab.run(node("node1"), [AGENT_CLI, "agent", "--log-file", "-"], timeout=60)
+    evidence(record_property, rc=res.returncode, output=(res.stdout + res.stderr)[-300:])
+    assert res.returncode == 1 and "another agent is running" in res.stdout
+
+
 def test_invalid_manifests_are_refused_by_field_and_the_rest_keeps_working(
         cluster, record_property):
     lab = cluster.lab
@@ -442,8 +449,7 @@ def test_service_paths_fail_without_the_datapath(cluster, record_property):
     the same checks that pass above fail there; afterwards the agent puts everything back."""
     lab = cluster.lab
     lab.run(node("node3"), [NODECTL, "stop", AGENT_UNIT], check=True)
-    lab.run(node("node3"), ["/opt/cni-cilium/venv/bin/cni-cilium", "bpf", "remove"],
-            check=True)
+    lab.run(node("node3"), [AGENT_CLI, "bpf", "remove"], check=True)
     try:
         nodeport = lab.probe(CLIENT, "tcp", cluster.ip("node3"), cluster.node_port("web"),
                              count=2, timeout=1)
