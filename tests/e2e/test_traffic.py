@@ -246,7 +246,7 @@ def test_selectorless_service_uses_the_applied_endpointslice(cluster, record_pro
 
 def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_property):
     lab = cluster.lab
-    node_of = {"web-1": "node1", "web-2": "node2"}
+    node_of = {name: rec.node for name, rec in cluster.pods.items()}
     seen = {}
     for n in ("node1", "node2", "node3"):
         tcp = lab.probe(CLIENT, "tcp", cluster.ip(n), cluster.node_port("web"), count=TRIES)
@@ -325,6 +325,9 @@ def test_etp_local_with_a_local_backend_keeps_the_client_ip_and_says_200(
 
 def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_property):
     lab = cluster.lab
+    # A connection through node1 to the remote backend: service, reply and both NAT entries.
+    answer = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
+    assert answer[0].get("name") == "solo", answer
     status = lab.agent("node1", "status")
     services = lab.agent("node1", "service", "list")
     ct = lab.agent("node1", "bpf", "ct", "list")
