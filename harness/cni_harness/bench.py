@@ -214,7 +214,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
                                       str(seconds), "-J"], timeout=seconds + 30, check=True)
                 bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
                 samples[label]["gbps"].append(bps / 1e9)
-                res = lab.run(where, ["python3", lab.tool(where, "rr_client.py"), hhost,
+                res = lab.run(where, ["python3", lab.tool(where, "probe.py"), "rate", hhost,
                                       str(hport), "--seconds", str(seconds)],
                               timeout=seconds + 30, check=True)
                 samples[label]["rps"].append(json.loads(res.stdout)["rate"])

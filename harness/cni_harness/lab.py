@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
-TOOLS = ("peer_server.py", "probe.py", "rr_client.py")
+TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
 PEER_PORT = 8080
 
