@@ -46,6 +46,8 @@ AGENT_UNIT = "cni-cilium-agent.service"
 NODECTL = "/usr/local/sbin/nodectl"
 TRIES = 16
 HOST_PORT = 8081
+IPERF_PORT = 5201
+BULK_FLOOR_BYTES = 10_000_000   # in 2 s; ~100x below this machine's rate: catches stalls
 
 
 def evidence(record_property, **observed) -> None:
@@ -133,12 +135,17 @@ def cluster():
         "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
                                      port=HOST_PORT),
     }
+    lab.pods.run("node2", "iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                 labels={"app": "iperf"})
     lab.apply([
         svc_doc("web", {"app": "web"}, [HTTP, DNS], "NodePort"),
         svc_doc("web-lb", {"app": "web"}, [HTTP], "LoadBalancer"),
         svc_doc("stream", {"app": "solo"}, [HTTP], "NodePort"),
         svc_doc("solo-local", {"app": "solo"}, [HTTP], "LoadBalancer", etp="Local"),
         svc_doc("manual", None, [HTTP]),
+        svc_doc("iperf", {"app": "iperf"}, [{"name": "iperf", "port": IPERF_PORT,
+                                             "targetPort": IPERF_PORT, "protocol": "TCP"}],
+                "NodePort"),
         {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
          "metadata": {"name": "manual-1", "namespace": "default",
                       "labels": {"kubernetes.io/service-name": "manual"}},
@@ -146,7 +153,8 @@ def cluster():
          "endpoints": [{"addresses": [pods["web-2"].ip], "nodeName": "node2",
                         "conditions": {"ready": True}}]},
     ])
-    for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1)):
+    for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1),
+                        ("iperf", 1)):
         lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
     lab.wait_programmed("default/solo-local")
     world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
@@ -261,6 +269,30 @@ def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_pr
         assert set(names(tcp)) == {"web-1", "web-2"}, n
     evidence(record_property, **{n: {p: names(a) for p, a in v.items()} for n, v in seen.items()},
              peers={n: sorted({a["peer"] for a in v["tcp"]}) for n, v in seen.items()})
+
+
+def test_bulk_tcp_through_clusterip_and_nodeport_with_iperf3(cluster, record_property):
+    """Large (GSO) segments through every translation, SNAT and FIB redirect: a transfer
+    that stalls (as one did when the FIB lookup refused GSO sizes) fails here."""
+    lab = cluster.lab
+    paths = {"pod->ClusterIP": (pod("cl-1"), cluster.cluster_ip("iperf"), IPERF_PORT),
+             "client->NodePort via node1 (SNAT)": (CLIENT, cluster.ip("node1"),
+                                                   cluster.node_port("iperf", "iperf")),
+             "client->NodePort via node2 (local)": (CLIENT, cluster.ip("node2"),
+                                                    cluster.node_port("iperf", "iperf"))}
+    observed = {}
+    for label, (where, host, port) in paths.items():
+        res = lab.run(where, ["iperf3", "-c", host, "-p", str(port), "-t", "2", "-J"],
+                      timeout=60)
+        report = json.loads(res.stdout or "{}")
+        received = report.get("end", {}).get("sum_received", {})
+        observed[label] = {"rc": res.returncode, "bytes": received.get("bytes", 0),
+                           "gbps": round(received.get("bits_per_second", 0) / 1e9, 2),
+                           "error": report.get("error")}
+    evidence(record_property, **observed)
+    for label, result in observed.items():
+        assert result["rc"] == 0 and not result["error"], (label, result)
+        assert result["bytes"] >= BULK_FLOOR_BYTES, (label, result)
 
 
 def _route_lb_ip(cluster, ip: str, via_node: str) -> None:
