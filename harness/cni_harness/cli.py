@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from . import PROJECT_ROOT, __version__
+from . import PROJECT_ROOT, __version__, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", nargs="?", default=DEFAULT_MATRIX)
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_matrix_validate)
+
+    vagrant_cli.register(sub)
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
