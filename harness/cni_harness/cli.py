@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from . import PROJECT_ROOT, __version__, vagrant_cli
+from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_matrix_validate)
 
     vagrant_cli.register(sub)
+    kind_cli.register(sub)
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
