@@ -67,6 +67,26 @@ def dry_run(plans: list[EntryPlan], as_json: bool) -> str:
     return "\n\n".join(format_plan(p) for p in plans)
 
 
+def matrix_dry_run(entries: list[str] | None = None, *, matrix: str = DEFAULT_MATRIX,
+                   vagrant_provider: str = "libvirt", profile: str = "default",
+                   nodes: int | None = None, as_json: bool = False) -> tuple[int, str]:
+    """For `cni-harness matrix run --provider vagrant --dry-run`: (exit status, output).
+
+    Bad input gives status 2 and one line per problem as the output."""
+    parser = argparse.ArgumentParser()
+    add_plan_options(parser)
+    args = parser.parse_args([*(entries or []), "--matrix", matrix, "--provider",
+                              vagrant_provider, "--profile", profile,
+                              *(["--nodes", str(nodes)] if nodes else [])])
+    try:
+        plans = plans_from_args(args)
+    except MatrixError as exc:
+        return EXIT_USAGE, "\n".join(f"error: {line}" for line in exc.problems)
+    except (PlanError, OSError) as exc:
+        return EXIT_USAGE, f"error: {exc}"
+    return EXIT_OK, dry_run(plans, as_json)
+
+
 def cmd_plan(args: argparse.Namespace, plans: list[EntryPlan]) -> int:
     print(dry_run(plans, args.json))
     return EXIT_OK

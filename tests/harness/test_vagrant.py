@@ -365,3 +365,18 @@ def test_generated_inventory_is_valid_ansible_inventory(tmp_path, venv_bin):
     hostvars = json.loads(result.stdout)["_meta"]["hostvars"]
     assert sorted(hostvars) == ["node1", "node2"]
     assert hostvars["node2"]["pod_cidr"] == "10.100.2.0/24"
+
+
+@pytest.mark.unit
+def test_matrix_dry_run_entry_point_for_the_runner():
+    from cni_harness.vagrant_cli import matrix_dry_run
+
+    status, text = matrix_dry_run(["centos-7-elrepo"], vagrant_provider="virtualbox")
+    assert status == 0
+    assert "centos-7-elrepo: virtualbox box generic/centos7" in text
+    status, text = matrix_dry_run(as_json=True, nodes=2)
+    doc = json.loads(text)
+    assert len(doc["entries"]) == len(MATRIX.os_entries)
+    assert all(len(e["nodes"]) == 2 for e in doc["entries"])
+    status, text = matrix_dry_run(["nope"])
+    assert status == 2 and text.startswith("error: no OS entry 'nope'")
