@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from .provider_check import print_check, refuse
 from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
 from .providers.kind import (
     DEFAULT_CLUSTER,
@@ -68,17 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    available = check_host()
-    if args.json:
-        print(json.dumps({"provider": "kind", "ok": available.ok,
-                          "missing": list(available.missing)}, indent=2))
-    elif available.ok:
-        print("kind: this host can run a kind cluster")
-    else:
-        print("kind cannot run here; missing:", file=sys.stderr)
-        for item in available.missing:
-            print(f"  - {item}", file=sys.stderr)
-    return EXIT_OK if available.ok else EXIT_PROVIDER_UNAVAILABLE
+    return print_check("kind", check_host(), args.json,
+                       ok_message="kind: this host can run a kind cluster")
 
 
 def _drive(action: str):
@@ -87,8 +79,7 @@ def _drive(action: str):
         if action != "status":
             available = check_host()
             if not available.ok:
-                print(f"error: kind cannot run here; {available.reason()}", file=sys.stderr)
-                return EXIT_PROVIDER_UNAVAILABLE
+                return refuse("kind", available)
         try:
             if action == "up":
                 provider.up()

@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 from .matrix import DEFAULT_MATRIX, VAGRANT_PROVIDERS, MatrixError, load_matrix
+from .provider_check import print_check, refuse
 from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
 from .providers.vagrant import (
     DEFAULT_WORKDIR,
@@ -129,17 +130,10 @@ def cmd_validate(args: argparse.Namespace, plans: list[EntryPlan]) -> int:
 
 def cmd_check(args: argparse.Namespace, plans: list[EntryPlan]) -> int:
     boxes = sorted({p.box for p in plans})
-    available = check_host(args.provider, boxes, args.libvirt_driver)
-    if args.json:
-        print(json.dumps({"provider": "vagrant", "vagrant_provider": args.provider,
-                          "ok": available.ok, "missing": list(available.missing)}, indent=2))
-    elif available.ok:
-        print(f"vagrant ({args.provider}): this host can run {', '.join(boxes)}")
-    else:
-        print(f"vagrant ({args.provider}) cannot run here; missing:", file=sys.stderr)
-        for item in available.missing:
-            print(f"  - {item}", file=sys.stderr)
-    return EXIT_OK if available.ok else EXIT_PROVIDER_UNAVAILABLE
+    return print_check(f"vagrant ({args.provider})",
+                       check_host(args.provider, boxes, args.libvirt_driver), args.json,
+                       {"boxes": boxes}, f"vagrant ({args.provider}): this host can run "
+                       + ", ".join(boxes))
 
 
 def _one_provider(args: argparse.Namespace, plans: list[EntryPlan]) -> VagrantProvider:
@@ -159,9 +153,7 @@ def _drive(action: str):
             available = provider.check() if action == "up" else check_host(
                 provider.entry_plan.provider)
             if not available.ok:
-                _err(f"vagrant ({provider.entry_plan.provider}) cannot run here; "
-                     + available.reason())
-                return EXIT_PROVIDER_UNAVAILABLE
+                return refuse(f"vagrant ({provider.entry_plan.provider})", available)
         try:
             if action == "up":
                 provider.up()
