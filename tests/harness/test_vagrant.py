@@ -196,9 +196,11 @@ def test_ssh_config_and_inventory():
     assert hosts["node1"]["IdentityFile"].endswith("node1/libvirt/private_key")
     p = by_name("ubuntu-20.04-hwe", nodes=2)
     doc = inventory(p, "/run dir/ssh_config", hosts)
-    node1 = doc["all"]["hosts"]["node1"]
+    node1 = doc["all"]["children"]["control_plane"]["hosts"]["node1"]
     assert node1["ansible_ssh_common_args"] == "-F '/run dir/ssh_config'"
-    assert node1["node_ip"] == p.nodes[0].ip and node1["node_role"] == "control-plane"
+    assert node1["cni_node_ip"] == p.nodes[0].ip
+    assert "node-role.kubernetes.io/control-plane" in node1["cni_node_labels"]
+    assert list(doc["all"]["children"]["workers"]["hosts"]) == ["node2"]
     assert doc["all"]["vars"]["kernel_source"] == "hwe"
     assert doc["all"]["vars"]["kernel_package"] == "linux-generic-hwe-20.04"
     assert doc["all"]["vars"]["kernel_manage"] is True
@@ -364,7 +366,7 @@ def test_generated_inventory_is_valid_ansible_inventory(tmp_path, venv_bin):
                             capture_output=True, text=True, check=True, timeout=60)
     hostvars = json.loads(result.stdout)["_meta"]["hostvars"]
     assert sorted(hostvars) == ["node1", "node2"]
-    assert hostvars["node2"]["pod_cidr"] == "10.100.2.0/24"
+    assert hostvars["node2"]["cni_pod_cidr"] == "10.100.2.0/24"
 
 
 @pytest.mark.unit
@@ -380,3 +382,24 @@ def test_matrix_dry_run_entry_point_for_the_runner():
     assert all(len(e["nodes"]) == 2 for e in doc["entries"])
     status, text = matrix_dry_run(["nope"])
     assert status == 2 and text.startswith("error: no OS entry 'nope'")
+
+
+@pytest.mark.unit
+def test_provider_interface_before_anything_exists(tmp_path):
+    from cni_harness.providers.base import ProviderUnavailable
+    from cni_harness.providers.vagrant import VagrantProvider
+
+    provider = VagrantProvider(by_name("debian-12", nodes=2), workdir=str(tmp_path))
+    assert [n.name for n in provider.nodes()] == ["node1", "node2"]
+    assert provider.nodes()[0].is_control_plane and not provider.nodes()[1].is_control_plane
+    status = provider.status()
+    assert status["entry"] == "debian-12" and status["vagrant_provider"] == "libvirt"
+    assert [n["state"] for n in status["nodes"]] == ["unknown", "unknown"]
+    provider.down()          # nothing was created: nothing to remove, no error
+    with pytest.raises(KeyError, match="no node 'node9'; nodes: node1, node2"):
+        provider.node("node9")
+    available = provider.check()
+    if not available.ok:     # here: no libvirtd, no box
+        with pytest.raises(ProviderUnavailable, match="missing: "):
+            provider.up()
+        assert not os.path.exists(provider.directory)    # refused before writing anything

@@ -327,33 +327,38 @@ def parse_box_list(text: str) -> set[tuple[str, str]]:
 
 def inventory(p: EntryPlan, ssh_config_path: str, ssh_hosts: dict[str, dict[str, str]]
               ) -> dict[str, Any]:
-    """The Ansible inventory of an entry's VMs (YAML-ready), reached through ssh_config."""
+    """The Ansible inventory of an entry's VMs (YAML-ready), reached through ssh_config.
+
+    Host variables are the ones every provider gives site.yml (`cni_node_ip`, `cni_pod_cidr`,
+    `cni_node_labels`); the kernel role's come from the matrix entry.
+    """
     missing = [n.name for n in p.nodes if n.name not in ssh_hosts]
     if missing:
         raise PlanError(f"vagrant ssh-config has no entry for {', '.join(missing)}")
-    hosts = {}
+    groups: dict[str, dict[str, Any]] = {"control_plane": {"hosts": {}}, "workers": {"hosts": {}}}
     for n in p.nodes:
-        ssh = ssh_hosts[n.name]
-        hosts[n.name] = {
+        info = n.to_info()
+        group = "control_plane" if info.is_control_plane else "workers"
+        groups[group]["hosts"][n.name] = {
             "ansible_host": n.name,        # resolved by ssh through the -F file
-            "ansible_user": ssh.get("User", "vagrant"),
+            "ansible_user": ssh_hosts[n.name].get("User", "vagrant"),
             "ansible_ssh_common_args": f"-F {shlex.quote(ssh_config_path)}",
-            "node_ip": n.ip,
-            "pod_cidr": n.pod_cidr,
-            "node_role": n.role,
+            "cni_node_ip": info.ip,
+            "cni_pod_cidr": info.pod_cidr,
+            "cni_node_labels": dict(info.labels),
         }
     return {"all": {
-        "hosts": hosts,
         "vars": {
             "ansible_become": True,
-            "ansible_python_interpreter": "auto_silent",
             "cni_provider": "vagrant",
             "cni_os_entry": p.entry,
+            "cni_cilium_init": "systemd",
             "kernel_manage": True,
             "kernel_source": p.kernel_source,
             "kernel_package": p.kernel_package,
             "kernel_release": p.kernel_release,
         },
+        "children": groups,
     }}
 
 
