@@ -204,6 +204,9 @@ def test_ssh_config_and_inventory():
     assert doc["all"]["vars"]["kernel_source"] == "hwe"
     assert doc["all"]["vars"]["kernel_package"] == "linux-generic-hwe-20.04"
     assert doc["all"]["vars"]["kernel_manage"] is True
+    assert doc["all"]["vars"]["preflight_kernel_release"] == "5.15.0-91-generic"
+    stock = inventory(by_name("debian-12", nodes=2), "/x", hosts)
+    assert "preflight_kernel_release" not in stock["all"]["vars"]
     with pytest.raises(PlanError, match="node3"):
         inventory(by_name("ubuntu-20.04-hwe"), "/x", hosts)
 

@@ -347,19 +347,21 @@ def inventory(p: EntryPlan, ssh_config_path: str, ssh_hosts: dict[str, dict[str,
             "cni_pod_cidr": info.pod_cidr,
             "cni_node_labels": dict(info.labels),
         }
-    return {"all": {
-        "vars": {
-            "ansible_become": True,
-            "cni_provider": "vagrant",
-            "cni_os_entry": p.entry,
-            "cni_cilium_init": "systemd",
-            "kernel_manage": True,
-            "kernel_source": p.kernel_source,
-            "kernel_package": p.kernel_package,
-            "kernel_release": p.kernel_release,
-        },
-        "children": groups,
-    }}
+    variables: dict[str, Any] = {
+        "ansible_become": True,
+        "cni_provider": "vagrant",
+        "cni_os_entry": p.entry,
+        "cni_cilium_init": "systemd",
+        "kernel_manage": True,
+        "kernel_source": p.kernel_source,
+        "kernel_package": p.kernel_package,
+        "kernel_release": p.kernel_release,
+    }
+    if p.kernel_source != "stock":
+        # The box boots its stock kernel; preflight must judge the kernel the kernel role is
+        # about to install, or it would stop HWE/ELRepo entries before anything could change.
+        variables["preflight_kernel_release"] = p.kernel_release
+    return {"all": {"vars": variables, "children": groups}}
 
 
 # --- the host ---------------------------------------------------------------------------
