@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_matrix_validate)
 
+    from .cluster_cli import register as register_cluster_commands
+    register_cluster_commands(sub)
     vagrant_cli.register(sub)
     kind_cli.register(sub)
 
@@ -85,7 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cni-harness` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if "--" in argv:        # `... -- CMD ARGS`: the command is not for argparse
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if command:
+        if not hasattr(args, "argv"):
+            parser.error("this command takes no `-- CMD`")
+        args.argv = command
     return int(args.func(args) or 0)
 
 
