@@ -17,28 +17,21 @@ from cni_harness import PROJECT_ROOT
 PLAYBOOKS = os.path.join(PROJECT_ROOT, "playbooks")
 ROLE = os.path.join(PLAYBOOKS, "roles", "kernel")
 
-# What the vagrant inventory and the facts of each family's hosts give the role.
+# What the vagrant inventory and each family's facts give the role (its kernel_os_family,
+# kernel_running and kernel_el_major default to the facts).
 FAMILIES = {
-    "ubuntu-20.04-hwe": {
-        "ansible_os_family": "Debian", "ansible_distribution": "Ubuntu",
-        "ansible_distribution_version": "20.04", "ansible_distribution_major_version": "20",
-        "ansible_kernel": "5.15.0-91-generic",
-        "kernel_source": "hwe", "kernel_package": "linux-generic-hwe-20.04"},
-    "debian-12": {
-        "ansible_os_family": "Debian", "ansible_distribution": "Debian",
-        "ansible_distribution_version": "12", "ansible_distribution_major_version": "12",
-        "ansible_kernel": "6.1.0-25-amd64",
-        "kernel_source": "stock", "kernel_package": "linux-image-amd64"},
-    "centos-7-elrepo": {
-        "ansible_os_family": "RedHat", "ansible_distribution": "CentOS",
-        "ansible_distribution_version": "7.9", "ansible_distribution_major_version": "7",
-        "ansible_kernel": "6.9.7-1.el7.elrepo.x86_64",
-        "kernel_source": "elrepo", "kernel_package": "kernel-ml"},
-    "centos-8-elrepo": {
-        "ansible_os_family": "RedHat", "ansible_distribution": "CentOS",
-        "ansible_distribution_version": "8.5", "ansible_distribution_major_version": "8",
-        "ansible_kernel": "6.6.9-1.el8.elrepo.x86_64",
-        "kernel_source": "elrepo", "kernel_package": "kernel-ml"},
+    "ubuntu-20.04-hwe": {"kernel_os_family": "Debian", "kernel_running": "5.15.0-91-generic",
+                         "kernel_el_major": "20", "kernel_source": "hwe",
+                         "kernel_package": "linux-generic-hwe-20.04"},
+    "debian-12": {"kernel_os_family": "Debian", "kernel_running": "6.1.0-25-amd64",
+                  "kernel_el_major": "12", "kernel_source": "stock",
+                  "kernel_package": "linux-image-amd64"},
+    "centos-7-elrepo": {"kernel_os_family": "RedHat",
+                        "kernel_running": "6.9.7-1.el7.elrepo.x86_64", "kernel_el_major": "7",
+                        "kernel_source": "elrepo", "kernel_package": "kernel-ml"},
+    "centos-8-elrepo": {"kernel_os_family": "RedHat",
+                        "kernel_running": "6.6.9-1.el8.elrepo.x86_64", "kernel_el_major": "8",
+                        "kernel_source": "elrepo", "kernel_package": "kernel-ml"},
 }
 
 
@@ -61,9 +54,10 @@ def vars_file(tmp_path, name: str, extra: dict | None = None) -> str:
 
 @pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_syntax_check_with_each_os_family(tmp_path, venv_bin, name):
+@pytest.mark.parametrize("playbook", ["site.yml", "kernel.yml"])
+def test_syntax_check_with_each_os_family(tmp_path, venv_bin, name, playbook):
     result = run(venv_bin, "ansible-playbook", "-i", "localhost,", "--syntax-check",
-                 "-e", f"@{vars_file(tmp_path, name)}", "kernel.yml")
+                 "-e", f"@{vars_file(tmp_path, name)}", playbook)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -71,17 +65,15 @@ def test_syntax_check_with_each_os_family(tmp_path, venv_bin, name):
 @pytest.mark.slow
 def test_ansible_lint_production_profile(venv_bin):
     result = run(venv_bin, "ansible-lint", "--offline", "--profile", "production",
-                 "kernel.yml", "roles/kernel")
+                 "site.yml", "kernel.yml", "roles/kernel")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("name, expected", [
-    ("ubuntu-20.04-hwe", {"kernel_bcc_packages": ["python3-bpfcc", "bpfcc-tools"],
-                          "kernel_headers_package": "linux-headers-5.15.0-91-generic"}),
+    ("ubuntu-20.04-hwe", {"kernel_headers_package": "linux-headers-5.15.0-91-generic"}),
     ("debian-12", {"kernel_headers_package": "linux-headers-6.1.0-25-amd64"}),
     ("centos-7-elrepo", {
-        "kernel_bcc_packages": ["python3-bcc", "bcc-tools"],
         "kernel_headers_package": "kernel-ml-devel",
         "kernel_elrepo_baseurl": "https://elrepo.org/linux/kernel/el7/$basearch/",
         "key": "https://www.elrepo.org/RPM-GPG-KEY-elrepo.org"}),
@@ -99,14 +91,13 @@ def test_each_family_templates_to_its_packages(tmp_path, venv_bin, name, expecte
              "ansible.builtin.include_vars": os.path.join(ROLE, "vars", "main.yml")},
             {"name": "Load the family's variables",
              "ansible.builtin.include_vars":
-                 os.path.join(ROLE, "vars", "{{ kernel_families[ansible_os_family] }}.yml")},
+                 os.path.join(ROLE, "vars", "{{ kernel_families[kernel_os_family] }}.yml")},
             {"name": "Write them out", "ansible.builtin.copy": {
                 "dest": str(tmp_path / "shown.json"), "mode": "0644",
                 "content": "{{ shown | to_json }}"}, "vars": {"shown": {
-                "kernel_bcc_packages": "{{ kernel_bcc_packages }}",
                 "kernel_headers_package": "{{ kernel_headers_package }}",
                 "kernel_elrepo_baseurl": "{{ kernel_elrepo_baseurl | default('') }}",
-                "key": "{{ kernel_elrepo_keys[ansible_distribution_major_version]"
+                "key": "{{ kernel_elrepo_keys[kernel_el_major]"
                        " | default('') if kernel_elrepo_keys is defined else '' }}"}}},
         ]}]))
     result = run(venv_bin, "ansible-playbook", "-i", "localhost,", "-c", "local",
@@ -128,3 +119,20 @@ def test_the_role_changes_nothing_when_not_asked_to_manage_the_kernel(venv_bin):
         stats = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", recap)}
         assert stats["changed"] == 0 and stats["failed"] == 0, recap
         assert stats["skipped"] >= 3, recap
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kernel, supported", [("4.15.0-213-generic", False),
+                                               ("5.15.0-91-generic", True)])
+def test_preflight_judges_the_kernel_the_inventory_names(tmp_path, venv_bin, kernel, supported):
+    """HWE/ELRepo entries boot a stock kernel: preflight judges the one about to be installed
+    (preflight_kernel_release from the vagrant inventory), and stops before any change."""
+    play = tmp_path / "preflight.yml"
+    play.write_text(yaml.safe_dump([{"name": "Preflight", "hosts": "all",
+                                     "gather_facts": True, "gather_subset": ["min"],
+                                     "roles": [{"role": "preflight"}]}]))
+    result = run(venv_bin, "ansible-playbook", "-i", "localhost,", "-c", "local",
+                 "-e", f"preflight_kernel_release={kernel}", str(play))
+    assert (result.returncode == 0) is supported, result.stdout + result.stderr
+    if not supported:
+        assert f"kernel {kernel} is older than 5.8" in result.stdout

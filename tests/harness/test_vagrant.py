@@ -20,6 +20,7 @@ from cni_harness.providers.vagrant import (
     check_host,
     cluster_spec,
     format_plan,
+    install_packages,
     installed_boxes,
     inventory,
     kernel_role_vars,
@@ -106,11 +107,12 @@ def test_os_family_steps():
     install = hwe.index(next(s for s in hwe if "linux-generic-hwe-20.04" in s))
     reboot = hwe.index(next(s for s in hwe if "reboot" in s))
     headers = hwe.index(next(s for s in hwe if "linux-headers-$(uname -r)" in s))
-    assert install < reboot < headers
-    assert "python3-bpfcc" in hwe[headers]
+    bcc = hwe.index(next(s for s in hwe if "python3-bpfcc" in s))
+    assert install < reboot < headers < bcc
 
     debian = by_name("debian-12").steps
-    assert any("python3-bpfcc" in s and "linux-headers-$(uname -r)" in s for s in debian)
+    assert any("linux-headers-$(uname -r)" in s for s in debian)
+    assert any(s.startswith("install:") and "python3-bpfcc" in s for s in debian)
     assert not any("reboot" in s for s in debian)
 
     for name in ("centos-7-elrepo", "centos-8-elrepo"):
@@ -123,23 +125,28 @@ def test_os_family_steps():
 
 
 @pytest.mark.unit
-def test_package_names_come_from_the_kernel_role():
-    assert kernel_role_vars("Debian")["kernel_bcc_packages"][0] == "python3-bpfcc"
-    assert kernel_role_vars("RedHat")["kernel_bcc_packages"][0] == "python3-bcc"
+def test_package_names_come_from_the_roles():
+    assert "python3-bpfcc" in install_packages("Debian")
+    assert "python3-bcc" in install_packages("RedHat")
+    assert kernel_role_vars("RedHat")["kernel_headers_package"] == "{{ kernel_package }}-devel"
     with pytest.raises(PlanError, match="Suse"):
         kernel_role_vars("Suse")
 
 
 @pytest.mark.unit
-def test_steps_follow_site_yml_roles_when_present():
-    p = by_name("debian-12", site=["preflight", "kernel", "install", "configure", "kube-proxy"])
+def test_steps_follow_site_yml_roles():
+    from cni_harness.providers.vagrant import site_roles
+
+    assert site_roles() == ["preflight", "kernel", "install", "kube_proxy", "configure"]
+    p = by_name("debian-12", site=["preflight", "kernel", "install", "configure", "kube_proxy"])
     assert p.steps[0].startswith("preflight:")
     assert p.steps[1].startswith("kernel:")
-    assert list(p.steps[2:]) == ["install", "configure", "kube-proxy"]
+    assert p.steps[2].startswith("install: python3")
+    assert list(p.steps[3:]) == ["configure", "kube_proxy"]
     # A site.yml without the kernel role still gets the kernel steps right after preflight.
     p = by_name("debian-12", site=["preflight", "install"])
     assert p.steps[1].startswith("kernel:") and "kernel.yml" in p.steps[1]
-    assert p.steps[-1] == "install"
+    assert p.steps[-1].startswith("install:")
 
 
 @pytest.mark.unit
@@ -195,7 +202,7 @@ def test_ssh_config_and_inventory():
     assert hosts["node2"]["HostName"] == "192.168.121.203"
     assert hosts["node1"]["IdentityFile"].endswith("node1/libvirt/private_key")
     p = by_name("ubuntu-20.04-hwe", nodes=2)
-    doc = inventory(p, "/run dir/ssh_config", hosts)
+    doc = yaml.safe_load(inventory(p, "/run dir/ssh_config", hosts))
     node1 = doc["all"]["children"]["control_plane"]["hosts"]["node1"]
     assert node1["ansible_ssh_common_args"] == "-F '/run dir/ssh_config'"
     assert node1["cni_node_ip"] == p.nodes[0].ip
@@ -205,7 +212,7 @@ def test_ssh_config_and_inventory():
     assert doc["all"]["vars"]["kernel_package"] == "linux-generic-hwe-20.04"
     assert doc["all"]["vars"]["kernel_manage"] is True
     assert doc["all"]["vars"]["preflight_kernel_release"] == "5.15.0-91-generic"
-    stock = inventory(by_name("debian-12", nodes=2), "/x", hosts)
+    stock = yaml.safe_load(inventory(by_name("debian-12", nodes=2), "/x", hosts))
     assert "preflight_kernel_release" not in stock["all"]["vars"]
     with pytest.raises(PlanError, match="node3"):
         inventory(by_name("ubuntu-20.04-hwe"), "/x", hosts)
@@ -364,7 +371,7 @@ def test_generated_inventory_is_valid_ansible_inventory(tmp_path, venv_bin):
     with open(os.path.join(FIXTURES, "vagrant-ssh-config.txt"), encoding="utf-8") as fh:
         hosts = parse_ssh_config(fh.read())
     path = tmp_path / "inventory.yml"
-    path.write_text(yaml.safe_dump(inventory(by_name("debian-12", nodes=2), "/x", hosts)))
+    path.write_text(inventory(by_name("debian-12", nodes=2), "/x", hosts))
     result = subprocess.run([venv_bin("ansible-inventory"), "-i", str(path), "--list"],
                             capture_output=True, text=True, check=True, timeout=60)
     hostvars = json.loads(result.stdout)["_meta"]["hostvars"]

@@ -28,6 +28,7 @@ from cni_cilium.config import settings_from_mapping
 from cni_cilium.preflight import evaluate
 
 from .. import PROJECT_ROOT
+from ..inventory import render_inventory
 from ..matrix import VAGRANT_PROVIDERS, OsEntry
 from .base import Availability, NodeInfo, Provider, ProviderUnavailable
 
@@ -36,6 +37,7 @@ VAGRANTFILE = os.path.join(VMS_DIR, "Vagrantfile")
 PLAYBOOK_DIR = os.path.join(PROJECT_ROOT, "playbooks")
 SITE_PLAYBOOK = os.path.join(PLAYBOOK_DIR, "site.yml")
 KERNEL_ROLE = os.path.join(PLAYBOOK_DIR, "roles", "kernel")
+INSTALL_ROLE = os.path.join(PLAYBOOK_DIR, "roles", "install")
 DEFAULT_WORKDIR = os.path.join(PROJECT_ROOT, ".state", "vagrant")
 
 # VirtualBox (>= 6.1.28) only allows host-only networks inside 192.168.56.0/21 unless the
@@ -149,24 +151,27 @@ def kernel_role_vars(family: str, role_dir: str = KERNEL_ROLE) -> dict[str, Any]
     return doc
 
 
-def kernel_steps(entry: OsEntry, family: str, role_vars: dict[str, Any]) -> list[str]:
+def kernel_steps(entry: OsEntry, family: str) -> list[str]:
     """What the kernel role does on this entry, in order."""
-    bcc = ", ".join(role_vars["kernel_bcc_packages"])
     steps: list[str] = []
     if family == "Debian":
         if entry.kernel_source == "hwe":
             steps += [f"kernel: apt install --install-recommends {entry.kernel_package}",
                       "kernel: reboot into the HWE kernel, check it runs (>= 5.8)"]
-        steps.append(f"kernel: apt install {bcc}, linux-headers-$(uname -r)")
-    else:
-        if entry.kernel_source == "elrepo":
-            steps += [
-                "kernel: import the ELRepo key, declare the elrepo-kernel repository",
-                f"kernel: install {entry.kernel_package} {entry.kernel_package}-devel",
-                f"kernel: grubby --set-default the newest {entry.kernel_package}",
-                "kernel: reboot into the ELRepo kernel, check it runs"]
-        steps.append(f"kernel: install {bcc}")
+        steps.append("kernel: apt install linux-headers-$(uname -r)")
+    elif entry.kernel_source == "elrepo":
+        steps += [
+            "kernel: import the ELRepo key, declare the elrepo-kernel repository",
+            f"kernel: install {entry.kernel_package} {entry.kernel_package}-devel",
+            f"kernel: grubby --set-default the newest {entry.kernel_package}",
+            "kernel: reboot into the ELRepo kernel, check it runs"]
     return steps
+
+
+def install_packages(family: str, role_dir: str = INSTALL_ROLE) -> list[str]:
+    """The distribution packages the install role puts on a host of this OS family."""
+    doc = _load_yaml(os.path.join(role_dir, "defaults", "main.yml"))
+    return list(doc["install_packages_by_family"][family])
 
 
 def site_roles(site_playbook: str = SITE_PLAYBOOK) -> list[str] | None:
@@ -185,21 +190,26 @@ def site_roles(site_playbook: str = SITE_PLAYBOOK) -> list[str] | None:
 
 
 def playbook_steps(entry: OsEntry, family: str, verdict_supported: bool,
-                   site: list[str] | None, role_vars: dict[str, Any]) -> list[str]:
+                   site: list[str] | None) -> list[str]:
     """The deploy steps of an entry: preflight first, then the roles of site.yml in order,
-    the kernel role spelled out for the entry's OS family."""
+    the OS-family ones (kernel, install's packages) spelled out."""
     steps = ["preflight: judge os-release + target kernel by the rules, before any change"]
     if not verdict_supported:
         return [*steps, "preflight: unsupported -> the playbook stops here, nothing changed"]
-    kernel = kernel_steps(entry, family, role_vars)
+    kernel = kernel_steps(entry, family)
     if site is None:
-        return [*steps, *kernel, "site.yml: not in this tree yet; playbooks/kernel.yml only"]
+        return [*steps, *kernel, "site.yml: not in this tree; playbooks/kernel.yml only"]
     if "kernel" not in site:
         steps += [f"{step} (playbooks/kernel.yml; site.yml lacks the kernel role)"
                   for step in kernel]
     for role in site:
-        if role != "preflight":
-            steps += kernel if role == "kernel" else [role]
+        if role == "kernel":
+            steps += kernel
+        elif role == "install":
+            steps.append(f"install: {', '.join(install_packages(family))}; the agent in "
+                         "/opt/cni-cilium/venv, its systemd unit")
+        elif role != "preflight":
+            steps.append(role)
     return steps
 
 
@@ -220,7 +230,7 @@ def plan(entry: OsEntry, index: int, *, provider: str = "libvirt", nodes: int | 
     network = entry_network(index)
     verdict = evaluate(entry.os_release, entry.kernel_release,
                        settings_from_mapping(profile_settings or {}))
-    role_vars = kernel_role_vars(family, role_dir)
+    kernel_role_vars(family, role_dir)     # the role knows the family, or PlanError
     preflight = {"profile": profile, **verdict.to_dict()}
     return EntryPlan(
         entry=entry.name, provider=provider, box=entry.boxes[provider],
@@ -228,7 +238,7 @@ def plan(entry: OsEntry, index: int, *, provider: str = "libvirt", nodes: int | 
         kernel_package=entry.kernel_package, kernel_release=entry.kernel_release,
         network=str(network), nodes=planned_nodes(network, nodes or entry.nodes),
         expected=dict(entry.expect), preflight=preflight,
-        steps=tuple(playbook_steps(entry, family, verdict.supported, site, role_vars)),
+        steps=tuple(playbook_steps(entry, family, verdict.supported, site)),
         memory_mib=memory_mib, cpus=cpus, libvirt_driver=libvirt_driver)
 
 
@@ -326,32 +336,22 @@ def parse_box_list(text: str) -> set[tuple[str, str]]:
 
 
 def inventory(p: EntryPlan, ssh_config_path: str, ssh_hosts: dict[str, dict[str, str]]
-              ) -> dict[str, Any]:
-    """The Ansible inventory of an entry's VMs (YAML-ready), reached through ssh_config.
-
-    Host variables are the ones every provider gives site.yml (`cni_node_ip`, `cni_pod_cidr`,
-    `cni_node_labels`); the kernel role's come from the matrix entry.
-    """
+              ) -> str:
+    """The Ansible inventory (YAML) of an entry's VMs, reached through ssh_config: the host
+    variables every provider gives site.yml, plus the kernel role's from the matrix entry."""
     missing = [n.name for n in p.nodes if n.name not in ssh_hosts]
     if missing:
         raise PlanError(f"vagrant ssh-config has no entry for {', '.join(missing)}")
-    groups: dict[str, dict[str, Any]] = {"control_plane": {"hosts": {}}, "workers": {"hosts": {}}}
-    for n in p.nodes:
-        info = n.to_info()
-        group = "control_plane" if info.is_control_plane else "workers"
-        groups[group]["hosts"][n.name] = {
-            "ansible_host": n.name,        # resolved by ssh through the -F file
-            "ansible_user": ssh_hosts[n.name].get("User", "vagrant"),
-            "ansible_ssh_common_args": f"-F {shlex.quote(ssh_config_path)}",
-            "cni_node_ip": info.ip,
-            "cni_pod_cidr": info.pod_cidr,
-            "cni_node_labels": dict(info.labels),
-        }
-    variables: dict[str, Any] = {
+    host_vars = {n.name: {"ansible_host": n.name,     # resolved by ssh through the -F file
+                          "ansible_user": ssh_hosts[n.name].get("User", "vagrant"),
+                          "ansible_ssh_common_args": f"-F {shlex.quote(ssh_config_path)}"}
+                 for n in p.nodes}
+    group_vars: dict[str, Any] = {
         "ansible_become": True,
         "cni_provider": "vagrant",
         "cni_os_entry": p.entry,
         "cni_cilium_init": "systemd",
+        "cni_cilium_manage_packages": True,
         "kernel_manage": True,
         "kernel_source": p.kernel_source,
         "kernel_package": p.kernel_package,
@@ -360,8 +360,8 @@ def inventory(p: EntryPlan, ssh_config_path: str, ssh_hosts: dict[str, dict[str,
     if p.kernel_source != "stock":
         # The box boots its stock kernel; preflight must judge the kernel the kernel role is
         # about to install, or it would stop HWE/ELRepo entries before anything could change.
-        variables["preflight_kernel_release"] = p.kernel_release
-    return {"all": {"vars": variables, "children": groups}}
+        group_vars["preflight_kernel_release"] = p.kernel_release
+    return render_inventory([n.to_info() for n in p.nodes], group_vars, host_vars)
 
 
 # --- the host ---------------------------------------------------------------------------
@@ -507,6 +507,11 @@ class VagrantProvider(Provider):
         return os.path.join(self.workdir, f"{self.entry_plan.entry}-{self.entry_plan.provider}")
 
     @property
+    def state_dir(self) -> str:
+        """Where deploy keeps its ansible-runner data (cni_harness.deploy)."""
+        return self.directory
+
+    @property
     def ssh_config_path(self) -> str:
         return os.path.join(self.directory, "ssh_config")
 
@@ -579,10 +584,10 @@ class VagrantProvider(Provider):
         if not self._ssh_hosts:
             self._refresh_ssh_config()
         path = os.path.join(self.directory, "inventory.yml")
-        doc = inventory(self.entry_plan, self.ssh_config_path, self._ssh_hosts)
+        text = inventory(self.entry_plan, self.ssh_config_path, self._ssh_hosts)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".inventory.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(doc, fh, sort_keys=False)
+            fh.write(text)
         os.replace(tmp, path)
         return path
 
