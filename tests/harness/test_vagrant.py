@@ -413,3 +413,20 @@ def test_provider_interface_before_anything_exists(tmp_path):
         with pytest.raises(ProviderUnavailable, match="missing: "):
             provider.up()
         assert not os.path.exists(provider.directory)    # refused before writing anything
+
+
+@pytest.mark.unit
+def test_put_file_script_writes_atomically(tmp_path):
+    """The script every remote provider's put_file runs, run here by sh."""
+    from cni_harness.providers.base import put_file_script, run_text
+
+    target = tmp_path / "etc" / "cni-cilium" / "config.yaml"
+    result = run_text(["sh", "-c", put_file_script(str(target), 0o600)], b"a: 1\n", 10, True)
+    assert result.returncode == 0 and isinstance(result.stdout, str)
+    assert target.read_bytes() == b"a: 1\n"
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert sorted(os.listdir(target.parent)) == ["config.yaml"]
+    with pytest.raises(ValueError, match="absolute"):
+        put_file_script("relative/path", 0o644)
+    with pytest.raises(subprocess.CalledProcessError):
+        run_text(["sh", "-c", "exit 4"], None, 10, True)

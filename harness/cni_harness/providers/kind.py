@@ -19,7 +19,14 @@ from typing import Any, Sequence
 import yaml
 
 from .. import PROJECT_ROOT
-from .base import Availability, NodeInfo, Provider, ProviderUnavailable
+from .base import (
+    Availability,
+    NodeInfo,
+    Provider,
+    ProviderUnavailable,
+    put_file_script,
+    run_text,
+)
 
 DEFAULT_CLUSTER = "cni-cilium"
 DEFAULT_IMAGE = "cni-cilium-agent:dev"
@@ -447,16 +454,11 @@ class KindProvider(Provider):
 
     def exec(self, node: str, argv: Sequence[str], *, input: str | bytes | None = None,
              timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "exec", "-i", self._container(node), *argv],
-                              input=input, capture_output=True,
-                              text=not isinstance(input, bytes), timeout=timeout, check=check)
+        return run_text(["docker", "exec", "-i", self._container(node), *argv], input,
+                        timeout, check)
 
     def put_file(self, node: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        import shlex
-
-        script = (f"mkdir -p {shlex.quote(os.path.dirname(path) or '/')} && cat > "
-                  f"{shlex.quote(path)} && chmod {mode:o} {shlex.quote(path)}")
-        self.exec(node, ["sh", "-c", script], input=data)
+        self.exec(node, ["sh", "-c", put_file_script(path, mode)], input=data)
 
     def reboot(self, node: str) -> None:
         """Restart the node's container (its bpffs and netns go, like a reboot's) and wait

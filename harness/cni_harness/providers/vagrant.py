@@ -30,7 +30,14 @@ from cni_cilium.preflight import evaluate
 from .. import PROJECT_ROOT
 from ..inventory import render_inventory
 from ..matrix import VAGRANT_PROVIDERS, OsEntry
-from .base import Availability, NodeInfo, Provider, ProviderUnavailable
+from .base import (
+    Availability,
+    NodeInfo,
+    Provider,
+    ProviderUnavailable,
+    put_file_script,
+    run_text,
+)
 
 VMS_DIR = os.path.join(PROJECT_ROOT, "vms")
 VAGRANTFILE = os.path.join(VMS_DIR, "Vagrantfile")
@@ -563,17 +570,10 @@ class VagrantProvider(Provider):
     def exec(self, node: str, argv: Sequence[str], *, input: str | bytes | None = None,
              timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
         remote = "sudo -n -- " + shlex.join(list(argv))
-        return subprocess.run([*self._ssh_argv(node), remote], input=input,
-                              capture_output=True, text=not isinstance(input, bytes),
-                              timeout=timeout, check=check)
+        return run_text([*self._ssh_argv(node), remote], input, timeout, check)
 
     def put_file(self, node: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        directory = os.path.dirname(path) or "/"
-        tmp = f"{path}.cni-tmp"
-        script = (f"mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(tmp)} && "
-                  f"chmod {mode:o} {shlex.quote(tmp)} && mv {shlex.quote(tmp)} "
-                  f"{shlex.quote(path)}")
-        self.exec(node, ["sh", "-c", script], input=data)
+        self.exec(node, ["sh", "-c", put_file_script(path, mode)], input=data)
 
     def reboot(self, node: str) -> None:
         """A real power cycle through Vagrant; returns once ssh answers again."""
