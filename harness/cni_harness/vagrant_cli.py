@@ -160,6 +160,17 @@ def _drive(action: str):
                 print(provider.inventory_path())
             elif action == "inventory":
                 print(provider.inventory_path())
+            elif action == "deploy":
+                from .deploy import run_playbook
+
+                result = run_playbook(provider, config=args.config,
+                                      progress=lambda line: print(line, file=sys.stderr))
+                print(json.dumps(result.to_dict(), indent=2) if args.json else
+                      f"deploy {result.status}: {result.changed} changed in "
+                      f"{result.seconds:.0f} s")
+                for line in result.failed_tasks:
+                    _err(line)
+                return EXIT_OK if result.rc == 0 else EXIT_FAIL
             elif action == "status":
                 print(json.dumps(provider.status(), indent=2))
             else:
@@ -203,6 +214,7 @@ def register(sub: argparse._SubParsersAction) -> None:
          cmd_check),
         ("up", "bring one entry's VMs up and print its Ansible inventory", _drive("up")),
         ("inventory", "write the Ansible inventory of running VMs", _drive("inventory")),
+        ("deploy", "run playbooks/site.yml on one entry's running VMs", _drive("deploy")),
         ("status", "machine states of one entry", _drive("status")),
         ("halt", "stop one entry's VMs", _drive("halt")),
         ("reload", "restart one entry's VMs through Vagrant", _drive("reload")),
@@ -216,6 +228,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             cmd.add_argument("--out", required=True, help="directory for the definitions")
         if name == "validate":
             cmd.add_argument("--out", help="keep the definitions here (default: a temp dir)")
+        if name == "deploy":
+            cmd.add_argument("--config", help="ModuleConfig to install (default: defaults)")
         cmd.add_argument("--workdir", default=DEFAULT_WORKDIR,
                          help="where the running definitions and Vagrant state live")
         cmd.set_defaults(func=_with_plans(handler))
