@@ -326,3 +326,30 @@ def test_fixtures_have_the_api_schema():
         model = "V1Status" if obj["kind"] == "Status" else models[obj["kind"]]
         model_problems(obj, model, f"event {event['type']}", problems)
     assert problems == []
+
+
+@pytest.mark.unit
+def test_module_cli_prints_what_the_agent_would_get(tmp_path):
+    """`python -m cni_cilium.sources.kube --kubeconfig`: the real client, a real kubeconfig."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    with FakeApiServer({}) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        result = subprocess.run([sys.executable, "-m", "cni_cilium.sources.kube",
+                                 "--kubeconfig", str(kubeconfig), "--timeout", "20"],
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    kinds = [o["kind"] for o in doc["objects"]]
+    assert kinds.count("Node") == 2 and kinds.count("Service") == 5
+    assert doc["skipped"]["Pod/default/pending-1"] == "not scheduled to a node yet"
+    assert doc["problems"] == ["Service default/broken: spec.ports[0].protocol: unsupported "
+                               "protocol 'SCTP'; allowed: TCP, UDP"]

@@ -330,3 +330,44 @@ class KubeSource:
         if self.errors.get(kind) != message:
             log.warning("%s: %s (retrying every %.0f s)", kind, message, self.retry_seconds)
         self.errors[kind] = message
+
+
+def snapshot_json(source: KubeSource) -> dict[str, Any]:
+    """What the agent would take from the API right now, JSON-ready."""
+    import dataclasses
+
+    objects, problems = source.read()
+    return {"objects": [{"kind": o.kind, **dataclasses.asdict(o)} for o in objects],
+            "problems": problems, "skipped": source.store.skipped(),
+            "errors": dict(source.errors)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cni_cilium.sources.kube`: list the API once and print the desired state the
+    agent would get from it (exit 1 when the API does not answer in time)."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cni_cilium.sources.kube",
+                                     description=main.__doc__)
+    parser.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for the API")
+    args = parser.parse_args(argv)
+    source = KubeSource(load_api_client(args.kubeconfig), retry_seconds=1.0).start()
+    try:
+        synced = source.wait_synced(args.timeout)
+        doc = snapshot_json(source)
+    finally:
+        source.close()
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    if not synced:
+        print(f"error: the API did not answer within {args.timeout:.0f} s: "
+              + "; ".join(f"{k}: {v}" for k, v in sorted(doc["errors"].items())),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
