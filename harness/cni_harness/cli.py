@@ -48,6 +48,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("preflight", [_venv_bin("cni-cilium"), "preflight"]),
         ("unit suite", [sys.executable, "-m", "pytest", "-q", "-m", "unit",
                         os.path.join(PROJECT_ROOT, "tests")]),
+        # Brings up a local cluster, deploys, runs every datapath path; -rA lists each
+        # path's result (until `cni-harness run --suite traffic` and its report land here).
+        ("traffic suite", [sys.executable, "-m", "pytest", "-q", "-rA", "-p",
+                           "no:cacheprovider", os.path.join(PROJECT_ROOT, "tests", "e2e",
+                                                            "test_traffic.py")]),
     ]
     for title, argv in steps:
         print(f"==> {title}: {' '.join(argv)}", flush=True)
