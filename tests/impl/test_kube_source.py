@@ -275,16 +275,16 @@ def test_kube_source_lists_watches_and_relists_after_410():
                 return bool(web and web[0].ports[0].port == 8000)
 
             def relisted():
-                return server.lists("/api/v1/nodes") >= 2 and source.store.synced()
+                # The second Node watch answered 410 Expired: the source listed Nodes again,
+                # and that list (worker2 without a pod CIDR) replaced what the watch said.
+                return (server.lists("/api/v1/nodes") >= 2 and
+                        source.store.skipped().get("Node/cni-cilium-worker2") ==
+                        "no pod CIDR allocated yet")
 
             while not (service_watched() and relisted()) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert service_watched(), (source.errors, source.read())
-            # The second Node watch answered 410 Expired: the source listed Nodes again, and
-            # that list (where worker2 has no pod CIDR) replaced what the first watch said.
-            assert relisted()
-            assert source.store.skipped()["Node/cni-cilium-worker2"] == \
-                "no pod CIDR allocated yet"
+            assert relisted(), (server.requests, source.store.skipped())
             watches = [q for p, q in server.requests if p == "/api/v1/services" and "watch" in q]
             assert watches[0]["resourceVersion"] == "1400"     # from the list's metadata
             assert watches[0].get("allowWatchBookmarks") in ("true", "True")
@@ -353,3 +353,52 @@ def test_module_cli_prints_what_the_agent_would_get(tmp_path):
     assert doc["skipped"]["Pod/default/pending-1"] == "not scheduled to a node yet"
     assert doc["problems"] == ["Service default/broken: spec.ports[0].protocol: unsupported "
                                "protocol 'SCTP'; allowed: TCP, UDP"]
+
+
+# --- the agent takes either source -------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_the_agent_reconciles_on_the_kube_sources_changes(tmp_path):
+    """The agent's change detection follows the source it was given (no datapath needed)."""
+    from cni_cilium.agent import Agent, ManifestReader
+    from cni_cilium.config import defaults
+
+    source = KubeSource(api_client=None)          # fed by hand: no threads started
+    agent = Agent(defaults(), str(tmp_path / "config.yaml"), "cni-cilium-worker",
+                  source=source)
+    assert agent.source is source
+    before, quick = agent._inputs_signature(), agent._quick_signature()
+    source.store.replace("Service", recorded("Service")["items"])
+    assert agent._inputs_signature() != before and agent._quick_signature() != quick
+    objects, problems = agent.source.read()
+    assert {o.name for o in objects} >= {"web", "web-lb"} and len(problems) == 1
+    # Default: the manifest directory, as before.
+    plain = Agent(defaults(), str(tmp_path / "config.yaml"), "n1")
+    assert isinstance(plain.source, ManifestReader) and plain.source.name == "manifests"
+
+
+@pytest.mark.unit
+def test_the_agent_opens_the_api_source_only_once_it_listed_everything(tmp_path, monkeypatch):
+    import yaml
+
+    from cni_cilium import agent
+
+    with FakeApiServer({}) as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        source = agent._open_source("kube", str(kubeconfig))
+        try:
+            assert source is not None and source.store.synced()
+            assert any(o.kind == "EndpointSlice" for o in source.read()[0])
+        finally:
+            source.close()
+    # Nothing answers: the agent refuses to start, naming the reason, instead of
+    # reconciling an empty view (which would remove every service).
+    monkeypatch.setattr(agent, "KUBE_SYNC_SECONDS", 1)
+    kubeconfig.write_text(kubeconfig.read_text().replace(server.url, "http://127.0.0.1:9"))
+    assert agent._open_source("kube", str(kubeconfig)) is None

@@ -27,8 +27,11 @@ class DesiredStateSource(Protocol):
 
     name: str
 
+    def quick_signature(self) -> Hashable:
+        """Cheap; changes at least when objects are added or removed (checked every tick)."""
+
     def signature(self) -> Hashable:
-        """A value that changes whenever the desired state may have changed (cheap)."""
+        """Changes whenever the desired state may have changed (may cost more)."""
 
     def read(self) -> Snapshot:
         """Every valid object, oldest first (the older object wins a frontend conflict),
