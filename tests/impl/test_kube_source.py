@@ -46,6 +46,18 @@ def events() -> list[dict]:
         return [json.loads(line) for line in fh]
 
 
+def write_kubeconfig(path, server: str):
+    """A kubeconfig for an API server without authentication (the fake one below)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    return path
+
+
 def loaded_store() -> ObjectStore:
     store = ObjectStore()
     for kind in KINDS:
@@ -334,15 +346,9 @@ def test_module_cli_prints_what_the_agent_would_get(tmp_path):
     import subprocess
     import sys
 
-    import yaml
 
     with FakeApiServer({}) as server:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
         result = subprocess.run([sys.executable, "-m", "cni_cilium.sources.kube",
                                  "--kubeconfig", str(kubeconfig), "--timeout", "20"],
                                 capture_output=True, text=True, timeout=60, check=False)
@@ -380,17 +386,11 @@ def test_the_agent_reconciles_on_the_kube_sources_changes(tmp_path):
 
 @pytest.mark.unit
 def test_the_agent_opens_the_api_source_only_once_it_listed_everything(tmp_path, monkeypatch):
-    import yaml
 
     from cni_cilium import agent
 
     with FakeApiServer({}) as server:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)
         source = agent._open_source("kube", str(kubeconfig))
         try:
             assert source is not None and source.store.synced()
@@ -400,5 +400,5 @@ def test_the_agent_opens_the_api_source_only_once_it_listed_everything(tmp_path,
     # Nothing answers: the agent refuses to start, naming the reason, instead of
     # reconciling an empty view (which would remove every service).
     monkeypatch.setattr(agent, "KUBE_SYNC_SECONDS", 1)
-    kubeconfig.write_text(kubeconfig.read_text().replace(server.url, "http://127.0.0.1:9"))
+    write_kubeconfig(kubeconfig, "http://127.0.0.1:9")
     assert agent._open_source("kube", str(kubeconfig)) is None
