@@ -75,7 +75,12 @@ def test_agent_manifests_pass_the_kubernetes_schema_and_say_what_the_agent_needs
     agent = pod["containers"][0]
     assert agent["securityContext"]["privileged"] is True
     assert agent["image"] == "registry.local/cni-cilium-agent:1"
-    assert "--source" in agent["args"] and "kube" in agent["args"]
+    assert agent["args"][:3] == ["agent", "--source", "kube"]
+    # What the DaemonSet asks of the agent, the agent's CLI accepts.
+    from cni_cilium.cli import build_parser
+
+    parsed = build_parser().parse_args([*agent["args"][:5], "--log-file", "-"])
+    assert (parsed.source, parsed.node_name, parsed.log_file) == ("kube", "$(NODE_NAME)", "-")
     assert {"operator": "Exists"} in pod["tolerations"]   # nodes are NotReady before the CNI
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     assert mounts["/sys/fs/bpf"]["mountPropagation"] == "Bidirectional"

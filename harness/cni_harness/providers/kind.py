@@ -205,7 +205,9 @@ def agent_manifests(image: str = DEFAULT_IMAGE, namespace: str = AGENT_NAMESPACE
                         "name": "agent",
                         "image": image, "imagePullPolicy": "IfNotPresent",
                         "command": ["/opt/cni-cilium/venv/bin/cni-cilium"],
-                        "args": ["agent", "--source", "kube", "--node-name", "$(NODE_NAME)"],
+                        # Logs to stderr: `kubectl logs` shows them.
+                        "args": ["agent", "--source", "kube", "--node-name", "$(NODE_NAME)",
+                                 "--log-file", "-"],
                         "env": env,
                         "securityContext": {"privileged": True},
                         "readinessProbe": {
