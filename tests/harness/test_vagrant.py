@@ -169,6 +169,10 @@ def test_format_plan_lists_box_nodes_and_steps():
     assert "node1   control-plane" in text and "node2   worker" in text
     assert "node3" not in text
     assert "vagrant up --provider libvirt" in text and "vagrant destroy" in text
+    assert "7. install: python3" in text and "10. suites" in text
+    stopped = format_plan(by_name("ubuntu-18.04"))
+    assert "3. preflight: unsupported" in stopped and "4. vagrant destroy" in stopped
+    assert "suites" not in stopped
 
 
 # --- generated definitions ---------------------------------------------------------------------

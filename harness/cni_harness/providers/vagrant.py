@@ -271,9 +271,10 @@ def format_plan(p: EntryPlan) -> str:
              f"  network {p.network}, {len(p.nodes)} nodes, {p.memory_mib} MiB x {p.cpus} CPU:"]
     lines += [f"    {n.name:7} {n.role:13} {n.ip:15} pods {n.pod_cidr}" for n in p.nodes]
     lines.append("  steps:")
+    suites = ["suites"] if p.preflight["supported"] else []   # a stopped deploy runs none
     lines += [f"    {i}. {step}" for i, step in enumerate(
-        ["vagrant up --provider " + p.provider, *p.steps,
-         "suites", "vagrant destroy"], start=1)]
+        ["vagrant up --provider " + p.provider, *p.steps, *suites, "vagrant destroy"],
+        start=1)]
     return "\n".join(lines)
 
 
