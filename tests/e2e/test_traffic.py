@@ -41,7 +41,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
-CONFIG = "bpfLBMode: SNAT\n"
+# The suite runs in either tunnel mode (a reused cluster in another mode is rebooted into
+# this one by the deploy, as site.yml does on a tunnelMode change).
+TUNNEL_MODE = os.environ.get("CNI_HARNESS_TUNNEL_MODE", "Disabled")
+if TUNNEL_MODE not in ("Disabled", "VXLAN"):
+    raise pytest.UsageError(f"CNI_HARNESS_TUNNEL_MODE={TUNNEL_MODE!r}: allowed Disabled, VXLAN")
+CONFIG = f"bpfLBMode: SNAT\ntunnelMode: {TUNNEL_MODE}\n"
 AGENT_UNIT = "cni-cilium-agent.service"
 NODECTL = "/usr/local/sbin/nodectl"
 TRIES = 16
@@ -367,7 +372,7 @@ def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_
         "modes", "devices", "maps", "restarts", "selfHeals", "rebootRequired")},
         frontends=len(services["frontends"]), ct_entries=len(ct))
     assert status["modes"]["lbMode"] == {"TCP": "SNAT", "UDP": "SNAT"}
-    assert status["modes"]["tunnelMode"] == "Disabled" and not status["rebootRequired"]
+    assert status["modes"]["tunnelMode"] == TUNNEL_MODE and not status["rebootRequired"]
     assert status["devices"]["eth0"]["ok"] and status["devices"]["cilium_host"]["ok"]
     lxc = [d for d in status["devices"] if d.startswith("lxc")]
     assert len(lxc) == 2 and all(status["devices"][d]["ok"] for d in lxc)  # web-1, cl-1
