@@ -15,6 +15,7 @@ from . import PROJECT_ROOT
 
 PLAYBOOK_DIR = os.path.join(PROJECT_ROOT, "playbooks")
 SITE = "site.yml"
+REBOOT = "reboot.yml"
 CONFIG_NAME = "config.yaml"
 
 

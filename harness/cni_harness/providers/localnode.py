@@ -32,7 +32,17 @@ from ..addressing import (
     NodePlan,
     plan_cluster,
 )
-from ..netns import add_netns, delete_netns, ip_batch, kill_and_wait, netns_pids, start_time, sysctl
+from ..netns import (
+    IP,
+    add_netns,
+    delete_netns,
+    ip_batch,
+    kill_and_wait,
+    netns_pids,
+    run,
+    start_time,
+    sysctl,
+)
 from ..nodeinit import OVERLAY_DIRS, REBOOT_EXIT
 from ..state import read_json, write_atomic
 
@@ -140,9 +150,18 @@ def build_world(plan: ClusterPlan) -> None:
         f"route add default via {WORLD_ROUTER_IP}"])
 
 
+def _remove_stale_port(plan: ClusterPlan, port: str) -> None:
+    """The kernel frees a deleted namespace (and the veth ends in it) asynchronously, later
+    under load or with tunnel devices inside: the fabric end of the previous boot's uplink
+    may still exist. Deleting it takes the whole pair, so the new one can be made."""
+    if run([IP, "-n", plan.fabric_netns, "link", "show", port], check=False).returncode == 0:
+        run([IP, "-n", plan.fabric_netns, "link", "del", port], check=False)
+
+
 def build_node_netns(plan: ClusterPlan, node: NodePlan) -> None:
     """A node's network namespace with its uplink eth0 on the fabric."""
     delete_netns(node.netns)
+    _remove_stale_port(plan, node.fabric_port)
     add_netns(node.netns)
     sysctl(node.netns, NO_IPV6)
     _attach(plan, node.fabric_port, node.netns)
