@@ -317,7 +317,8 @@ class Agent:
     def pod_mtu(self) -> int:
         return pod_mtu(self.tunnel_in_effect, self.uplink_mtu)
 
-    def _settings_in_effect(self) -> Settings:
+    def settings_in_effect(self) -> Settings:
+        """The config with the tunnel mode fixed at boot (what the datapath runs)."""
         if self.reboot_required:
             return replace(self.settings, tunnelMode=self.tunnel_in_effect)
         return self.settings
@@ -331,7 +332,7 @@ class Agent:
         previous = owners(self.translation) if self.translation is not None else {}
         if self.overlay:
             self.tunnel_ifindex = vxlan.ensure_device(self._ipr, self.pod_mtu)
-        translation = translate(DesiredState(self._settings_in_effect(), self.node_name,
+        translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
                                              tunnel_ifindex=self.tunnel_ifindex))
@@ -609,7 +610,7 @@ class Agent:
                     "lbModeConfigured": settings.bpfLBMode,
                     "lbMode": dict(tr.lb_mode) if tr else {},
                     "masqueradeMode": settings.masqueradeMode,
-                    "createNodeRoutes": self._settings_in_effect().effective_create_node_routes,
+                    "createNodeRoutes": self.settings_in_effect().effective_create_node_routes,
                     "kubeProxyReplacement": True,
                     "lbAlgorithm": "random",
                 },
@@ -806,7 +807,8 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("agent running on node %s with %s", node_name, settings.effective()["effective"])
+    log.info("agent running on node %s with %s", node_name,
+             agent.settings_in_effect().effective()["effective"])
     try:
         agent.run()
     finally:

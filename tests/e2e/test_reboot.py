@@ -315,7 +315,12 @@ def run_traffic_suite(mode: str) -> dict:
             counts = {k: int(suite.get(k, 0)) for k in counts}
             failed = [case.get("name") for case in suite.iter("testcase")
                       if case.find("failure") is not None or case.find("error") is not None]
-    return {"mode": mode, "rc": res.returncode, "passed": counts["tests"] - counts["failures"]
-            - counts["errors"] - counts["skipped"], "failures": counts["failures"]
-            + counts["errors"], "skipped": counts["skipped"], "failed": failed,
-            "tail": res.stdout.strip().splitlines()[-1:]}
+        if RESULTS_DIR:
+            with open(os.path.join(RESULTS_DIR, f"traffic-{mode}.log"), "w",
+                      encoding="utf-8") as fh:
+                fh.write(res.stdout + res.stderr)
+    errors = [line for line in res.stdout.splitlines() if line.startswith("E ")][:6]
+    bad = counts["failures"] + counts["errors"]
+    return {"mode": mode, "rc": res.returncode, "errors": errors, "failures": bad,
+            "passed": counts["tests"] - bad - counts["skipped"], "skipped": counts["skipped"],
+            "failed": failed, "tail": res.stdout.strip().splitlines()[-1:]}
