@@ -10,6 +10,7 @@ import sys
 
 from . import PROJECT_ROOT, __version__
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", nargs="?", default=DEFAULT_MATRIX)
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_matrix_validate)
+    add_matrix_run_parser(matrix_sub)
+    add_run_parser(sub)
+    add_repro_parser(sub)
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
