@@ -102,17 +102,20 @@ class SuiteResult:
 
 # --- JUnit ------------------------------------------------------------------------------------
 
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
 def _case_status(element: ET.Element) -> tuple[str, str, str]:
     for tag in ("failure", "error"):
         child = element.find(tag)
         if child is not None:
-            message = child.get("message") or (child.text or "").strip().splitlines()[:1]
-            if isinstance(message, list):
-                message = message[0] if message else tag
-            return FAIL, message, (child.text or "").strip()
+            text = (child.text or "").strip()
+            return FAIL, _first_line(child.get("message") or text) or tag, text
     child = element.find("skipped")
     if child is not None:
-        message = child.get("message") or ""
+        message = _first_line(child.get("message") or "")
         if child.get("type") == "pytest.xfail":
             return EXPECTED, _strip_prefix(message, "xfail").strip(" :") or "expected", ""
         return SKIP, _skip_reason(message), (child.text or "").strip()
