@@ -338,8 +338,7 @@ class QemuTarget(Target):
         command = qemu.guest_command(
             [sys.executable, "-m", "cni_harness.entryjob", spec_path],
             {"PATH": os.pathsep.join([os.path.dirname(sys.executable), qemu.GUEST_PATH]),
-             "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"},
-            shell_after=plan.shell)
+             "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"})
         guest = qemu.GuestSpec(image=image, command=command, job_dir=entry_dir, kvm=kvm,
                                interactive=plan.shell)
         result = qemu.boot(guest, timeout=plan.timeout, progress=progress)

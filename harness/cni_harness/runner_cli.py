@@ -158,8 +158,10 @@ def cmd_repro(args: argparse.Namespace) -> int:
     entry_dir = os.path.join(plan.out, entries[0].name)
     suite_dir = os.path.join(entry_dir, "suites", suites[0])
     if not args.json:
-        print(f"evidence: {suite_dir}/ (junit.xml, pytest.log, captures), "
-              f"{entry_dir}/job.log, {entry_dir}/console.log, {entry_dir}/guest.json")
+        logs = [os.path.join(entry_dir, name) for name in ("job.log", "console.log",
+                                                            "guest.json")]
+        print(f"evidence: {suite_dir}/ (junit.xml, pytest.log, captures), " +
+              ", ".join(p for p in logs if os.path.exists(p)))
     return rc
 
 

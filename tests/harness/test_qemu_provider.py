@@ -109,7 +109,8 @@ def test_vng_command_line_tcg_and_kvm():
     assert argv[argv.index("--memory") + 1] == "2G" and argv[argv.index("--cpus") + 1] == "2"
     kvm = qemu.vng_argv(qemu.GuestSpec(image="/k", command="x", job_dir="/o", kvm=True,
                                        interactive=True), "vng")
-    assert "--disable-kvm" not in kvm and "--verbose" not in kvm
+    assert "--disable-kvm" not in kvm and "--verbose" not in kvm and "--exec" not in kvm
+    assert kvm[-2:] == ["--shell", "/o/guest-shell.sh"]
 
 
 @unit
@@ -118,7 +119,9 @@ def test_guest_command_quotes_and_optionally_keeps_a_shell():
                                "/out/my dir/spec.json"], {"PATH": "/a:/b", "X": "it's"})
     assert shlex.split(line.split(";")[0]) == ["export", "PATH=/a:/b", "X=it's"]
     assert "'/out/my dir/spec.json'" in line
-    assert "exec bash -i" in qemu.guest_command(["true"], {"A": "1"}, shell_after=True)
+    script = qemu.shell_script(line)
+    assert script.startswith("#!/bin/bash\n" + line + "\n")
+    assert script.rstrip().endswith("exec /bin/bash -i")
 
 
 @unit

@@ -125,9 +125,18 @@ def kvm_usable() -> tuple[bool, str]:
     return result
 
 
+SHELL_SCRIPT = "guest-shell.sh"
+
+
 @dataclass(frozen=True)
 class GuestSpec:
-    """One boot: which kernel, what to run, which host directories the guest may write."""
+    """One boot: which kernel, what to run, which host directories the guest may write.
+
+    `interactive`: the command runs as the guest's login shell on the console (the user's
+    terminal), then an interactive bash stays until the user exits it. (virtme-ng's
+    `--exec` cannot be interactive here: without udev in the guest its script I/O falls
+    back to an output-only console.)
+    """
 
     image: str
     command: str                  # shell command run in the guest
@@ -148,21 +157,28 @@ def vng_argv(spec: GuestSpec, vng: str) -> list[str]:
         argv += ["--rwdir", extra]
     if not spec.kvm:
         argv.append("--disable-kvm")
-    if not spec.interactive:
-        argv.append("--verbose")          # the kernel console goes to console.log
-    argv += ["--exec", spec.command]
+    if spec.interactive:
+        argv += ["--shell", os.path.join(spec.job_dir, SHELL_SCRIPT)]
+    else:
+        # --verbose sends the kernel console to vng's output, kept as console.log
+        argv += ["--verbose", "--exec", spec.command]
     return argv
 
 
-def guest_command(argv: Sequence[str], env: dict[str, str], shell_after: bool = False) -> str:
-    """A shell command for `--exec`: environment, the job, then optionally a shell."""
+def guest_command(argv: Sequence[str], env: dict[str, str]) -> str:
+    """A shell command line: the environment, then the job."""
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
     job = " ".join(shlex.quote(a) for a in argv)
-    line = f"export {exports}; cd /; {job}"
-    if shell_after:
-        return f"{line}; echo; echo 'cni-harness: job done (exit '$?'); exit the shell to " \
-               f"power off'; exec bash -i"
-    return line
+    return f"export {exports}; cd /; {job}"
+
+
+def shell_script(command: str) -> str:
+    """The interactive guest's login shell: the job, then bash until the user exits."""
+    return ("#!/bin/bash\n"
+            f"{command}\n"
+            "echo \"cni-harness: job finished (exit $?); results are in $(dirname \"$0\"); "
+            "exit this shell to power the guest off\"\n"
+            "exec /bin/bash -i\n")
 
 
 def prepare_tool_dir(path: str, busybox: str) -> None:
@@ -242,6 +258,10 @@ def boot(spec: GuestSpec, *, timeout: float = DEFAULT_TIMEOUT,
     try:
         prepare_tool_dir(tools, busybox)
         if spec.interactive:
+            script = os.path.join(spec.job_dir, SHELL_SCRIPT)
+            with open(script, "w", encoding="utf-8") as fh:
+                fh.write(shell_script(spec.command))
+            os.chmod(script, 0o755)
             proc = subprocess.Popen(argv, env=env, cwd=spec.job_dir)
             vng_rc = proc.wait()
         else:
