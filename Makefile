@@ -16,6 +16,7 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check impl harness tests
+	cd playbooks && PATH=$(CURDIR)/$(VENV)/bin:$$PATH ansible-lint --offline -q
 
 unit: setup
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ esac
 
 # Everything the agent, the harness and the tests run. Keep this list the only one.
 PACKAGES=(
-  python3 python3-venv python3-pip python3-bpfcc bpfcc-tools python3-pyroute2 python3-yaml
+  python3 python3-venv python3-pip python3-wheel python3-bpfcc bpfcc-tools python3-pyroute2 python3-yaml
   "$HEADERS_META" iproute2 iptables nftables tcpdump iperf3 curl netcat-openbsd socat
   openssh-server openssh-client util-linux procps psmisc kmod ca-certificates make gcc
   qemu-system-x86 busybox-static

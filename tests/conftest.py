@@ -25,3 +25,30 @@ def pytest_collection_modifyitems(config, items):
 def venv_bin():
     """Path of an executable installed in the project's virtualenv."""
     return lambda name: os.path.join(VENV_BIN, name)
+
+
+# ---------------------------------------------------------------- clusters (root only)
+# Session-scoped so suites share one cluster: `local_cluster` has nothing deployed (the CNI
+# plugin runs from the harness), `deployed_cluster` runs playbooks/site.yml once.
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """A 3-node local namespace cluster named `lct`, removed at the end of the session."""
+    from cni_harness.testing import fresh_local_cluster as make
+
+    with make("lct") as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def deployed_cluster():
+    """A 3-node local cluster named `lcd` with the module deployed (agent running).
+    `deployed_cluster.first_deploy` is the result of that first deploy."""
+    from cni_harness.deploy import run_playbook
+    from cni_harness.testing import fresh_local_cluster as make
+
+    with make("lcd") as provider:
+        result = run_playbook(provider)
+        assert result.rc == 0, result.failed_tasks
+        provider.first_deploy = result
+        yield provider

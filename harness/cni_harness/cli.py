@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_repro_parser(sub)
 
+    from .cluster_cli import register as register_cluster_commands
+    register_cluster_commands(sub)
+
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -86,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cni-harness` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if "--" in argv:        # `... -- CMD ARGS`: the command is not for argparse
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if command:
+        if not hasattr(args, "argv"):
+            parser.error("this command takes no `-- CMD`")
+        args.argv = command
     return int(args.func(args) or 0)
 
 

@@ -98,6 +98,24 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run(args.config, args.node_name)
 
 
+def cmd_kube_proxy_cleanup(args: argparse.Namespace) -> int:
+    from .kubeproxy import cleanup
+
+    report = cleanup(dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for variant, tables in report["removed"].items():
+            for table, chains in tables.items():
+                verb = "would remove" if args.dry_run else "removed"
+                print(f"{variant} {table}: {verb} {', '.join(chains) or 'jumps to KUBE-*'}")
+        if not report["removed"]:
+            print("no KUBE-* chains")
+    for line in report["errors"]:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_UNSUPPORTED if report["errors"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cni-cilium",
@@ -131,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", default=DEFAULT_CONFIG, help="module config file")
     agent.add_argument("--node-name", help="this node's name (default: the hostname)")
     agent.set_defaults(func=cmd_agent)
+
+    kube_proxy = sub.add_parser("kube-proxy", help="kube-proxy replacement helpers")
+    kp_sub = kube_proxy.add_subparsers(dest="kube_proxy_command", metavar="SUBCOMMAND")
+    kp_sub.required = True
+    kp_clean = kp_sub.add_parser(
+        "cleanup", help="remove kube-proxy's KUBE-* iptables chains (nft and legacy)")
+    kp_clean.add_argument("--json", action="store_true")
+    kp_clean.add_argument("--dry-run", action="store_true", help="only report what is there")
+    kp_clean.set_defaults(func=cmd_kube_proxy_cleanup)
     return parser
 
 

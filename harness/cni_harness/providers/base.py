@@ -20,6 +20,10 @@ class ProviderUnavailable(RuntimeError):
     """The provider's tools or backends are missing here; the message says which."""
 
 
+class NodeDown(RuntimeError):
+    """The node is not running (rebooting, powered off, or its cluster is down)."""
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool

@@ -1,0 +1,89 @@
+"""Deploy with Ansible: `playbooks/site.yml` run through ansible-runner against a provider's
+inventory (the same playbook for namespace nodes and VMs; only inventory variables differ).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import PROJECT_ROOT
+
+PLAYBOOK_DIR = os.path.join(PROJECT_ROOT, "playbooks")
+SITE = "site.yml"
+CONFIG_NAME = "config.yaml"
+
+
+@dataclass
+class DeployResult:
+    rc: int
+    status: str
+    seconds: float
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    failed_tasks: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> int:
+        return sum(self.stats.get("changed", {}).values())
+
+    def to_dict(self) -> dict:
+        return {"rc": self.rc, "status": self.status, "seconds": round(self.seconds, 2),
+                "changed": self.changed, "stats": self.stats, "failedTasks": self.failed_tasks}
+
+
+def record_config(state_dir: str, path: str) -> str:
+    """Keep a cluster's ModuleConfig (from `cluster up --config`) for later deploys."""
+    dest = os.path.join(state_dir, CONFIG_NAME)
+    shutil.copyfile(path, dest)
+    return dest
+
+
+def recorded_config(state_dir: str) -> str | None:
+    path = os.path.join(state_dir, CONFIG_NAME)
+    return path if os.path.exists(path) else None
+
+
+def run_playbook(provider: Any, playbook: str = SITE, config: str | None = None,
+                 extravars: dict | None = None, verbose: bool = False,
+                 progress: Callable[[str], None] | None = None) -> DeployResult:
+    """Run a playbook of playbooks/ against the provider's inventory."""
+    import ansible_runner
+
+    extra = dict(extravars or {})
+    config = config or recorded_config(provider.state_dir)
+    if config:
+        extra["cni_cilium_config_file"] = os.path.abspath(config)
+    venv_bin = os.path.dirname(sys.executable)
+    env = {
+        "ANSIBLE_CONFIG": os.path.join(PLAYBOOK_DIR, "ansible.cfg"),
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),  # ansible-playbook
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+
+    def on_event(event: dict) -> bool:
+        data = event.get("event_data", {})
+        if progress and event.get("event") == "playbook_on_task_start":
+            progress(f"[{playbook}] {data.get('task')}")
+        return True
+
+    private_dir = os.path.join(provider.state_dir, "ansible-runner")
+    os.makedirs(private_dir, exist_ok=True)
+    started = time.monotonic()
+    runner = ansible_runner.run(
+        private_data_dir=private_dir,
+        project_dir=PLAYBOOK_DIR, playbook=playbook, inventory=provider.inventory_path(),
+        extravars=extra, envvars=env, quiet=not verbose, rotate_artifacts=3,
+        event_handler=on_event)
+    failed = []
+    for event in runner.events:
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable") and \
+                not event.get("event_data", {}).get("ignore_errors"):
+            data = event["event_data"]
+            msg = (data.get("res") or {}).get("msg", "")
+            failed.append(f"{data.get('host')}: {data.get('task')}: {msg}".strip())
+    stats = {k: dict(v) for k, v in (runner.stats or {}).items() if isinstance(v, dict)}
+    return DeployResult(runner.rc, runner.status, time.monotonic() - started, stats, failed)

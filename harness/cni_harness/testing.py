@@ -1,0 +1,46 @@
+"""Helpers for test suites that build clusters (used by tests/conftest.py fixtures).
+
+`root_netns_snapshot` records the root network namespace (links, addresses, routes) so a
+suite can prove the testbed never touched it; `fresh_local_cluster` brings a cluster up (after
+removing a stale one of the same name) and always takes it down again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from typing import Iterator
+
+from .providers.local import LocalProvider
+
+# Link attributes that change on their own (counters, timestamps) are left out.
+_LINK_KEYS = ("ifname", "ifindex", "link_type", "address", "flags", "mtu", "master")
+
+
+def _ip_json(*args: str) -> list:
+    out = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+def root_netns_snapshot() -> dict:
+    """Links, addresses and routes of the root network namespace, comparable with ==."""
+    links = sorted(tuple((k, json.dumps(link.get(k), sort_keys=True)) for k in _LINK_KEYS)
+                    for link in _ip_json("link", "show"))
+    addrs = sorted((a["ifname"], i["local"], i["prefixlen"])
+                   for a in _ip_json("addr", "show") for i in a.get("addr_info", []))
+    routes = sorted(json.dumps(r, sort_keys=True)
+                    for r in _ip_json("route", "show", "table", "all"))
+    return {"links": links, "addresses": addrs, "routes": routes}
+
+
+@contextlib.contextmanager
+def fresh_local_cluster(name: str, nodes: int = 3) -> Iterator[LocalProvider]:
+    """A fresh local cluster for a test session; removed afterwards whatever happens."""
+    provider = LocalProvider(name, nodes)
+    provider.down()                 # a stale cluster of this name from an aborted run
+    try:
+        provider.up()
+        yield provider
+    finally:
+        provider.down()
