@@ -103,6 +103,15 @@ def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
             os.remove(probe)
         except OSError as exc:
             raise RuntimeError(f"{path} is not writable in the guest: {exc}") from exc
+    # Local-provider node disks are overlays; overlayfs refuses the guest's own overlay
+    # root as their upper layer, so cluster state lives on a tmpfs (gone with the guest).
+    from .state import state_root
+
+    root = state_root()
+    if not _mounted(root, "tmpfs"):
+        os.makedirs(root, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "cni-harness-state", root], check=True)
+        done["state"] = f"tmpfs on {root}"
     subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
     for key, value in done.items():
         log(f"guest prep: {key}: {value}")

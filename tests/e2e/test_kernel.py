@@ -207,3 +207,35 @@ def test_tc_program_counts_real_packets(features_bpf, record_property):
     finally:
         for name in (side_a, side_b):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def test_local_cluster_runs_on_this_kernel(record_property):
+    """The local provider (namespace nodes, overlays, bridge fabric, sshd per node) comes up
+    on this kernel and one node reaches another's sshd over the fabric."""
+    cli = os.path.join(os.path.dirname(sys.executable), "cni-harness")
+    name = "qmkernel"
+
+    def harness(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], capture_output=True, text=True, timeout=600,
+                              check=False)
+
+    started = time.monotonic()
+    up = harness("cluster", "up", "--name", name, "--nodes", "2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        up_seconds = time.monotonic() - started
+        status = json.loads(harness("cluster", "status", "--name", name, "--json").stdout)
+        node1 = next(n for n in status["nodes"] if n["name"] == "node1")
+        probe = (f"import socket; s = socket.create_connection(({node1['ip']!r}, 22), 5); "
+                 "print(s.recv(64).decode().strip())")
+        reach = harness("node", "exec", "--name", name, "node2", "--", sys.executable, "-c",
+                        probe)
+        evidence(record_property, kernelRelease=RELEASE, upSeconds=round(up_seconds, 1),
+                 nodes={n["name"]: [n["ip"], n["state"]] for n in status["nodes"]},
+                 node2ToNode1Ssh=reach.stdout.strip() or reach.stderr.strip())
+        assert [n["state"] for n in status["nodes"]] == ["running", "running"]
+        assert reach.returncode == 0, reach.stderr
+        assert reach.stdout.startswith("SSH-2.0-")
+    finally:
+        down = harness("cluster", "down", "--name", name)
+        assert down.returncode == 0, down.stderr
