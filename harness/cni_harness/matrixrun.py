@@ -383,11 +383,13 @@ class LocalTarget(Target):
 
 
 class ProviderTarget(Target):
-    """Any cluster `Provider` (vagrant, kind, ...): the provider builds the entry's nodes,
-    preflight runs on the first node through `Provider.exec`, and the suites run here with
-    `CNI_HARNESS_PROVIDER`, `CNI_HARNESS_MATRIX_ENTRY` and `CNI_HARNESS_INVENTORY` set."""
+    """Any cluster `Provider` (vagrant, kind, ...). The provider builds the entry's nodes;
+    the first node's /etc/os-release and `uname -r` (read through `Provider.exec`) are
+    judged by preflight's rules per profile (live probes run later, in the deploy's
+    preflight role); the suites run here with `CNI_HARNESS_PROVIDER`,
+    `CNI_HARNESS_MATRIX_ENTRY` and `CNI_HARNESS_INVENTORY` set."""
 
-    def __init__(self, name: str, load: Callable[[], tuple[type, Callable[[Entry, int], object]]],
+    def __init__(self, name: str, load: Callable[[], tuple[type, Callable[[Entry], object]]],
                  entries: Callable[[Matrix], list[Entry]]):
         self.name = name
         self._load = load
@@ -409,46 +411,60 @@ class ProviderTarget(Target):
         from .suites import run_suites
 
         _cls, factory = self._load()
-        provider = factory(entry, entry.index)
+        provider = factory(entry)
         started = time.monotonic()
         try:
             progress(f"{self.name}: bringing up {entry.name}")
             provider.up()
             node = provider.nodes()[0].name
             release = provider.exec(node, ["uname", "-r"]).stdout.strip()
+            os_release = provider.exec(node, ["cat", "/etc/os-release"]).stdout
             with open(os.path.join(entry_dir, "guest.json"), "w", encoding="utf-8") as fh:
                 json.dump({"entry": entry.name, "kernelRelease": release, "node": node,
                            "accel": self.name}, fh, indent=2)
-            os.makedirs(os.path.join(entry_dir, PREFLIGHT), exist_ok=True)
-            default_ok = True
-            for profile, settings in plan.profiles.items():
-                path = f"/tmp/cni-harness-preflight-{profile}.yaml"
-                provider.put_file(node, path, yaml.safe_dump(settings or {}).encode())
-                res = provider.exec(node, ["cni-cilium", "preflight", "--json", "--config",
-                                           path], check=False)
-                with open(os.path.join(entry_dir, PREFLIGHT, f"{profile}.json"), "w",
-                          encoding="utf-8") as fh:
-                    fh.write(res.stdout)
-                if profile == "default":
-                    default_ok = res.returncode == 0
-                progress(f"preflight {profile}: exit {res.returncode}")
-            if plan.suites and default_ok:
+            verdicts = run_rule_preflights(plan.profiles, os_release, release,
+                                           os.path.join(entry_dir, PREFLIGHT), progress)
+            if plan.suites and verdicts.get("default", True):
                 env = {"CNI_HARNESS_PROVIDER": self.name, ENTRY_ENV: entry.name,
                        "CNI_HARNESS_INVENTORY": provider.inventory_path()}
                 run_suites(plan.suites, os.path.join(entry_dir, "suites"), k=plan.k, env=env,
-                           progress=progress, title=f"{entry.name}: suites")
+                           progress=progress, title=f"{entry.name}: suites",
+                           facts={"kernel": release, "provider": self.name})
         except Exception as exc:
             return EntryRun(error=f"{self.name}: {exc}", seconds=time.monotonic() - started)
         finally:
-            if not plan.shell:
-                provider.down()
+            provider.down()
         return EntryRun(seconds=time.monotonic() - started)
+
+
+def run_rule_preflights(profiles: dict[str, dict], os_release: str, release: str,
+                        out: str, progress: Progress) -> dict[str, bool]:
+    """`cni-cilium preflight --os-release --kernel-release` for another machine, per profile;
+    the JSON is kept like the entry job keeps live preflight."""
+    os.makedirs(out, exist_ok=True)
+    os_file = os.path.join(out, "os-release")
+    with open(os_file, "w", encoding="utf-8") as fh:
+        fh.write(os_release)
+    cli = os.path.join(os.path.dirname(sys.executable), "cni-cilium")
+    verdicts = {}
+    for profile, settings in profiles.items():
+        config = os.path.join(out, f"{profile}.yaml")
+        with open(config, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(settings or {}, fh)
+        res = subprocess.run([cli, "preflight", "--json", "--config", config, "--os-release",
+                              os_file, "--kernel-release", release],
+                             capture_output=True, text=True, check=False)
+        with open(os.path.join(out, f"{profile}.json"), "w", encoding="utf-8") as fh:
+            fh.write(res.stdout)
+        verdicts[profile] = res.returncode == 0
+        progress(f"preflight {profile} (rules for {release}): exit {res.returncode}")
+    return verdicts
 
 
 def _vagrant_loader():
     from .providers.vagrant import VagrantProvider, plan  # issue 9's provider
 
-    return VagrantProvider, lambda entry, index: VagrantProvider(plan(entry.os_entry, index))
+    return VagrantProvider, lambda entry: VagrantProvider(plan(entry.os_entry, entry.index))
 
 
 def _os_entries(matrix: Matrix) -> list[Entry]:
