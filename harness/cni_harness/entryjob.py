@@ -18,16 +18,31 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import yaml
 
 ENTRY_ENV = "CNI_HARNESS_MATRIX_ENTRY"
+# Everything an entry job (and the host around it) writes in the entry's directory.
+OUTPUTS = ("job.log", "guest.json", "preflight", "suites", "job.json", "job-error.txt", "rc",
+           "job-spec.json", "console.log", "guest-shell.sh")
+
+
+def clear_outputs(out: str) -> None:
+    """Remove what an earlier run left in an entry directory (and nothing else), so a
+    failed run can never be judged by an older run's files."""
+    for name in OUTPUTS:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 @dataclass
@@ -118,7 +133,7 @@ def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
     return done
 
 
-def facts(spec: JobSpec) -> dict:
+def kernel_facts(spec: JobSpec) -> dict:
     """What the running kernel and system say about themselves."""
     from cni_cilium.preflight import parse_os_release
 
@@ -133,26 +148,27 @@ def facts(spec: JobSpec) -> dict:
             "cpus": os.cpu_count() or 0}
 
 
-def run_preflights(spec: JobSpec, log: Callable[[str], None]) -> dict[str, bool]:
-    """Live preflight of this kernel once per profile; the JSON is kept per profile."""
-    out = os.path.join(spec.out, "preflight")
+def run_preflights(profiles: dict[str, dict], out: str, log: Callable[[str], None],
+                   extra_args: Sequence[str] = ()) -> dict[str, bool]:
+    """`cni-cilium preflight --json --config P.yaml` once per profile, the JSON, exit
+    status and stderr kept per profile in `out`. Live on this kernel unless `extra_args`
+    describe another machine (`--os-release FILE --kernel-release R`)."""
     os.makedirs(out, exist_ok=True)
     cli = os.path.join(os.path.dirname(sys.executable), "cni-cilium")
     verdicts = {}
-    for profile, settings in spec.profiles.items():
+    for profile, settings in profiles.items():
         config = os.path.join(out, f"{profile}.yaml")
         with open(config, "w", encoding="utf-8") as fh:
             yaml.safe_dump(settings or {}, fh)
         started = time.monotonic()
-        res = subprocess.run([cli, "preflight", "--json", "--config", config],
+        res = subprocess.run([cli, "preflight", "--json", "--config", config, *extra_args],
                              capture_output=True, text=True, check=False)
-        with open(os.path.join(out, f"{profile}.json"), "w", encoding="utf-8") as fh:
-            fh.write(res.stdout)
-        with open(os.path.join(out, f"{profile}.rc"), "w", encoding="utf-8") as fh:
-            fh.write(f"{res.returncode}\n")
-        if res.stderr.strip():
-            with open(os.path.join(out, f"{profile}.stderr"), "w", encoding="utf-8") as fh:
-                fh.write(res.stderr)
+        for suffix, text in (("json", res.stdout), ("rc", f"{res.returncode}\n"),
+                             ("stderr", res.stderr)):
+            if text.strip():
+                with open(os.path.join(out, f"{profile}.{suffix}"), "w",
+                          encoding="utf-8") as fh:
+                    fh.write(text)
         verdicts[profile] = res.returncode == 0
         log(f"preflight {profile}: {'supported' if res.returncode == 0 else 'refused'}"
             f" (exit {res.returncode}, {time.monotonic() - started:.0f} s)")
@@ -168,20 +184,20 @@ def run(spec: JobSpec) -> int:
     try:
         if spec.guest:
             record["guestPrep"] = prepare_guest(spec, log)
-        info = facts(spec)
+        info = kernel_facts(spec)
         with open(os.path.join(spec.out, "guest.json"), "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=2)
         log(f"entry {spec.entry}: kernel {info['kernelRelease']} ({info['accel']}), "
             f"up {info['uptimeAtJobStart']} s")
         started = time.monotonic()
-        verdicts = run_preflights(spec, log)
+        verdicts = run_preflights(spec.profiles, os.path.join(spec.out, "preflight"), log)
         record["steps"]["preflight"] = round(time.monotonic() - started, 1)
         if spec.suites and verdicts.get("default", True):
             started = time.monotonic()
-            os.environ[ENTRY_ENV] = spec.entry
             results, _summary = run_suites(
-                spec.suites, os.path.join(spec.out, "suites"), k=spec.k, progress=log,
-                title=f"{spec.entry}: suites", facts={"kernel": info["kernelRelease"]})
+                spec.suites, os.path.join(spec.out, "suites"), k=spec.k,
+                env={ENTRY_ENV: spec.entry}, progress=log, title=f"{spec.entry}: suites",
+                facts={"kernel": info["kernelRelease"]})
             record["steps"]["suites"] = round(time.monotonic() - started, 1)
             record["suites"] = {r.name: r.outcome().status for r in results}
         elif spec.suites:

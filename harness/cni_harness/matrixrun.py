@@ -25,10 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import yaml
-
 from . import PROJECT_ROOT
-from .entryjob import ENTRY_ENV, JobSpec
+from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
 from .matrix import KernelEntry, Matrix, OsEntry
 from .providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
 from .report import (
@@ -422,8 +420,13 @@ class ProviderTarget(Target):
             with open(os.path.join(entry_dir, "guest.json"), "w", encoding="utf-8") as fh:
                 json.dump({"entry": entry.name, "kernelRelease": release, "node": node,
                            "accel": self.name}, fh, indent=2)
-            verdicts = run_rule_preflights(plan.profiles, os_release, release,
-                                           os.path.join(entry_dir, PREFLIGHT), progress)
+            out = os.path.join(entry_dir, PREFLIGHT)
+            os.makedirs(out, exist_ok=True)
+            os_file = os.path.join(out, "os-release")
+            with open(os_file, "w", encoding="utf-8") as fh:
+                fh.write(os_release)
+            verdicts = run_preflights(plan.profiles, out, progress,
+                                      ["--os-release", os_file, "--kernel-release", release])
             if plan.suites and verdicts.get("default", True):
                 env = {"CNI_HARNESS_PROVIDER": self.name, ENTRY_ENV: entry.name,
                        "CNI_HARNESS_INVENTORY": provider.inventory_path()}
@@ -435,30 +438,6 @@ class ProviderTarget(Target):
         finally:
             provider.down()
         return EntryRun(seconds=time.monotonic() - started)
-
-
-def run_rule_preflights(profiles: dict[str, dict], os_release: str, release: str,
-                        out: str, progress: Progress) -> dict[str, bool]:
-    """`cni-cilium preflight --os-release --kernel-release` for another machine, per profile;
-    the JSON is kept like the entry job keeps live preflight."""
-    os.makedirs(out, exist_ok=True)
-    os_file = os.path.join(out, "os-release")
-    with open(os_file, "w", encoding="utf-8") as fh:
-        fh.write(os_release)
-    cli = os.path.join(os.path.dirname(sys.executable), "cni-cilium")
-    verdicts = {}
-    for profile, settings in profiles.items():
-        config = os.path.join(out, f"{profile}.yaml")
-        with open(config, "w", encoding="utf-8") as fh:
-            yaml.safe_dump(settings or {}, fh)
-        res = subprocess.run([cli, "preflight", "--json", "--config", config, "--os-release",
-                              os_file, "--kernel-release", release],
-                             capture_output=True, text=True, check=False)
-        with open(os.path.join(out, f"{profile}.json"), "w", encoding="utf-8") as fh:
-            fh.write(res.stdout)
-        verdicts[profile] = res.returncode == 0
-        progress(f"preflight {profile} (rules for {release}): exit {res.returncode}")
-    return verdicts
 
 
 def _vagrant_loader():
@@ -502,6 +481,7 @@ def run_matrix(target: Target, entries: Sequence[Entry], plan: RunPlan, *,
     for number, entry in enumerate(entries, 1):
         entry_dir = os.path.join(plan.out, entry.name)
         os.makedirs(entry_dir, exist_ok=True)
+        clear_outputs(entry_dir)
 
         def entry_progress(message: str, prefix: str = f"[{number}/{len(entries)} "
                            f"{entry.name}]") -> None:
@@ -516,9 +496,10 @@ def run_matrix(target: Target, entries: Sequence[Entry], plan: RunPlan, *,
             run = EntryRun(error=f"{type(exc).__name__}: {exc}")
         obs = collect(entry_dir, list(plan.profiles), plan.suites, run.error)
         release = str(obs.facts.get("kernelRelease", ""))
-        # Guests run over this host's root filesystem: the OS is this host's.
-        with open("/etc/os-release", encoding="utf-8") as fh:
-            os_release = parse_os_release(fh.read())
+        os_release: dict[str, str] = {}
+        if entry.custom:        # a qemu guest over this host's root: the OS is this host's
+            with open("/etc/os-release", encoding="utf-8") as fh:
+                os_release = parse_os_release(fh.read())
         expect = expectations_for(entry, plan.profiles, os_release, release) \
             if (entry.expect or release) else {}
         cells = judge_entry(expect, list(plan.profiles), plan.suites, obs)

@@ -150,3 +150,15 @@ def test_every_kernel_entry_states_every_probed_bpf_feature():
     # the deliberate per-kernel difference: 5.10 refuses them all, newer kernels accept
     assert set(MATRIX.kernel_entry("5.10").bpf_features.values()) == {"unsupported"}
     assert set(MATRIX.kernel_entry("6.1").bpf_features.values()) == {"supported"}
+
+
+def test_a_rerun_clears_only_the_files_an_entry_job_writes(tmp_path):
+    from cni_harness.entryjob import clear_outputs
+
+    (tmp_path / "suites" / "kernel").mkdir(parents=True)
+    (tmp_path / "suites" / "kernel" / "junit.xml").write_text("<testsuite/>")
+    (tmp_path / "guest.json").write_text("{}")
+    (tmp_path / "rc").write_text("0")
+    (tmp_path / "notes.txt").write_text("mine")
+    clear_outputs(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]

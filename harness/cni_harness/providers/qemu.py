@@ -243,10 +243,6 @@ def boot(spec: GuestSpec, *, timeout: float = DEFAULT_TIMEOUT,
     if busybox is None:
         raise RuntimeError("no statically linked busybox (apt-get install busybox-static)")
     os.makedirs(spec.job_dir, exist_ok=True)
-    for stale in (RC_FILE, JOB_LOG):
-        with_path = os.path.join(spec.job_dir, stale)
-        if os.path.exists(with_path):
-            os.remove(with_path)
     tools = tempfile.mkdtemp(prefix="cni-harness-vng-")
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([tools, os.path.dirname(sys.executable),
@@ -292,9 +288,9 @@ def boot(spec: GuestSpec, *, timeout: float = DEFAULT_TIMEOUT,
                 finally:
                     killer.cancel()
                     timed_out = expired.is_set()
-                    if proc.poll() is None:
-                        _kill_group(proc)
-                        proc.wait()
+                    # Whatever of the guest's group is left (a virtiofsd whose qemu died).
+                    _kill_group(proc)
+                    proc.wait()
             stop.set()
             follower.join()
     finally:
