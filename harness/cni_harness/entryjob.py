@@ -91,6 +91,17 @@ def _mounted(path: str, fstype: str) -> bool:
         return any(line.split()[1:3] == [path, fstype] for line in fh)
 
 
+def _writable(path: str) -> bool:
+    probe = os.path.join(path, f".cni-harness-write-{os.getpid()}")
+    try:
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError:
+        return False
+    return True
+
+
 def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
     """Make a virtme-ng guest a host the local provider can use; report what was done."""
     done: dict[str, str] = {}
@@ -110,14 +121,18 @@ def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
                 os.remove(link)
             os.symlink(target, link)
             done[name] = f"linked {link} -> {target}"
-    for path in ("/var/lib", "/run", "/tmp", "/etc"):
-        probe = os.path.join(path, f".cni-harness-write-{os.getpid()}")
-        try:
-            with open(probe, "w", encoding="utf-8"):
-                pass
-            os.remove(probe)
-        except OSError as exc:
-            raise RuntimeError(f"{path} is not writable in the guest: {exc}") from exc
+    # virtme-ng leaves /root read-only; Ansible, ssh and pip write under $HOME.
+    if not _writable("/root"):
+        scratch = "/run/cni-harness-root"
+        for sub in ("upper", "work"):
+            os.makedirs(os.path.join(scratch, sub), exist_ok=True)
+        subprocess.run(["mount", "-t", "overlay", "cni-harness-root", "-o",
+                        f"lowerdir=/root,upperdir={scratch}/upper,workdir={scratch}/work",
+                        "/root"], check=True)
+        done["root"] = "writable overlay on /root"
+    for path in ("/var/lib", "/run", "/tmp", "/etc", "/root"):
+        if not _writable(path):
+            raise RuntimeError(f"{path} is not writable in the guest")
     # Local-provider node disks are overlays; overlayfs refuses the guest's own overlay
     # root as their upper layer, so cluster state lives on a tmpfs (gone with the guest).
     from .state import state_root
