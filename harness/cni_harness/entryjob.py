@@ -110,6 +110,16 @@ def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
         done["bpffs"] = "mounted /sys/fs/bpf"
     release = os.uname().release
     moddir = f"/lib/modules/{release}"
+    # virtme-ng links the modules in from a tmpfs over /lib/modules. Local-provider nodes
+    # see /usr through an overlay, which does not carry that submount: replace it by the
+    # same link in the guest's writable /usr so bcc in a node finds build/ too.
+    modules_root = os.path.realpath("/lib/modules")
+    if _mounted(modules_root, "tmpfs"):
+        target = os.readlink(moddir) if os.path.islink(moddir) else ""
+        subprocess.run(["umount", modules_root], check=True)
+        if target and not os.path.lexists(moddir):
+            os.symlink(target, moddir)
+        done["modules"] = f"{moddir} -> {target or '(no modules)'} in the guest's /usr"
     if os.path.islink(moddir) and not os.path.isdir(moddir):
         raise RuntimeError(f"{moddir} -> {os.readlink(moddir)} is not visible in the guest "
                            "(is the kernel cache under a directory virtme-ng hides?)")
