@@ -22,7 +22,8 @@ unit: setup
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/cni-harness bench
+	$(VENV)/bin/cni-harness bench cluster
+	$(VENV)/bin/cni-harness bench datapath
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from . import PROJECT_ROOT, __version__
+from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser
 
@@ -49,6 +49,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("preflight", [_venv_bin("cni-cilium"), "preflight"]),
         ("unit suite", [sys.executable, "-m", "pytest", "-q", "-m", "unit",
                         os.path.join(PROJECT_ROOT, "tests")]),
+        # Brings up a local cluster, deploys, runs every datapath path; -rA lists each
+        # path's result (until `cni-harness run --suite traffic` and its report land here).
+        ("traffic suite", [sys.executable, "-m", "pytest", "-q", "-rA", "-p",
+                           "no:cacheprovider", os.path.join(PROJECT_ROOT, "tests", "e2e",
+                                                            "test_traffic.py")]),
     ]
     for title, argv in steps:
         print(f"==> {title}: {' '.join(argv)}", flush=True)
@@ -81,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cluster_cli import register as register_cluster_commands
     register_cluster_commands(sub)
+    vagrant_cli.register(sub)
+    kind_cli.register(sub)
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)

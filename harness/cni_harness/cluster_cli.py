@@ -368,6 +368,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 @guarded
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time `cluster up` and `down` for each size (measured here; no assertion on time)."""
+    if args.what == "datapath":
+        from .bench import cmd_bench as bench_datapath
+        return bench_datapath(args)
     rows = []
     for count in args.nodes:
         provider = LocalProvider(args.name, count)
@@ -495,11 +498,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     bench = sub.add_parser("bench", help="benchmarks that print measured figures",
                            description="`bench cluster`: time `cluster up`/`down` of 3 and "
-                           "10 nodes (a separate cluster, removed afterwards).")
-    bench.add_argument("what", nargs="?", choices=["cluster"], default="cluster")
+                           "10 nodes (a separate cluster, removed afterwards). `bench "
+                           "datapath`: map programming, throughput and request rates.")
+    bench.add_argument("what", nargs="?", choices=["cluster", "datapath"], default="cluster")
     bench.add_argument("--name", default="bench", help="cluster name to use (default bench)")
     bench.add_argument("--nodes", type=int, nargs="+", default=[3, 10], metavar="N")
     bench.add_argument("--json", action="store_true")
+    from .bench import add_arguments as add_datapath_bench_arguments
+    add_datapath_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="testinfra checks of every deployed node (tests/infra)",

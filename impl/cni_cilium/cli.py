@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from . import __version__, paths
+from . import __version__, nodecli, paths
 from .config import ConfigError, Settings, defaults, load_settings_file
 from .preflight import FAIL, Verdict, evaluate, parse_os_release
 
@@ -95,7 +95,9 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from .agent import run
 
-    return run(args.config, args.node_name)
+    return run(args.config, args.node_name, bpf_dir=args.bpf_dir, log_file=args.log_file,
+               cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr,
+               source=args.source, kubeconfig=args.kubeconfig)
 
 
 def cmd_kube_proxy_cleanup(args: argparse.Namespace) -> int:
@@ -148,7 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run the node agent in the foreground")
     agent.add_argument("--config", default=DEFAULT_CONFIG, help="module config file")
     agent.add_argument("--node-name", help="this node's name (default: the hostname)")
+    agent.add_argument("--bpf-dir", help=f"BPF sources (default {paths.BPF_DIR}, else the "
+                       "source checkout's bpf/)")
+    agent.add_argument("--log-file", default=paths.AGENT_LOG,
+                       help="log file, or - for stderr (default %(default)s)")
+    agent.add_argument("--cluster-cidr", default="10.100.0.0/16",
+                       help="all pods' addresses, never masqueraded (default %(default)s)")
+    agent.add_argument("--service-cidr", default="10.96.0.0/16",
+                       help="ClusterIP range routed via cilium_host (default %(default)s)")
+    agent.add_argument("--source", choices=("manifests", "kube"), default="manifests",
+                       help="desired state from the manifest directory (default) or the "
+                       "Kubernetes API")
+    agent.add_argument("--kubeconfig", help="with --source kube outside a pod "
+                       "(default: the pod's service account, else ~/.kube/config)")
     agent.set_defaults(func=cmd_agent)
+    nodecli.register(sub)
 
     kube_proxy = sub.add_parser("kube-proxy", help="kube-proxy replacement helpers")
     kp_sub = kube_proxy.add_subparsers(dest="kube_proxy_command", metavar="SUBCOMMAND")
@@ -165,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cni-cilium` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+/* cni-cilium datapath: tc programs for pod devices, the node uplink and cilium_host.
+ *
+ *   from_container  lxc* ingress (packets from a pod): reverse NAT of a backend's replies,
+ *                   service translation of the pod's own connections
+ *   to_container    lxc* egress (packets to a pod): reverse NAT of replies to the pod
+ *   from_netdev     uplink ingress: reverse SNAT/masquerade, reverse NAT, NodePort and
+ *                   LoadBalancer translation (SNAT to remote backends)
+ *   to_netdev       uplink egress: masquerade of pod -> world traffic
+ *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
+ */
+#include "lib/common.h"
+#include "lib/conntrack.h"
+#include "lib/nat.h"
+#include "lib/lb.h"
+#include "lib/fib.h"
+
+#define FROM_POD 0
+#define FROM_NETDEV 1
+#define FROM_HOST 2
+
+/* Translate a packet addressed to a service frontend. *handled is 0 when it is not one. */
+static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, int origin,
+					  int *handled)
+{
+	struct lb_key key = {};
+	struct lb_frontend *fe;
+	struct lb_backend backend = {};
+	struct node_config *cfg;
+	u16 reply_flags = 0;
+	int reason;
+
+	fe = lb_lookup(p, &key);
+	*handled = fe != 0;
+	if (!fe)
+		return TC_ACT_OK;
+	if (origin == FROM_NETDEV || (fe->flags & FE_NODEPORT))
+		reply_flags |= CT_F_REDIRECT;
+	if (origin == FROM_HOST)
+		reply_flags |= CT_F_HOST;
+	reason = lb_connection(p, &key, fe, reply_flags, skb->len, &backend);
+	if (reason) {
+		stat_inc(reason);
+		return TC_ACT_SHOT;
+	}
+	if (set_endpoint(skb, p, 0, backend.addr, backend.port) < 0)
+		return TC_ACT_SHOT;
+	if (origin == FROM_POD && lb_is_hairpin(p, &backend)) {
+		/* The pod would drop a packet from its own address: come from the hairpin one. */
+		if (set_addr(skb, p, 1, htonl(HAIRPIN_ADDR)) < 0)
+			return TC_ACT_SHOT;
+		return fib_redirect(skb, p);
+	}
+	if (origin == FROM_NETDEV && !(backend.flags & BE_LOCAL)) {
+		/* SNAT mode: the remote backend answers to this node, which reverses both
+		 * translations (direct server return is chosen per frontend by lb_mode). */
+		cfg = node_config();
+		if (!cfg || snat_apply(skb, p, cfg->node_ip, cfg, STAT_SNAT_NEW, STAT_SNAT) < 0)
+			return TC_ACT_SHOT;
+		return fib_redirect(skb, p);
+	}
+	if (origin == FROM_HOST)
+		return fib_redirect(skb, p);
+	return TC_ACT_OK;
+}
+
+int from_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	u16 flags = 0;
+	int ret, handled;
+
+	if (parse_pkt(skb, &p) < 0)
+		return TC_ACT_OK;
+	ret = lb_reverse(skb, &p, &flags);
+	if (ret < 0)
+		return TC_ACT_SHOT;
+	if (ret > 0)
+		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : TC_ACT_OK;
+	ret = handle_service(skb, &p, FROM_POD, &handled);
+	if (!handled)
+		lb_forget_stale_reply(&p);
+	return ret;
+}
+
+int to_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	u16 flags = 0;
+
+	if (parse_pkt(skb, &p) < 0)
+		return TC_ACT_OK;
+	return lb_reverse(skb, &p, &flags) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+int from_netdev(struct __sk_buff *skb)
+{
+	struct node_config *cfg;
+	struct pkt p = {};
+	u16 flags = 0;
+	int nat, ret, handled;
+
+	if (parse_pkt(skb, &p) < 0)
+		return TC_ACT_OK;
+	cfg = node_config();
+	if (!cfg)
+		return TC_ACT_OK;
+	nat = snat_reverse(skb, &p, cfg);
+	if (nat < 0)
+		return TC_ACT_SHOT;
+	ret = lb_reverse(skb, &p, &flags);
+	if (ret < 0)
+		return TC_ACT_SHOT;
+	if (ret > 0)
+		return (nat || (flags & CT_F_REDIRECT)) ? fib_redirect(skb, &p) : TC_ACT_OK;
+	if (nat)
+		return TC_ACT_OK;  /* a masqueraded pod's reply: the stack routes it to the pod */
+	return handle_service(skb, &p, FROM_NETDEV, &handled);
+}
+
+int to_netdev(struct __sk_buff *skb)
+{
+	struct lpm_v4_key dst = {};
+	struct node_config *cfg;
+	struct pkt p = {};
+
+	if (parse_pkt(skb, &p) < 0)
+		return TC_ACT_OK;
+	cfg = node_config();
+	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
+		return TC_ACT_OK;
+	if ((p.saddr & cfg->pod_cidr_mask) != cfg->pod_cidr_addr)
+		return TC_ACT_OK;
+	dst.prefixlen = 32;
+	dst.addr = p.daddr;
+	if (no_masq.lookup(&dst))
+		return TC_ACT_OK;
+	return snat_apply(skb, &p, cfg->node_ip, cfg, STAT_MASQ_NEW, STAT_MASQ) < 0 ?
+		TC_ACT_SHOT : TC_ACT_OK;
+}
+
+int from_host(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int handled;
+
+	if (parse_pkt(skb, &p) < 0)
+		return TC_ACT_OK;
+	return handle_service(skb, &p, FROM_HOST, &handled);
+}

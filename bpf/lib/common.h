@@ -1,0 +1,144 @@
+/* Packet parsing, header rewrites with checksum fix-ups, counters. */
+#ifndef CNIC_COMMON_H
+#define CNIC_COMMON_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+
+#include "lib/maps.h"
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define TCP_FLAGS_OFF 13
+#define TCP_CSUM_OFF 16
+#define UDP_CSUM_OFF 6
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+
+/* The parts of an IPv4 TCP/UDP packet the datapath looks at. */
+struct pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	u8 proto;
+	u8 tcp_flags;
+	u16 l4_off;
+};
+
+static __always_inline void stat_inc(u32 id)
+{
+	u64 *count = stats.lookup(&id);
+	if (count)
+		*count += 1;
+}
+
+/* 0 when the packet is a first (or only) IPv4 fragment of TCP or UDP; -1 otherwise (the
+ * packet is then left alone). Bytes are copied, so nonlinear skbs are handled too. */
+static __always_inline int parse_pkt(struct __sk_buff *skb, struct pkt *p)
+{
+	struct iphdr ip;
+	__be16 ports[2];
+
+	if (skb->protocol != htons(ETH_P_IP))
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	if (ip.version != 4 || ip.ihl < 5)
+		return -1;
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+		return -1;
+	if (ip.frag_off & htons(0x1fff))
+		return -1;  /* later fragments carry no ports */
+	p->l4_off = ETH_HLEN + ip.ihl * 4;
+	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	p->proto = ip.protocol;
+	p->tcp_flags = 0;
+	if (ip.protocol == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, p->l4_off + TCP_FLAGS_OFF, &p->tcp_flags, 1) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline u32 l4_csum_off(const struct pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? TCP_CSUM_OFF : UDP_CSUM_OFF);
+}
+
+static __always_inline u64 l4_csum_flags(const struct pkt *p)
+{
+	/* A UDP checksum of 0 means "none" and must stay 0. */
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Rewrite the source (is_src) or destination address, fixing IP and L4 checksums. */
+static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int is_src,
+				    __be32 addr)
+{
+	__be32 old = is_src ? p->saddr : p->daddr;
+
+	if (old == addr)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, addr,
+				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(p)) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, addr, sizeof(addr)) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, is_src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr), 0) < 0)
+		return -1;
+	if (is_src)
+		p->saddr = addr;
+	else
+		p->daddr = addr;
+	return 0;
+}
+
+static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, int is_src,
+				    __be16 port)
+{
+	__be16 old = is_src ? p->sport : p->dport;
+
+	if (old == port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, port,
+				sizeof(port) | l4_csum_flags(p)) < 0)
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &port, sizeof(port), 0) < 0)
+		return -1;
+	if (is_src)
+		p->sport = port;
+	else
+		p->dport = port;
+	return 0;
+}
+
+static __always_inline int set_endpoint(struct __sk_buff *skb, struct pkt *p, int is_src,
+					__be32 addr, __be16 port)
+{
+	if (set_addr(skb, p, is_src, addr) < 0 || set_port(skb, p, is_src, port) < 0) {
+		stat_inc(STAT_DROP_REWRITE);
+		return -1;
+	}
+	return 0;
+}
+
+static __always_inline struct node_config *node_config(void)
+{
+	u32 zero = 0;
+
+	return node_cfg.lookup(&zero);
+}
+
+#endif

@@ -1,0 +1,51 @@
+/* Sending a rewritten packet straight out of the right device.
+ *
+ * After a rewrite that makes the source one of this node's addresses (NodePort SNAT,
+ * reverse NAT of replies), handing the packet to the stack would get it dropped as a
+ * martian; a FIB lookup plus redirect skips the input path. */
+#ifndef CNIC_FIB_H
+#define CNIC_FIB_H
+
+#include "lib/common.h"
+
+/* Declared here with the kernel's four arguments: some bcc releases ship a three-argument
+ * prototype that would pass the flags as the params length. */
+#define redirect_neigh(ifindex, params, plen, flags)                                         \
+	((long (*)(u32, struct bpf_redir_neigh *, int, u64))BPF_FUNC_redirect_neigh)(          \
+		ifindex, params, plen, flags)
+
+static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_fib_lookup fib = {};
+	struct bpf_redir_neigh nh = {};
+	long ret;
+
+	fib.family = 2; /* AF_INET */
+	fib.l4_protocol = p->proto;
+	fib.sport = p->sport;
+	fib.dport = p->dport;
+	/* tot_len stays 0: the kernel then checks the skb against the MTU itself, which
+	 * accepts GSO packets that a length check would refuse. */
+	fib.ipv4_src = p->saddr;
+	fib.ipv4_dst = p->daddr;
+	fib.ifindex = skb->ifindex;
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+			goto drop;
+		stat_inc(STAT_FIB_REDIRECT);
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		nh.nh_family = 2;
+		nh.ipv4_nh = fib.ipv4_dst;
+		stat_inc(STAT_FIB_REDIRECT);
+		return redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+drop:
+	stat_inc(STAT_DROP_FIB);
+	return TC_ACT_SHOT;
+}
+
+#endif

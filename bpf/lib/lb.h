@@ -1,0 +1,118 @@
+/* Service load balancing: frontend lookup, backend selection, sticky connections. */
+#ifndef CNIC_LB_H
+#define CNIC_LB_H
+
+#include "lib/conntrack.h"
+
+static __always_inline struct lb_frontend *lb_lookup(const struct pkt *p, struct lb_key *key)
+{
+	key->addr = p->daddr;
+	key->port = p->dport;
+	key->proto = p->proto;
+	key->pad = 0;
+	return lb_frontends.lookup(key);
+}
+
+/* Pick a backend for a new connection. 0 on success, else the STAT_DROP_* reason. */
+static __always_inline int lb_select(const struct lb_key *key, const struct lb_frontend *fe,
+				     struct lb_backend *out)
+{
+	struct lb_slot_key slot = {};
+	struct lb_backend *b;
+
+	if (fe->count == 0)
+		return STAT_DROP_NO_BACKEND;
+	slot.fe = *key;
+	/* LB_ALG_RANDOM; maglev and least-conn pick the slot differently. */
+	slot.slot = (bpf_get_prandom_u32() % fe->count) + 1;
+	b = lb_slots.lookup(&slot);
+	if (!b)
+		return STAT_DROP_NO_SLOT;
+	*out = *b;
+	return 0;
+}
+
+/* A pod connecting to a service whose chosen backend is the pod itself. */
+static __always_inline int lb_is_hairpin(const struct pkt *p, const struct lb_backend *backend)
+{
+	return backend->addr == p->saddr && (backend->flags & BE_LOCAL);
+}
+
+/* The backend of this connection: the one recorded in conntrack, or a newly selected one
+ * (then both conntrack entries are written). 0 on success, else a STAT_DROP_* reason. */
+static __always_inline int lb_connection(const struct pkt *p, const struct lb_key *key,
+					 const struct lb_frontend *fe, u16 reply_flags, u32 len,
+					 struct lb_backend *backend)
+{
+	struct ct_key svc = {}, reply = {};
+	struct ct_entry *e, fresh = {};
+	__be32 reply_to = p->saddr;
+	int reason;
+
+	ct_key_set(&svc, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
+	e = ct_lookup(&svc);
+	if (e && !ct_is_reopen(p, e)) {
+		backend->addr = e->nat_addr;
+		backend->port = e->nat_port;
+		backend->flags = e->flags & CT_F_LOCAL_BACKEND ? BE_LOCAL : 0;
+		ct_touch(e, p, len);
+		stat_inc(STAT_SVC_ESTABLISHED);
+		return 0;
+	}
+	reason = lb_select(key, fe, backend);
+	if (reason)
+		return reason;
+	ct_entry_init(&fresh, p, backend->addr, backend->port,
+		      backend->flags & BE_LOCAL ? CT_F_LOCAL_BACKEND : 0, len);
+	ct4.update(&svc, &fresh);
+	if (lb_is_hairpin(p, backend)) {
+		reply_to = htonl(HAIRPIN_ADDR);
+		reply_flags |= CT_F_HAIRPIN | CT_F_REDIRECT;
+	}
+	ct_key_set(&reply, backend->addr, reply_to, backend->port, p->sport, p->proto, CT_REPLY);
+	ct_entry_init(&fresh, p, p->daddr, p->dport, reply_flags, 0);
+	fresh.packets = 0;
+	ct4.update(&reply, &fresh);
+	stat_inc(STAT_SVC_NEW);
+	return 0;
+}
+
+/* A pod talking straight to an address:port that was recently one of its services' backends,
+ * from the same source port: the reply entry of that service connection would rewrite this
+ * connection's replies. The kernel reuses ports across destinations, so drop the stale entry
+ * when such a connection starts (TCP SYN) or sends (UDP). */
+static __always_inline void lb_forget_stale_reply(const struct pkt *p)
+{
+	struct ct_key reply = {};
+
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) != TCPF_SYN)
+		return;
+	ct_key_set(&reply, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_REPLY);
+	ct4.delete(&reply);
+}
+
+/* Put the frontend back as the source of a reply (backend -> client). 1 when translated
+ * (*flags gets the entry's CT_F_*), 0 when not a service reply, -1 on failure. */
+static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 *flags)
+{
+	struct ct_key reply = {};
+	struct ct_entry *e;
+	__be32 backend;
+
+	ct_key_set(&reply, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_REPLY);
+	e = ct_lookup(&reply);
+	if (!e)
+		return 0;
+	e->flags |= CT_F_REPLIED;
+	ct_touch(e, p, skb->len);
+	*flags = e->flags;
+	backend = p->saddr;
+	if (set_endpoint(skb, p, 1, e->nat_addr, e->nat_port) < 0)
+		return -1;
+	if ((e->flags & CT_F_HAIRPIN) && set_addr(skb, p, 0, backend) < 0)
+		return -1;
+	stat_inc(STAT_REV_DNAT);
+	return 1;
+}
+
+#endif

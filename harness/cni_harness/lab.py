@@ -1,0 +1,211 @@
+"""A traffic lab on a provider's cluster: pods running the peer server, services, and
+commands run where traffic starts (a pod, a node, the external client, the world host).
+
+Suites and benchmarks use this one facade, so "send N requests from X to Y and say who
+answered and whom they saw" is written once. Tools run with the system Python: copied to
+the nodes (any provider), used in place for the client and world namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
+NODE_TOOLS_DIR = "/opt/cni-harness/tools"
+TOOLS = ("peer_server.py", "probe.py")
+AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
+PEER_PORT = 8080
+
+
+class LabError(RuntimeError):
+    """A lab command failed in a way that is not the traffic under test."""
+
+
+class LabUnavailable(LabError):
+    """This host cannot run the local provider; the message says what is missing."""
+
+
+def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
+                 progress: Callable[[str], None] = lambda _m: None) -> tuple[Lab, bool]:
+    """A running local cluster with the module deployed with `config_text`, and whether it
+    was created here (then the caller removes it). A cluster that already runs is reused."""
+    import tempfile
+
+    from .deploy import run_playbook
+    from .providers.local import LocalProvider
+
+    available = LocalProvider.availability()
+    if not available.ok:
+        raise LabUnavailable(f"local provider unavailable: {available.reason()}")
+    provider = LocalProvider(cluster, nodes=nodes, progress=progress)
+    created = provider.status().get("state") != "running"
+    if created:
+        provider.down()          # whatever an earlier crashed run left
+        provider.up()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(config_text)
+    try:
+        result = run_playbook(provider, config=fh.name)
+    finally:
+        os.unlink(fh.name)
+    if result.rc != 0:
+        raise LabError(f"deploy to cluster {cluster} failed: {result.failed_tasks}")
+    lab = Lab(provider, progress=progress)
+    lab.install_tools()
+    return lab, created
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a command runs: a pod (namespace/name), a node, the client or the world."""
+
+    kind: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}".strip()
+
+
+CLIENT = Where("client")
+WORLD = Where("world")
+
+
+def pod(name: str) -> Where:
+    return Where("pod", name)
+
+
+def node(name: str) -> Where:
+    return Where("node", name)
+
+
+class Lab:
+    """Commands, pods and objects on one provider's cluster."""
+
+    def __init__(self, provider: Any, progress: Callable[[str], None] = lambda _m: None):
+        from .pods import PodRuntime
+
+        self.provider = provider
+        self.plan = provider.plan()
+        self.pods = PodRuntime(provider, progress=progress)
+        self.api = self.pods.api
+        self.progress = progress
+
+    # ------------------------------------------------------------ running commands
+
+    def tool(self, where: Where, name: str) -> str:
+        """Path of a tool as seen from `where`."""
+        return (os.path.join(NODE_TOOLS_DIR, name) if where.kind in ("pod", "node")
+                else os.path.join(TOOLS_DIR, name))
+
+    def install_tools(self) -> None:
+        for info in self.provider.nodes():
+            for name in TOOLS:
+                with open(os.path.join(TOOLS_DIR, name), "rb") as fh:
+                    self.provider.put_file(info.name, os.path.join(NODE_TOOLS_DIR, name),
+                                           fh.read(), mode=0o755)
+
+    def argv(self, where: Where, argv: Sequence[str]) -> list[str]:
+        """The host command line that runs argv at `where`."""
+        if where.kind == "pod":
+            node_name, inner = self.pods.exec_argv(where.name, list(argv))
+            return self.provider.exec_command(node_name, inner)
+        if where.kind == "node":
+            return self.provider.exec_command(where.name, list(argv))
+        netns = {"client": self.plan.client_netns, "world": self.plan.world_netns}[where.kind]
+        return ["ip", "netns", "exec", netns, *argv]
+
+    def run(self, where: Where, argv: Sequence[str], timeout: float = 120, check: bool = False,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        res = subprocess.run(self.argv(where, argv), capture_output=True, text=True,
+                             timeout=timeout, check=False, input=input)
+        if check and res.returncode != 0:
+            raise LabError(f"{where}: {' '.join(argv)}: exit {res.returncode}: "
+                           f"{(res.stderr or res.stdout).strip()[-400:]}")
+        return res
+
+    def popen(self, where: Where, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(where, argv), **kwargs)
+
+    def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
+              timeout: float = 2.0) -> list[dict]:
+        """`count` tries from `where`: each the peer server's answer or {"error": ...}."""
+        res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
+                               str(port), "--count", str(count), "--timeout", str(timeout)],
+                       timeout=30 + count * (timeout + 1), check=True)
+        return json.loads(res.stdout)
+
+    # ------------------------------------------------------------ the agent on a node
+
+    def agent(self, node_name: str, *args: str, timeout: float = 30) -> Any:
+        """`cni-cilium ARGS --json` on a node, parsed."""
+        res = self.run(node(node_name), [AGENT_CLI, *args, "--json"], timeout=timeout,
+                       check=True)
+        return json.loads(res.stdout)
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
+                 interval: float = 0.2) -> Any:
+        """Poll until predicate() is truthy; returns its value, raises LabError on timeout."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (LabError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                last_error = f" (last error: {exc})"
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout} s waiting for {what}{last_error}")
+            time.sleep(interval)
+
+    def wait_programmed(self, service: str, count_by_type: dict[str, int] | None = None,
+                        nodes: Sequence[str] | None = None, timeout: float = 20) -> None:
+        """Until every node's agent has the service's frontends (with `count_by_type`
+        selected backends per frontend type when given)."""
+        for name in nodes or [n.name for n in self.provider.nodes()]:
+            def ready(name=name) -> bool:
+                frontends = [f for f in self.agent(name, "service", "list")["frontends"]
+                             if f["service"] == service]
+                if not frontends:
+                    return False
+                if count_by_type is None:
+                    return True
+                return all(len(f["selected"]) == count_by_type[f["type"]]
+                           for f in frontends if f["type"] in count_by_type)
+            self.wait_for(f"{service} programmed on {name}", ready, timeout)
+
+    # ------------------------------------------------------------ pods and objects
+
+    def start_peer_pod(self, node_name: str, name: str, labels: dict[str, str] | None = None,
+                       host_network: bool = False, port: int = PEER_PORT):
+        """A pod running the peer server on `port` (TCP and UDP); returns its record."""
+        where = node(node_name)
+        argv = ["python3", self.tool(where, "peer_server.py"), "--name", name,
+                "--port", str(port)]
+        rec = self.pods.run(node_name, name, argv, labels=labels or {},
+                            ports=[{"name": "http", "containerPort": port, "protocol": "TCP"},
+                                   {"name": "dns", "containerPort": port, "protocol": "UDP"}],
+                            host_network=host_network)
+        self.wait_for(f"pod {name} answering", lambda: "error" not in self.probe(
+            node(node_name), "tcp", rec.ip, port, timeout=1)[0], timeout=15)
+        return rec
+
+    def apply(self, docs: list[dict]) -> None:
+        report = self.api.apply(docs, "lab")
+        if report.problems:
+            raise LabError(f"apply refused: {report.problems}")
+
+    def delete(self, docs: list[dict]) -> None:
+        self.api.delete(docs, "lab")
+
+    def service(self, name: str, namespace: str = "default") -> dict:
+        """The stored Service object (with the allocated ClusterIP and ports)."""
+        for key, doc in self.api.objects().items():
+            if key == ("Service", namespace, name):
+                return doc
+        raise LabError(f"no Service {namespace}/{name}")

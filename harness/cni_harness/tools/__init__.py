@@ -1,0 +1,1 @@
+"""Small programs the suites run inside pods and namespaces (no project imports)."""

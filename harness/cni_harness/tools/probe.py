@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Ask a peer server (tools/peer_server.py) who it is and whom it saw.
+
+`probe.py tcp|udp HOST PORT [--count N] [--timeout S]` prints one JSON list: for each try
+either the server's answer ({"name", "peer", ...}) or {"error": "..."}. Every try is a new
+connection (TCP) or a new socket (UDP), so each one is load-balanced afresh.
+`probe.py rate HOST PORT [--seconds S]` sends TCP requests one after the other, each on a
+new connection, for a bounded time and prints {"requests", "errors", "seconds", "rate"}.
+Standalone: it runs with the system Python in pods and namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+
+MAX_COUNT = 500
+MAX_SECONDS = 30.0
+
+
+def tcp_once(host: str, port: int, timeout: float) -> dict:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status:
+        return {"error": f"HTTP status line {status!r}"}
+    return json.loads(body)
+
+
+def udp_once(host: str, port: int, timeout: float) -> dict:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(b"who", (host, port))
+        data, _peer = sock.recvfrom(4096)
+    return json.loads(data)
+
+
+def request_rate(host: str, port: int, seconds: float, timeout: float) -> dict:
+    ok = failed = 0
+    start = time.monotonic()
+    while time.monotonic() - start < min(seconds, MAX_SECONDS):
+        try:
+            if "error" in tcp_once(host, port, timeout):
+                failed += 1
+            else:
+                ok += 1
+        except (OSError, ValueError):
+            failed += 1
+    elapsed = time.monotonic() - start
+    return {"requests": ok, "errors": failed, "seconds": round(elapsed, 3),
+            "rate": round(ok / elapsed, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("tcp", "udp", "rate"))
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--count", type=int, default=1, help="tries (tcp, udp)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration (rate)")
+    parser.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.mode == "rate":
+        print(json.dumps(request_rate(args.host, args.port, args.seconds, args.timeout)))
+        return 0
+    once = tcp_once if args.mode == "tcp" else udp_once
+    results = []
+    for _ in range(min(args.count, MAX_COUNT)):
+        try:
+            results.append(once(args.host, args.port, args.timeout))
+        except (OSError, ValueError) as exc:
+            results.append({"error": f"{type(exc).__name__}: {exc}"})
+    json.dump(results, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

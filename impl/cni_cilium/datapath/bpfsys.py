@@ -1,0 +1,204 @@
+"""Pinned BPF maps through the bpf(2) system call (edge: ctypes).
+
+The agent and the CLI read and write the pinned maps with bytes keyed exactly as
+`bpfabi` encodes them, independent of the bcc object that created them (so the CLI works
+while the agent is down, and any bcc release will do).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from typing import Iterator
+
+_SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
+BPF_OBJ_GET = 7
+BPF_MAP_UPDATE_BATCH = 26
+BPF_ANY, BPF_NOEXIST = 0, 1
+_ATTR_SIZE = 128
+BPF_FS_MAGIC = 0xCAFE4A11
+ENOTSUPP = 524  # the kernel's internal "operation not supported"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed."""
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    nr = _SYSCALL_NR.get(platform.machine())
+    if nr is None:
+        raise BpfError(errno.ENOSYS, f"bpf(2) number unknown for {platform.machine()}")
+    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    ret = _libc.syscall(nr, cmd, buf, _ATTR_SIZE)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, os.strerror(err))
+    return ret
+
+
+def _addr(buf: ctypes.Array) -> int:
+    return ctypes.addressof(buf)
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs (the per-CPU value count of percpu maps)."""
+    with open("/sys/devices/system/cpu/possible", encoding="ascii") as fh:
+        text = fh.read().strip()
+    total = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        total += int(hi or lo) - int(lo) + 1
+    return total
+
+
+def is_bpffs(path: str) -> bool:
+    """Whether `path` is the root of a mounted bpffs instance."""
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 120)]
+
+    st = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(st)) != 0:
+        return False
+    return (st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+
+
+class PinnedMap:
+    """A map opened from its bpffs pin; keys and values are raw bytes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        raw = os.fsencode(path) + b"\0"
+        self._path_buf = ctypes.create_string_buffer(raw, len(raw))
+        self.fd = _bpf(BPF_OBJ_GET, struct.pack("=QII", _addr(self._path_buf), 0, 0))
+        info = self._fdinfo()
+        self.map_type = info.get("map_type", 0)
+        self.key_size = info["key_size"]
+        self.value_size = info["value_size"]
+        self.max_entries = info["max_entries"]
+        self.percpu = self.map_type in (5, 6, 10)  # percpu hash, array, lru hash
+        self._value_len = (((self.value_size + 7) // 8) * 8 * possible_cpus()
+                           if self.percpu else self.value_size)
+
+    def _fdinfo(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with open(f"/proc/self/fdinfo/{self.fd}", encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                value = value.strip()
+                if value.isdigit():
+                    out[key.strip()] = int(value)
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> PinnedMap:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _elem_attr(self, key: ctypes.Array, value_or_next: ctypes.Array | None,
+                   flags: int = 0) -> bytes:
+        vaddr = _addr(value_or_next) if value_or_next is not None else 0
+        return struct.pack("=IIQQQ", self.fd, 0, _addr(key), vaddr, flags)
+
+    def _key_buf(self, key: bytes) -> ctypes.Array:
+        if len(key) != self.key_size:
+            raise ValueError(f"{self.path}: key of {len(key)} bytes, map wants {self.key_size}")
+        return ctypes.create_string_buffer(key, self.key_size)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value (all CPUs' values concatenated for percpu maps), or None."""
+        kbuf = self._key_buf(key)
+        vbuf = ctypes.create_string_buffer(self._value_len)
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, self._elem_attr(kbuf, vbuf))
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return vbuf.raw
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        if len(value) != self.value_size or self.percpu:
+            raise ValueError(f"{self.path}: value of {len(value)} bytes, map wants "
+                             f"{self.value_size}")
+        kbuf = self._key_buf(key)
+        vbuf = ctypes.create_string_buffer(value, self.value_size)
+        _bpf(BPF_MAP_UPDATE_ELEM, self._elem_attr(kbuf, vbuf, flags))
+
+    def update_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Write many entries in one call (kernel >= 5.6); falls back to single updates."""
+        if not items:
+            return
+        keys = b"".join(k for k, _ in items)
+        values = b"".join(v for _, v in items)
+        if len(keys) != self.key_size * len(items) or len(values) != self.value_size * len(items):
+            raise ValueError(f"{self.path}: batch entries of the wrong size")
+        kbuf = ctypes.create_string_buffer(keys, len(keys))
+        vbuf = ctypes.create_string_buffer(values, len(values))
+        attr = struct.pack("=QQQQIIQQ", 0, 0, _addr(kbuf), _addr(vbuf), len(items), self.fd,
+                           0, 0)
+        try:
+            _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        except BpfError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
+                raise
+            for key, value in items:
+                self.update(key, value)
+
+    def delete(self, key: bytes) -> bool:
+        """Remove an entry; False when it was not there."""
+        kbuf = self._key_buf(key)  # keep the buffer alive across the call
+        try:
+            _bpf(BPF_MAP_DELETE_ELEM, self._elem_attr(kbuf, None))
+        except BpfError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        """Every key (a snapshot walk; entries changing meanwhile may be skipped)."""
+        nbuf = ctypes.create_string_buffer(self.key_size)
+        kbuf: ctypes.Array | None = None
+        while True:
+            attr = struct.pack("=IIQQQ", self.fd, 0, _addr(kbuf) if kbuf is not None else 0,
+                               _addr(nbuf), 0)
+            try:
+                _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+            except BpfError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise
+            yield nbuf.raw
+            kbuf = ctypes.create_string_buffer(nbuf.raw, self.key_size)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def count(self) -> int:
+        """Number of entries (arrays: their size)."""
+        if self.map_type in (2, 6):  # array, percpu array
+            return self.max_entries
+        return sum(1 for _ in self.keys())
+
+    def percpu_sum_u64(self, key: bytes) -> int:
+        """Sum over CPUs of a u64 per-CPU value."""
+        raw = self.lookup(key)
+        if raw is None:
+            return 0
+        return sum(struct.unpack_from("=Q", raw, off)[0] for off in range(0, len(raw), 8))

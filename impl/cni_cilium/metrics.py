@@ -1,0 +1,78 @@
+"""The agent's Prometheus text exposition (pure: status document + counters -> text)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+PREFIX = "cni_cilium_"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sample(name: str, value: float, labels: Mapping[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+        return f"{PREFIX}{name}{{{inner}}} {value:g}"
+    return f"{PREFIX}{name} {value:g}"
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
+    return [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} {kind}", *samples]
+
+
+def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
+    """Metrics from the agent's status document and the datapath counters."""
+    lines: list[str] = []
+    lines += _family("agent_restarts_total", "counter",
+                     "Agent restarts since the node booted.",
+                     [_sample("agent_restarts_total", status.get("restarts", 0))])
+    lines += _family("self_heal_total", "counter",
+                     "tc attachments found missing and restored since the node booted.",
+                     [_sample("self_heal_total", status.get("selfHeals", 0))])
+    lines += _family("reboot_required", "gauge",
+                     "1 when the configured tunnel mode differs from the one in effect.",
+                     [_sample("reboot_required", int(bool(status.get("rebootRequired"))))])
+    lines += _family("bpf_compile_seconds", "gauge",
+                     "Time bcc took to compile and load the programs at agent start.",
+                     [_sample("bpf_compile_seconds",
+                              status.get("bpf", {}).get("compileSeconds", 0))])
+    maps = status.get("maps", {})
+    lines += _family("bpf_map_entries", "gauge", "Entries in each pinned map.",
+                     [_sample("bpf_map_entries", m["entries"], {"map": name})
+                      for name, m in sorted(maps.items())])
+    lines += _family("bpf_map_capacity", "gauge", "Capacity of each pinned map.",
+                     [_sample("bpf_map_capacity", m["capacity"], {"map": name})
+                      for name, m in sorted(maps.items())])
+    attach = []
+    for device, info in sorted(status.get("devices", {}).items()):
+        for direction, hook in sorted(info.get("attached", {}).items()):
+            attach.append(_sample("program_attached", int(bool(hook.get("ok"))), {
+                "device": device, "direction": direction, "program": hook.get("program", "")}))
+    lines += _family("program_attached", "gauge",
+                     "1 when the program is attached at its hook.", attach)
+    lines += _family("endpoints", "gauge", "Pod endpoints on this node.",
+                     [_sample("endpoints", len(status.get("endpoints", [])))])
+    services = status.get("services", {})
+    lines += _family("services", "gauge", "Services programmed.",
+                     [_sample("services", services.get("services", 0))])
+    lines += _family("service_frontends", "gauge", "Service frontends programmed.",
+                     [_sample("service_frontends", services.get("frontends", 0))])
+    lines += _family("manifest_problems", "gauge", "Objects refused (invalid or conflicting).",
+                     [_sample("manifest_problems", len(status.get("problems", [])))])
+    rec = status.get("reconcile", {})
+    lines += _family("reconcile_total", "counter", "Reconciliations run.",
+                     [_sample("reconcile_total", rec.get("count", 0))])
+    lines += _family("reconcile_errors_total", "counter", "Reconciliations that failed.",
+                     [_sample("reconcile_errors_total", rec.get("errors", 0))])
+    drops = {k: v for k, v in stats.items() if k.startswith("drop_")}
+    events = {k: v for k, v in stats.items() if not k.startswith("drop_")}
+    lines += _family("datapath_events_total", "counter",
+                     "Translations done by the datapath, by kind.",
+                     [_sample("datapath_events_total", v, {"event": k})
+                      for k, v in sorted(events.items())])
+    lines += _family("datapath_drops_total", "counter", "Packets dropped, by reason.",
+                     [_sample("datapath_drops_total", v, {"reason": k[len("drop_"):]})
+                      for k, v in sorted(drops.items())])
+    return "\n".join(lines) + "\n"

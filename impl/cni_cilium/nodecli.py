@@ -1,0 +1,205 @@
+"""Node commands of `cni-cilium`: status, service list, bpf ct list, bpf remove."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Callable
+
+from . import api, paths
+from .bpfabi import CT_KINDS, CtEntry, CtKey
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _agent_json(path: str) -> dict | None:
+    try:
+        return api.get_json(path)
+    except api.AgentUnreachable as exc:
+        print(f"error: {exc} (is `cni-cilium agent` running on this node?)", file=sys.stderr)
+        return None
+
+
+def _agent_view(path: str, args: argparse.Namespace, render: Callable[[dict], None]) -> int:
+    """Fetch a document from the agent and print it as JSON or through `render`."""
+    doc = _agent_json(path)
+    if doc is None:
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        render(doc)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _agent_view("/status", args, print_status)
+
+
+def cmd_service_list(args: argparse.Namespace) -> int:
+    return _agent_view("/services", args, print_services)
+
+
+def print_status(doc: dict) -> None:
+    modes = doc["modes"]
+    print(f"node {doc['node']}: {doc['state']} (pid {doc['pid']}, up {doc['uptimeSeconds']} s, "
+          f"restarts {doc['restarts']}, self-heals {doc['selfHeals']}, reboot required: "
+          f"{'yes' if doc['rebootRequired'] else 'no'})")
+    lb = ", ".join(f"{p} {m}" for p, m in sorted(modes["lbMode"].items()))
+    print(f"modes: tunnel {modes['tunnelMode']} (configured {modes['tunnelModeConfigured']}), "
+          f"LB {lb} (configured {modes['lbModeConfigured']}), masquerade "
+          f"{modes['masqueradeMode']}, node routes {'on' if modes['createNodeRoutes'] else 'off'}"
+          f", kube-proxy replacement, algorithm {modes['lbAlgorithm']}")
+    print(f"bpf: compiled in {doc['bpf']['compileSeconds']} s, maps in {doc['bpf']['pinDir']}")
+    print("programs:")
+    for device, info in sorted(doc["devices"].items()):
+        hooks = "  ".join(f"{d} {h['program']} {'ok' if h['ok'] else 'MISSING'}"
+                          for d, h in sorted(info["attached"].items()))
+        print(f"  {device:16} {hooks}")
+    print("maps:")
+    for name, m in sorted(doc["maps"].items()):
+        print(f"  {name:14} {m['entries']:>8} / {m['capacity']:<8} {100 * m['fill']:.2f}%")
+    print(f"endpoints: {len(doc['endpoints'])}")
+    for ep in doc["endpoints"]:
+        print(f"  {ep['pod']:30} {ep['ip']:15} {ep['device']:16} "
+              f"{'ready' if ep['ready'] else 'NOT READY ' + ep['error']}")
+    svc = doc["services"]
+    print(f"services: {svc['services']} ({svc['frontends']} frontends), health-check ports: "
+          f"{len(doc['healthChecks'])}")
+    if doc.get("lastSelfHeal"):
+        last = doc["lastSelfHeal"]
+        print(f"last self-heal: {last['device']} {last['direction']} {last['program']} at "
+              f"{time.strftime('%H:%M:%S', time.localtime(last['at']))}")
+    for line in doc["problems"]:
+        print(f"problem: {line}")
+    for line in doc["warnings"]:
+        print(f"warning: {line}")
+
+
+def print_services(doc: dict) -> None:
+    print(f"{'FRONTEND':24} {'TYPE':12} {'SERVICE':24} {'ALGORITHM':10} {'LB MODE':8} BACKENDS")
+    for fe in doc["frontends"]:
+        backends = ", ".join(
+            f"{b['address']}:{b['port']} ({b['state']}{', local' if b['local'] else ''})"
+            for b in fe["backends"]) or "(none)"
+        etp = " [Local]" if fe["externalTrafficPolicy"] == "Local" else ""
+        print(f"{fe['frontend']:24} {fe['type']:12} {fe['service'] + etp:24} "
+              f"{fe['algorithm']:10} {fe['lbMode']:8} {backends}")
+
+
+def ct_rows(items, now: float) -> list[dict]:
+    """Decoded conntrack/NAT entries, oldest first, for printing."""
+    rows = []
+    for raw_key, raw_value in items:
+        key, entry = CtKey.decode(raw_key), CtEntry.decode(raw_value)
+        rows.append({
+            "kind": CT_KINDS.get(key.kind, str(key.kind)), "protocol": key.proto,
+            "source": f"{key.saddr}:{key.sport}", "destination": f"{key.daddr}:{key.dport}",
+            "nat": f"{entry.nat_addr}:{entry.nat_port}", "flags": entry.flag_names(),
+            "expiresIn": int(entry.expires - now), "ageSeconds": int(now - entry.created),
+            "packets": entry.packets, "bytes": entry.bytes})
+    rows.sort(key=lambda r: (-r["ageSeconds"], r["kind"], r["source"]))
+    return rows
+
+
+_NAT_LABEL = {"service": "backend", "reply": "frontend", "nat-out": "to", "nat-in": "orig"}
+
+
+def cmd_bpf_ct_list(args: argparse.Namespace) -> int:
+    from .datapath.bpfsys import BpfError, PinnedMap
+    from .datapath.loader import LoadError, current_pin_dir
+
+    try:
+        pin_dir = args.pin_dir or current_pin_dir()
+        with PinnedMap(os.path.join(pin_dir, "ct4")) as ct:
+            rows = ct_rows(ct.items(), time.monotonic())
+    except (LoadError, BpfError, OSError) as exc:
+        print(f"error: cannot read the conntrack map: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not args.all:
+        rows = [r for r in rows if r["expiresIn"] >= 0]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['protocol']} {r['source']:21} -> {r['destination']:21} {r['kind']:8} "
+              f"{_NAT_LABEL.get(r['kind'], 'nat')}={r['nat']:21} expires={r['expiresIn']}s "
+              f"packets={r['packets']} bytes={r['bytes']} flags={','.join(r['flags']) or '-'}")
+    print(f"{len(rows)} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+def _agent_running() -> int | None:
+    try:
+        with open(paths.AGENT_PID, encoding="ascii") as fh:
+            pid = int(fh.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_bpf_remove(args: argparse.Namespace) -> int:
+    """Take the datapath out: filters, owned routes, pinned maps (for uninstall and tests)."""
+    from pyroute2 import IPRoute
+
+    from .datapath import routes, tc
+
+    pid = _agent_running()
+    if pid is not None and not args.force:
+        print(f"error: the agent (pid {pid}) is running; stop it first or pass --force",
+              file=sys.stderr)
+        return EXIT_USAGE
+    removed = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            for direction in (tc.INGRESS, tc.EGRESS):
+                if tc.detach(ipr, link["index"], direction):
+                    removed.append(f"{name} {direction}")
+        for cidr in routes.owned_routes(ipr):
+            routes.delete(ipr, cidr)
+            removed.append(f"route {cidr}")
+    if os.path.isdir(paths.PIN_DIR):
+        shutil.rmtree(paths.PIN_DIR, ignore_errors=True)
+        removed.append(f"maps {paths.PIN_DIR}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.AGENT_STATUS)
+    print("removed: " + (", ".join(removed) if removed else "nothing"))
+    return EXIT_OK
+
+
+def register(sub) -> None:
+    """Add the node commands to `cni-cilium`'s subcommand parser."""
+    status = sub.add_parser("status", help="the agent's state on this node")
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    status.set_defaults(func=cmd_status)
+
+    service = sub.add_parser("service", help="services as programmed on this node")
+    service_sub = service.add_subparsers(dest="service_command", metavar="SUBCOMMAND")
+    service_sub.required = True
+    service_list = service_sub.add_parser(
+        "list", help="frontends, types, backends with state, algorithm, LB mode")
+    service_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    service_list.set_defaults(func=cmd_service_list)
+
+    bpf = sub.add_parser("bpf", help="the datapath's BPF state on this node")
+    bpf_sub = bpf.add_subparsers(dest="bpf_command", metavar="SUBCOMMAND")
+    bpf_sub.required = True
+    ct = bpf_sub.add_parser("ct", help="connection tracking and NAT entries")
+    ct_sub = ct.add_subparsers(dest="ct_command", metavar="SUBCOMMAND")
+    ct_sub.required = True
+    ct_list = ct_sub.add_parser("list", help="list conntrack/NAT entries (reads the pinned map)")
+    ct_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    ct_list.add_argument("--all", action="store_true", help="include expired entries")
+    ct_list.add_argument("--pin-dir", help="map directory (default: the installed layout's)")
+    ct_list.set_defaults(func=cmd_bpf_ct_list)
+    remove = bpf_sub.add_parser(
+        "remove", help="detach every program, delete the agent's routes and pinned maps")
+    remove.add_argument("--force", action="store_true", help="even while the agent runs")
+    remove.set_defaults(func=cmd_bpf_remove)

@@ -1,0 +1,412 @@
+"""Desired state -> the exact contents of the datapath maps, and the diff between two (pure).
+
+The agent hands in the module settings, its node name and the Kubernetes-shaped objects it
+read; it gets back every key and value the service and node maps must hold (encoded by
+`bpfabi`), the node routes, the health-check servers, and one problem line per object that
+could not be honoured. `diff_maps` turns "what is programmed" and "what is wanted" into an
+ordered list of single-entry writes that never exposes a frontend pointing at a slot that is
+not written yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .bpfabi import (
+    FE_EXTERNAL,
+    FE_LOCAL_ONLY,
+    FE_NODEPORT,
+    LB_ALGORITHMS,
+    LB_MODES,
+    NO_MASQ_VALUE,
+    Backend,
+    Frontend,
+    FrontendValue,
+    NodeConfig,
+    index_key,
+    ip_bytes,
+    lpm_key,
+    slot_key,
+)
+from .config import Settings
+from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
+
+DEFAULT_CLUSTER_CIDR = "10.100.0.0/16"
+DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
+# Outside the kernel's default ephemeral range (32768-60999) and the NodePort range, so
+# translated ports never collide with the node's own connections or services.
+DEFAULT_NAT_PORTS = (61000, 65535)
+MAX_BACKENDS = 65535
+
+# What this datapath implements; anything else asked for falls back with a warning.
+IMPLEMENTED_ALGORITHMS = ("random",)
+IMPLEMENTED_LB_MODES = ("SNAT",)
+
+MANAGED_MAPS = ("node_cfg", "no_masq", "lb_slots", "lb_frontends")
+ARRAY_MAPS = ("node_cfg",)
+
+STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the translation depends on."""
+
+    settings: Settings
+    node_name: str
+    objects: Sequence[KubeObject]
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR
+    nat_ports: tuple[int, int] = DEFAULT_NAT_PORTS
+    # Who had each frontend last time: on a conflict the service already using it keeps
+    # it, so a newly applied object never takes a frontend away from a working service.
+    # Without a previous owner, the service listed first in `objects` (oldest) wins.
+    previous_owners: Mapping[Frontend, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendView:
+    addr: str
+    port: int
+    state: str          # active, terminating, not-ready
+    local: bool
+    node: str | None = None
+    pod: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"address": self.addr, "port": self.port, "state": self.state,
+                "local": self.local, "node": self.node, "pod": self.pod}
+
+
+@dataclass(frozen=True)
+class FrontendView:
+    """One programmed frontend, for status and `cni-cilium service list`."""
+
+    service: str            # namespace/name
+    port_name: str
+    type: str               # ClusterIP, NodePort, LoadBalancer, ExternalIP
+    frontend: Frontend
+    flags: int
+    backends: tuple[BackendView, ...]
+    selected: tuple[Backend, ...]
+    algorithm: str
+    lb_mode: str            # "-" for ClusterIP
+    traffic_policy: str
+
+    def to_dict(self) -> dict:
+        return {
+            "service": self.service, "port": self.port_name, "type": self.type,
+            "frontend": str(self.frontend), "address": self.frontend.addr,
+            "frontendPort": self.frontend.port, "protocol": self.frontend.proto,
+            "backends": [b.to_dict() for b in self.backends],
+            "selected": [f"{b.addr}:{b.port}" for b in self.selected],
+            "algorithm": self.algorithm, "lbMode": self.lb_mode,
+            "externalTrafficPolicy": self.traffic_policy,
+        }
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """kube-proxy's health-check node port for one externalTrafficPolicy: Local service."""
+
+    namespace: str
+    name: str
+    local_endpoints: int
+
+    def body(self) -> dict:
+        return {"service": {"namespace": self.namespace, "name": self.name},
+                "localEndpoints": self.local_endpoints, "serviceProxyHealthy": True}
+
+    @property
+    def status(self) -> int:
+        return 200 if self.local_endpoints > 0 else 503
+
+
+@dataclass
+class Translation:
+    node: Node | None
+    maps: dict[str, dict[bytes, bytes]]
+    frontends: list[FrontendView] = field(default_factory=list)
+    health_checks: dict[int, HealthCheck] = field(default_factory=dict)
+    node_routes: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    lb_mode: dict[str, str] = field(default_factory=dict)   # protocol -> mode in effect
+
+    @property
+    def services(self) -> int:
+        return len({f.service for f in self.frontends})
+
+
+@dataclass(frozen=True)
+class MapOp:
+    map: str
+    key: bytes
+    value: bytes | None     # None = delete
+
+    @property
+    def is_delete(self) -> bool:
+        return self.value is None
+
+
+def _svc_id(svc: Service) -> str:
+    return f"{svc.namespace}/{svc.name}"
+
+
+def _cidr_test(cidr: str):
+    """A fast membership test for one network (called for every endpoint)."""
+    net = ipaddress.IPv4Network(cidr)
+    base, mask = int(net.network_address), int(net.netmask)
+    return lambda addr: int.from_bytes(ip_bytes(addr), "big") & mask == base
+
+
+def _slice_port(eps: EndpointSlice, sp: ServicePort) -> int | None:
+    """The backend port of service port `sp` in a slice: matched by port name and protocol,
+    as Kubernetes' endpoint controller names them; slices without ports use a numeric
+    targetPort."""
+    if eps.ports:
+        for p in eps.ports:
+            if p.name == sp.name and p.protocol == sp.protocol:
+                return p.port
+        return None
+    return sp.target_port if isinstance(sp.target_port, int) else None
+
+
+def _backends(svc: Service, sp: ServicePort, slices: Iterable[EndpointSlice], node: Node,
+              in_pod_cidr) -> tuple[BackendView, ...]:
+    rank = {STATE_ACTIVE: 0, STATE_TERMINATING: 1, STATE_NOT_READY: 2}
+    found: dict[tuple[str, int], BackendView] = {}
+    for eps in slices:
+        port = _slice_port(eps, sp)
+        if port is None:
+            continue
+        for ep in eps.endpoints:
+            if ep.ready:
+                state = STATE_ACTIVE
+            elif ep.serving and ep.terminating:
+                state = STATE_TERMINATING
+            else:
+                state = STATE_NOT_READY
+            for addr in ep.addresses:
+                local = ep.node_name == node.name if ep.node_name else in_pod_cidr(addr)
+                view = BackendView(addr, port, state, local, ep.node_name, ep.target_pod)
+                old = found.get((addr, port))
+                if old is None or rank[state] < rank[old.state]:
+                    found[(addr, port)] = view
+    return tuple(sorted(found.values(), key=lambda b: (ip_bytes(b.addr), b.port)))
+
+
+def _selection(backends: Sequence[BackendView], local_only: bool) -> tuple[Backend, ...]:
+    """Backends for new connections: ready ones, else serving-but-terminating ones (as
+    kube-proxy does), restricted to this node's for externalTrafficPolicy Local."""
+    pool = [b for b in backends if b.local] if local_only else list(backends)
+    chosen = [b for b in pool if b.state == STATE_ACTIVE]
+    if not chosen:
+        chosen = [b for b in pool if b.state == STATE_TERMINATING]
+    return tuple(Backend(b.addr, b.port, b.local) for b in chosen[:MAX_BACKENDS])
+
+
+def _algorithm(svc: Service, settings: Settings, warnings: list[str]) -> str:
+    asked = svc.lb_algorithm
+    if asked is None:
+        return "random"
+    if not settings.extraLoadBalancerAlgorithmsEnabled:
+        warnings.append(f"Service {_svc_id(svc)}: lb-algorithm {asked!r} ignored "
+                        "(extraLoadBalancerAlgorithmsEnabled is false); using random")
+        return "random"
+    if asked not in IMPLEMENTED_ALGORITHMS:
+        warnings.append(f"Service {_svc_id(svc)}: lb-algorithm {asked!r} is not implemented "
+                        "by this datapath yet; using random")
+        return "random"
+    return asked
+
+
+def effective_lb_mode(settings: Settings, protocol: str) -> str:
+    """The NodePort/LoadBalancer mode the datapath runs for a protocol."""
+    asked = settings.lb_mode_for(protocol)
+    return asked if asked in IMPLEMENTED_LB_MODES else "SNAT"
+
+
+def _frontends_of(svc: Service, sp: ServicePort, node: Node
+                  ) -> list[tuple[str, Frontend, int, str]]:
+    """(type, frontend, flags, field path) for each address a service port answers on."""
+    index = svc.ports.index(sp)
+    path = f"spec.ports[{index}]"
+    local = FE_LOCAL_ONLY if svc.external_traffic_policy == "Local" else 0
+    out = [("ClusterIP", Frontend(svc.cluster_ip, sp.port, sp.protocol), 0,
+            "spec.clusterIP")]
+    if svc.type in ("NodePort", "LoadBalancer") and sp.node_port:
+        out.append(("NodePort", Frontend(node.internal_ip, sp.node_port, sp.protocol),
+                    FE_EXTERNAL | FE_NODEPORT | local, f"{path}.nodePort"))
+    if svc.type == "LoadBalancer":
+        for i, ip in enumerate(svc.load_balancer_ips):
+            out.append(("LoadBalancer", Frontend(ip, sp.port, sp.protocol),
+                        FE_EXTERNAL | local, f"status.loadBalancer.ingress[{i}].ip"))
+    for i, ip in enumerate(svc.external_ips):
+        out.append(("ExternalIP", Frontend(ip, sp.port, sp.protocol), FE_EXTERNAL | local,
+                    f"spec.externalIPs[{i}]"))
+    return out
+
+
+def translate(state: DesiredState) -> Translation:
+    """Compute every map entry, route and health check the desired state asks for."""
+    settings = state.settings
+    nodes = sorted((o for o in state.objects if isinstance(o, Node)), key=lambda n: n.name)
+    services = sorted((o for o in state.objects if isinstance(o, Service)),
+                      key=lambda s: (s.namespace, s.name))
+    slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+    for o in state.objects:
+        if isinstance(o, EndpointSlice):
+            slices[(o.namespace, o.service_name)].append(o)
+    for group in slices.values():
+        group.sort(key=lambda s: s.name)
+
+    node = next((n for n in nodes if n.name == state.node_name), None)
+    if node is None:
+        return Translation(None, {name: {} for name in MANAGED_MAPS}, problems=[
+            f"Node {state.node_name}: not found in the manifests; waiting for it"])
+    out = Translation(node, {name: {} for name in MANAGED_MAPS})
+    out.lb_mode = {p: effective_lb_mode(settings, p) for p in ("TCP", "UDP")}
+    for proto in ("TCP", "UDP"):
+        asked = settings.lb_mode_for(proto)
+        if asked != out.lb_mode[proto]:
+            out.warnings.append(
+                f"bpfLBMode {settings.bpfLBMode} asks for {asked} on {proto}; {asked} is not "
+                f"implemented by this datapath yet, {proto} NodePort/LoadBalancer use "
+                f"{out.lb_mode[proto]}")
+
+    maps = out.maps
+    maps["node_cfg"][index_key(0)] = NodeConfig(
+        node.internal_ip, node.pod_cidr, state.nat_ports[0], state.nat_ports[1],
+        settings.masqueradeMode == "BPF").encode()
+    if settings.masqueradeMode != "BPF":
+        out.warnings.append(f"masqueradeMode {settings.masqueradeMode}: pod -> world traffic "
+                            "is not masqueraded by BPF (no netfilter rule is installed yet)")
+    for cidr in [state.cluster_cidr] + [n.pod_cidr for n in nodes] + [
+            f"{n.internal_ip}/32" for n in nodes]:
+        maps["no_masq"][lpm_key(cidr)] = NO_MASQ_VALUE
+
+    _node_routes(state, nodes, node, out)
+
+    claims: dict[Frontend, list[str]] = defaultdict(list)
+    for svc in (o for o in state.objects if isinstance(o, Service)):  # given (age) order
+        for sp in svc.ports:
+            for _type, fe, _flags, _path in _frontends_of(svc, sp, node):
+                claims[fe].append(_svc_id(svc))
+    owner = {}
+    for fe, claimants in claims.items():
+        previous = state.previous_owners.get(fe)
+        owner[fe] = previous if previous in claimants else claimants[0]
+    hc_owner: dict[int, str] = {}
+    for svc in services:
+        _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
+                           owner, hc_owner, out)
+    return out
+
+
+def owners(translation: Translation) -> dict[Frontend, str]:
+    """Frontend -> owning service, to pass as the next `previous_owners`."""
+    return {f.frontend: f.service for f in translation.frontends}
+
+
+def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Translation) -> None:
+    settings = state.settings
+    if not (settings.effective_create_node_routes and settings.tunnelMode == "Disabled"):
+        return
+    seen: dict[str, str] = {node.pod_cidr: node.name}
+    for other in nodes:
+        if other.name == node.name:
+            continue
+        clash = next((name for cidr, name in seen.items()
+                      if ipaddress.IPv4Network(cidr).overlaps(
+                          ipaddress.IPv4Network(other.pod_cidr))), None)
+        if clash is not None:
+            out.problems.append(f"Node {other.name}: spec.podCIDR: {other.pod_cidr} overlaps "
+                                f"the pod CIDR of Node {clash}; no route installed")
+            continue
+        seen[other.pod_cidr] = other.name
+        out.node_routes[other.pod_cidr] = other.internal_ip
+
+
+def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
+                       settings: Settings, owner: Mapping[Frontend, str],
+                       hc_owner: dict[int, str], out: Translation) -> None:
+    sid = _svc_id(svc)
+    algorithm = _algorithm(svc, settings, out.warnings)
+    in_pod_cidr = _cidr_test(node.pod_cidr)
+    local_addrs: set[str] = set()
+    done: set[Frontend] = set()
+    for sp in svc.ports:
+        backends = _backends(svc, sp, slices, node, in_pod_cidr)
+        local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
+        for ftype, fe, flags, path in _frontends_of(svc, sp, node):
+            if owner[fe] != sid or fe in done:
+                other = owner[fe] if owner[fe] != sid else "itself"
+                out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
+                                    f"by {'Service ' if other != 'itself' else ''}{other}; "
+                                    "not programmed")
+                continue
+            done.add(fe)
+            selected = _selection(backends, bool(flags & FE_LOCAL_ONLY))
+            lb_mode = out.lb_mode[sp.protocol] if flags & FE_EXTERNAL else "-"
+            value = FrontendValue(len(selected), flags, LB_ALGORITHMS[algorithm],
+                                  LB_MODES.get(lb_mode, LB_MODES["SNAT"]))
+            out.maps["lb_frontends"][fe.encode()] = value.encode()
+            for slot, backend in enumerate(selected, 1):
+                out.maps["lb_slots"][slot_key(fe, slot)] = backend.encode()
+            out.frontends.append(FrontendView(
+                sid, sp.name, ftype, fe, flags, backends, selected, algorithm, lb_mode,
+                svc.external_traffic_policy if flags & FE_EXTERNAL else "-"))
+    if (svc.external_traffic_policy == "Local" and svc.type != "ClusterIP"
+            and svc.health_check_node_port):
+        port = svc.health_check_node_port
+        if port in hc_owner:
+            out.problems.append(f"Service {sid}: spec.healthCheckNodePort: {port} is already "
+                                f"used by Service {hc_owner[port]}; not served")
+        else:
+            hc_owner[port] = sid
+            out.health_checks[port] = HealthCheck(svc.namespace, svc.name, len(local_addrs))
+
+
+def diff_maps(current: Mapping[str, Mapping[bytes, bytes]],
+              desired: Mapping[str, Mapping[bytes, bytes]]) -> list[MapOp]:
+    """Single-entry writes turning `current` into `desired`.
+
+    Writes go node config first and frontends last, deletions frontends first and slots
+    last: a frontend never counts a slot that is not written, and a shrinking frontend
+    stops using a slot before the slot goes. Array entries are never deleted.
+    """
+    ops: list[MapOp] = []
+    for name in MANAGED_MAPS:
+        have, want = current.get(name, {}), desired.get(name, {})
+        ops.extend(MapOp(name, key, value) for key, value in sorted(want.items())
+                   if have.get(key) != value)
+    for name in reversed(MANAGED_MAPS):
+        if name in ARRAY_MAPS:
+            continue
+        have, want = current.get(name, {}), desired.get(name, {})
+        ops.extend(MapOp(name, key, None) for key in sorted(have) if key not in want)
+    return ops
+
+
+def apply_ops(state: Mapping[str, Mapping[bytes, bytes]], ops: Iterable[MapOp]
+              ) -> dict[str, dict[bytes, bytes]]:
+    """The map contents after `ops` (what the agent believes is programmed)."""
+    out = {name: dict(entries) for name, entries in state.items()}
+    for op in ops:
+        entries = out.setdefault(op.map, {})
+        if op.value is None:
+            entries.pop(op.key, None)
+        else:
+            entries[op.key] = op.value
+    return out
+
+
+def diff_routes(current: Mapping[str, str], desired: Mapping[str, str]
+                ) -> tuple[dict[str, str], list[str]]:
+    """(routes to add or replace: cidr -> gateway, cidrs to delete)."""
+    upsert = {cidr: via for cidr, via in sorted(desired.items()) if current.get(cidr) != via}
+    delete = sorted(cidr for cidr in current if cidr not in desired)
+    return upsert, delete

@@ -1,0 +1,520 @@
+"""The traffic suite: every datapath path of the kube-proxy replacement, with real packets.
+
+One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER already runs, else
+created and removed), deployed with `bpfLBMode: SNAT`. Pods run a server that reports the
+peer address it saw; clients are the pods, the nodes, the external client namespace and the
+world host. Every test asserts on what was observed (who answered, which source address
+the server saw, HTTP codes, tc filters, counters) and attaches it as evidence.
+
+Layout: web-1 (node1) and web-2 (node2) back `web` (NodePort, TCP+UDP) and `web-lb`
+(LoadBalancer); solo (node2) backs `stream` (NodePort) and `solo-local` (LoadBalancer,
+externalTrafficPolicy Local); cl-1 (node1) and cl-3 (node3) are client pods; host-1 is a
+host-network pod on node1; `manual` is a selector-less service with an applied slice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+
+from cni_cilium.hostdev import gateway_of
+from cni_harness.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.lab import (
+    AGENT_CLI,
+    CLIENT,
+    WORLD,
+    LabUnavailable,
+    deployed_lab,
+    node,
+    pod,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CONFIG = "bpfLBMode: SNAT\n"
+AGENT_UNIT = "cni-cilium-agent.service"
+NODECTL = "/usr/local/sbin/nodectl"
+TRIES = 16
+HOST_PORT = 8081
+IPERF_PORT = 5201
+BULK_FLOOR_BYTES = 10_000_000   # in 2 s; ~100x below this machine's rate: catches stalls
+
+
+def evidence(record_property, **observed) -> None:
+    record_property("evidence", json.dumps(observed, sort_keys=True, default=str))
+
+
+def names(answers: list[dict]) -> Counter:
+    return Counter(a.get("name", "error") for a in answers)
+
+
+def errors(answers: list[dict]) -> list[str]:
+    return [a["error"] for a in answers if "error" in a]
+
+
+def svc_doc(name: str, selector: dict | None, ports: list[dict], type: str = "ClusterIP",
+            etp: str | None = None) -> dict:
+    spec: dict = {"type": type, "ports": ports}
+    if selector is not None:
+        spec["selector"] = selector
+    if etp:
+        spec["externalTrafficPolicy"] = etp
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+HTTP = {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}
+DNS = {"name": "dns", "port": 53, "targetPort": 8080, "protocol": "UDP"}
+
+
+class Cluster:
+    """What the tests need: the lab, pod IPs, allocated service addresses, node IPs."""
+
+    def __init__(self, lab, pods: dict):
+        self.lab = lab
+        self.pods = pods
+        self.nodes = {n.name: n for n in lab.provider.nodes()}
+
+    def ip(self, node_name: str) -> str:
+        return self.nodes[node_name].ip
+
+    def gateway(self, node_name: str) -> str:
+        return gateway_of(self.nodes[node_name].pod_cidr)
+
+    def svc(self, name: str) -> dict:
+        return self.lab.service(name)
+
+    def cluster_ip(self, name: str) -> str:
+        return self.svc(name)["spec"]["clusterIP"]
+
+    def node_port(self, name: str, port_name: str = "http") -> int:
+        return next(p["nodePort"] for p in self.svc(name)["spec"]["ports"]
+                    if p["name"] == port_name)
+
+    def lb_ip(self, name: str) -> str:
+        return self.svc(name)["status"]["loadBalancer"]["ingress"][0]["ip"]
+
+    def hc_port(self, name: str) -> int:
+        return self.svc(name)["spec"]["healthCheckNodePort"]
+
+    def metric(self, node_name: str, sample: str) -> float:
+        res = self.lab.run(node(node_name), [
+            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
+            "http://agent/metrics"], check=True)
+        for line in res.stdout.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+
+    try:
+        lab, created = deployed_lab(CLUSTER, CONFIG)
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+    for rec in lab.pods.list():          # a reused cluster: start from our own pods only
+        lab.pods.delete(rec.name, rec.namespace)
+    pods = {
+        "web-1": lab.start_peer_pod("node1", "web-1", {"app": "web"}),
+        "web-2": lab.start_peer_pod("node2", "web-2", {"app": "web"}),
+        "solo": lab.start_peer_pod("node2", "solo", {"app": "solo"}),
+        "cl-1": lab.start_peer_pod("node1", "cl-1", {"app": "client"}),
+        "cl-3": lab.start_peer_pod("node3", "cl-3", {"app": "client"}),
+        "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
+                                     port=HOST_PORT),
+    }
+    lab.pods.run("node2", "iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                 labels={"app": "iperf"})
+    lab.apply([
+        svc_doc("web", {"app": "web"}, [HTTP, DNS], "NodePort"),
+        svc_doc("web-lb", {"app": "web"}, [HTTP], "LoadBalancer"),
+        svc_doc("stream", {"app": "solo"}, [HTTP], "NodePort"),
+        svc_doc("solo-local", {"app": "solo"}, [HTTP], "LoadBalancer", etp="Local"),
+        svc_doc("manual", None, [HTTP]),
+        svc_doc("iperf", {"app": "iperf"}, [{"name": "iperf", "port": IPERF_PORT,
+                                             "targetPort": IPERF_PORT, "protocol": "TCP"}],
+                "NodePort"),
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "manual-1", "namespace": "default",
+                      "labels": {"kubernetes.io/service-name": "manual"}},
+         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+         "endpoints": [{"addresses": [pods["web-2"].ip], "nodeName": "node2",
+                        "conditions": {"ready": True}}]},
+    ])
+    for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1),
+                        ("iperf", 1)):
+        lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
+    lab.wait_programmed("default/solo-local")
+    world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
+                              "--port", "8080"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    try:
+        yield Cluster(lab, pods)
+    finally:
+        world.terminate()
+        world.wait(timeout=10)
+        if created and not KEEP:
+            lab.provider.down()
+
+
+# ---------------------------------------------------------------- connectivity
+
+def test_pod_to_pod_on_one_node_and_across_nodes(cluster, record_property):
+    lab, ips = cluster.lab, {n: r.ip for n, r in cluster.pods.items()}
+    same = lab.probe(pod("cl-1"), "tcp", ips["web-1"], 8080, count=3)
+    across = lab.probe(pod("cl-1"), "tcp", ips["web-2"], 8080, count=3)
+    udp = lab.probe(pod("cl-1"), "udp", ips["web-2"], 8080, count=3)
+    evidence(record_property, same_node=same, across_nodes=across, udp_across=udp)
+    assert [a.get("name") for a in same] == ["web-1"] * 3
+    assert [a.get("name") for a in across + udp] == ["web-2"] * 6
+    assert {a["peer"] for a in same + across + udp} == {ips["cl-1"]}  # no NAT between pods
+
+
+def test_pod_to_host_and_host_to_pod(cluster, record_property):
+    lab, ips = cluster.lab, {n: r.ip for n, r in cluster.pods.items()}
+    to_local_host = lab.probe(pod("cl-1"), "tcp", cluster.ip("node1"), HOST_PORT)
+    to_remote_host = lab.probe(pod("cl-3"), "tcp", cluster.ip("node1"), HOST_PORT)
+    from_host = lab.probe(node("node1"), "tcp", ips["web-1"], 8080)
+    from_remote_host = lab.probe(node("node3"), "tcp", ips["web-2"], 8080)
+    evidence(record_property, pod_to_host=to_local_host, remote_pod_to_host=to_remote_host,
+             host_to_pod=from_host, remote_host_to_pod=from_remote_host)
+    assert to_local_host[0]["name"] == "host-1" and to_local_host[0]["peer"] == ips["cl-1"]
+    assert to_remote_host[0]["name"] == "host-1" and to_remote_host[0]["peer"] == ips["cl-3"]
+    assert from_host[0]["name"] == "web-1"
+    assert from_remote_host[0]["name"] == "web-2"
+    assert from_remote_host[0]["peer"] == cluster.ip("node3")
+
+
+def test_pod_to_world_is_masqueraded_to_the_node_ip(cluster, record_property):
+    lab = cluster.lab
+    from_1 = lab.probe(pod("cl-1"), "tcp", WORLD_IP, 8080, count=2)
+    from_3 = lab.probe(pod("cl-3"), "udp", WORLD_IP, 8080, count=2)
+    world_routes = lab.run(WORLD, ["ip", "route"]).stdout
+    evidence(record_property, from_node1_pod=from_1, from_node3_pod_udp=from_3,
+             world_routes=world_routes)
+    assert "10.100." not in world_routes  # the world cannot answer a pod address directly
+    assert [a.get("peer") for a in from_1] == [cluster.ip("node1")] * 2
+    assert [a.get("peer") for a in from_3] == [cluster.ip("node3")] * 2
+    assert all(61000 <= a["peerPort"] <= 65535 for a in from_1 + from_3)  # the NAT range
+
+
+# ---------------------------------------------------------------- services
+
+def test_clusterip_from_pods_reaches_local_and_remote_backends(cluster, record_property):
+    lab, vip = cluster.lab, cluster.cluster_ip("web")
+    tcp = lab.probe(pod("cl-1"), "tcp", vip, 80, count=TRIES)
+    udp = lab.probe(pod("cl-1"), "udp", vip, 53, count=TRIES)
+    remote = lab.probe(pod("cl-3"), "tcp", vip, 80, count=TRIES)
+    evidence(record_property, clusterip=vip, tcp=names(tcp), udp=names(udp),
+             from_node3=names(remote), peers=sorted({a.get("peer") for a in tcp + remote}))
+    assert not errors(tcp + udp + remote)
+    assert set(names(tcp)) == set(names(udp)) == set(names(remote)) == {"web-1", "web-2"}
+    assert {a["peer"] for a in tcp + udp} == {cluster.pods["cl-1"].ip}
+    assert {a["peer"] for a in remote} == {cluster.pods["cl-3"].ip}
+
+
+def test_clusterip_from_the_nodes_themselves(cluster, record_property):
+    lab, vip = cluster.lab, cluster.cluster_ip("web")
+    observed = {n: lab.probe(node(n), "tcp", vip, 80, count=TRIES) for n in ("node1", "node3")}
+    udp = lab.probe(node("node2"), "udp", vip, 53, count=TRIES)
+    evidence(record_property, clusterip=vip, **{n: names(a) for n, a in observed.items()},
+             node2_udp=names(udp))
+    for n, answers in observed.items():
+        assert not errors(answers), n
+        assert set(names(answers)) == {"web-1", "web-2"}
+        assert {a["peer"] for a in answers} == {cluster.gateway(n)}  # source: cilium_host
+    assert not errors(udp) and set(names(udp)) == {"web-1", "web-2"}
+
+
+def test_pod_reaching_itself_through_its_service(cluster, record_property):
+    lab = cluster.lab
+    answers = lab.probe(pod("solo"), "tcp", cluster.cluster_ip("stream"), 80, count=4)
+    evidence(record_property, answers=answers)
+    assert [a.get("name") for a in answers] == ["solo"] * 4
+    assert {a["peer"] for a in answers} == {"169.254.42.1"}   # hairpin source
+
+
+def test_selectorless_service_uses_the_applied_endpointslice(cluster, record_property):
+    answers = cluster.lab.probe(pod("cl-1"), "tcp", cluster.cluster_ip("manual"), 80, count=6)
+    evidence(record_property, answers=names(answers))
+    assert names(answers) == Counter({"web-2": 6})
+
+
+def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_property):
+    lab = cluster.lab
+    node_of = {name: rec.node for name, rec in cluster.pods.items()}
+    seen = {}
+    for n in ("node1", "node2", "node3"):
+        tcp = lab.probe(CLIENT, "tcp", cluster.ip(n), cluster.node_port("web"), count=TRIES)
+        udp = lab.probe(CLIENT, "udp", cluster.ip(n), cluster.node_port("web", "dns"),
+                        count=TRIES)
+        seen[n] = {"tcp": tcp, "udp": udp}
+        for answer in tcp + udp:
+            assert "error" not in answer, (n, answer)
+            local = node_of[answer["name"]] == n
+            # Local backend: the client's own address; remote: the receiving node's (SNAT).
+            assert answer["peer"] == (CLIENT_IP if local else cluster.ip(n)), (n, answer)
+        assert set(names(tcp)) == {"web-1", "web-2"}, n
+    evidence(record_property, **{n: {p: names(a) for p, a in v.items()} for n, v in seen.items()},
+             peers={n: sorted({a["peer"] for a in v["tcp"]}) for n, v in seen.items()})
+
+
+def test_bulk_tcp_through_clusterip_and_nodeport_with_iperf3(cluster, record_property):
+    """Large (GSO) segments through every translation, SNAT and FIB redirect: a transfer
+    that stalls (as one did when the FIB lookup refused GSO sizes) fails here."""
+    lab = cluster.lab
+    paths = {"pod->ClusterIP": (pod("cl-1"), cluster.cluster_ip("iperf"), IPERF_PORT),
+             "client->NodePort via node1 (SNAT)": (CLIENT, cluster.ip("node1"),
+                                                   cluster.node_port("iperf", "iperf")),
+             "client->NodePort via node2 (local)": (CLIENT, cluster.ip("node2"),
+                                                    cluster.node_port("iperf", "iperf"))}
+    observed = {}
+    for label, (where, host, port) in paths.items():
+        res = lab.run(where, ["iperf3", "-c", host, "-p", str(port), "-t", "2", "-J"],
+                      timeout=60)
+        report = json.loads(res.stdout or "{}")
+        received = report.get("end", {}).get("sum_received", {})
+        observed[label] = {"rc": res.returncode, "bytes": received.get("bytes", 0),
+                           "gbps": round(received.get("bits_per_second", 0) / 1e9, 2),
+                           "error": report.get("error")}
+    evidence(record_property, **observed)
+    for label, result in observed.items():
+        assert result["rc"] == 0 and not result["error"], (label, result)
+        assert result["bytes"] >= BULK_FLOOR_BYTES, (label, result)
+
+
+def _route_lb_ip(cluster, ip: str, via_node: str) -> None:
+    cluster.lab.run(CLIENT, ["ip", "route", "replace", f"{ip}/32", "via",
+                             cluster.ip(via_node)], check=True)
+
+
+def test_loadbalancer_ip_routed_to_a_node(cluster, record_property):
+    lab, ip = cluster.lab, cluster.lb_ip("web-lb")
+    observed = {}
+    for via in ("node3", "node1"):
+        _route_lb_ip(cluster, ip, via)
+        observed[via] = lab.probe(CLIENT, "tcp", ip, 80, count=TRIES)
+    evidence(record_property, lb_ip=ip, **{v: names(a) for v, a in observed.items()},
+             peers={v: sorted({a.get("peer") for a in a_}) for v, a_ in observed.items()})
+    assert not errors(observed["node3"] + observed["node1"])
+    assert set(names(observed["node3"])) == {"web-1", "web-2"}
+    assert {a["peer"] for a in observed["node3"]} == {cluster.ip("node3")}  # no local backend
+
+
+def _health(cluster, node_name: str, port: int) -> tuple[int, dict]:
+    res = cluster.lab.run(CLIENT, ["curl", "-s", "-m", "3", "-w", "\n%{http_code}",
+                                   f"http://{cluster.ip(node_name)}:{port}/"])
+    body, _, code = res.stdout.rpartition("\n")
+    return int(code or 0), (json.loads(body) if body.strip() else {})
+
+
+def test_etp_local_without_a_local_backend_drops_and_health_check_says_503(
+        cluster, record_property):
+    lab = cluster.lab
+    drops_before = cluster.metric("node1", 'cni_cilium_datapath_drops_total{reason="no_backend"}')
+    via_np = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("solo-local"),
+                       count=2, timeout=1.5)
+    _route_lb_ip(cluster, cluster.lb_ip("solo-local"), "node1")
+    via_lb = lab.probe(CLIENT, "tcp", cluster.lb_ip("solo-local"), 80, count=2, timeout=1.5)
+    code, body = _health(cluster, "node1", cluster.hc_port("solo-local"))
+    drops_after = cluster.metric("node1", 'cni_cilium_datapath_drops_total{reason="no_backend"}')
+    evidence(record_property, nodeport=via_np, loadbalancer=via_lb, health=[code, body],
+             drops=[drops_before, drops_after])
+    assert all("timed out" in a.get("error", "") for a in via_np + via_lb)  # dropped, no RST
+    assert code == 503
+    assert body == {"service": {"namespace": "default", "name": "solo-local"},
+                    "localEndpoints": 0, "serviceProxyHealthy": True}
+    assert drops_after >= drops_before + 4
+
+
+def test_etp_local_with_a_local_backend_keeps_the_client_ip_and_says_200(
+        cluster, record_property):
+    lab = cluster.lab
+    via_np = lab.probe(CLIENT, "tcp", cluster.ip("node2"), cluster.node_port("solo-local"),
+                       count=4)
+    _route_lb_ip(cluster, cluster.lb_ip("solo-local"), "node2")
+    via_lb = lab.probe(CLIENT, "tcp", cluster.lb_ip("solo-local"), 80, count=4)
+    code, body = _health(cluster, "node2", cluster.hc_port("solo-local"))
+    evidence(record_property, nodeport=via_np, loadbalancer=via_lb, health=[code, body])
+    assert [a.get("name") for a in via_np + via_lb] == ["solo"] * 8
+    assert {a["peer"] for a in via_np + via_lb} == {CLIENT_IP}
+    assert code == 200 and body["localEndpoints"] == 1
+
+
+# ---------------------------------------------------------------- agent behaviour
+
+def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_property):
+    lab = cluster.lab
+    # A connection through node1 to the remote backend: service, reply and both NAT entries.
+    answer = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
+    assert answer[0].get("name") == "solo", answer
+    status = lab.agent("node1", "status")
+    services = lab.agent("node1", "service", "list")
+    ct = lab.agent("node1", "bpf", "ct", "list")
+    evidence(record_property, status={k: status[k] for k in (
+        "modes", "devices", "maps", "restarts", "selfHeals", "rebootRequired")},
+        frontends=len(services["frontends"]), ct_entries=len(ct))
+    assert status["modes"]["lbMode"] == {"TCP": "SNAT", "UDP": "SNAT"}
+    assert status["modes"]["tunnelMode"] == "Disabled" and not status["rebootRequired"]
+    assert status["devices"]["eth0"]["ok"] and status["devices"]["cilium_host"]["ok"]
+    lxc = [d for d in status["devices"] if d.startswith("lxc")]
+    assert len(lxc) == 2 and all(status["devices"][d]["ok"] for d in lxc)  # web-1, cl-1
+    assert status["maps"]["lb_frontends"]["entries"] == len(services["frontends"])
+    assert {e["pod"] for e in status["endpoints"]} == {"default/web-1", "default/cl-1"}
+    web_np = [f for f in services["frontends"]
+              if f["service"] == "default/web" and f["type"] == "NodePort"]
+    assert {f["protocol"] for f in web_np} == {"TCP", "UDP"}
+    assert all(f["lbMode"] == "SNAT" and f["algorithm"] == "random" for f in web_np)
+    assert {b["state"] for f in web_np for b in f["backends"]} == {"active"}
+    assert {k["kind"] for k in ct} >= {"service", "reply", "nat-out", "nat-in"}
+
+
+def test_a_second_agent_on_a_node_refuses_to_start(cluster, record_property):
+    res = cluster.lab.run(node("node1"), [AGENT_CLI, "agent", "--log-file", "-"], timeout=60)
+    evidence(record_property, rc=res.returncode, output=(res.stdout + res.stderr)[-300:])
+    assert res.returncode == 1 and "another agent is running" in res.stdout
+
+
+def test_invalid_manifests_are_refused_by_field_and_the_rest_keeps_working(
+        cluster, record_property):
+    lab = cluster.lab
+    bad = ("apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: default}\n"
+           "spec:\n  clusterIP: 10.96.200.1\n  ports: [{port: 70000, protocol: SCTP}]\n")
+    path = "/etc/cni-cilium/manifests/zz-broken.yaml"
+    for n in cluster.nodes:
+        lab.provider.put_file(n, path, bad.encode())
+    try:
+        problems = lab.wait_for("the problem in the agent's status", lambda: [
+            p for p in lab.agent("node1", "status")["problems"] if "broken" in p], timeout=10)
+        answers = lab.probe(pod("cl-1"), "tcp", cluster.cluster_ip("web"), 80, count=6)
+    finally:
+        for n in cluster.nodes:
+            lab.run(node(n), ["rm", "-f", path])
+    evidence(record_property, problems=problems, web_answers=names(answers))
+    assert any("Service default/broken: spec.ports[0].port: invalid port 70000" in p
+               for p in problems)
+    assert any("spec.ports[0].protocol: unsupported protocol 'SCTP'" in p for p in problems)
+    assert not errors(answers)
+
+
+def test_endpoint_changes_take_effect_live(cluster, record_property):
+    lab, vip = cluster.lab, cluster.cluster_ip("web")
+    lab.pods.delete("web-2")
+    lab.wait_programmed("default/web", {"ClusterIP": 1})
+    after_removal = lab.probe(pod("cl-1"), "tcp", vip, 80, count=TRIES)
+    cluster.pods["web-3"] = lab.start_peer_pod("node3", "web-3", {"app": "web"})
+    lab.wait_programmed("default/web", {"ClusterIP": 2})
+    after_add = lab.probe(pod("cl-1"), "tcp", vip, 80, count=TRIES)
+    evidence(record_property, after_removal=names(after_removal), after_add=names(after_add))
+    assert names(after_removal) == Counter({"web-1": TRIES})
+    assert set(names(after_add)) == {"web-1", "web-3"}
+
+
+def test_established_nodeport_stream_survives_agent_kill_and_restart(cluster, record_property):
+    lab = cluster.lab
+    seconds, rate = 10, 500_000
+    url = (f"http://{cluster.ip('node1')}:{cluster.node_port('stream')}/stream"
+           f"?seconds={seconds}&rate={rate}")
+    stream = lab.popen(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w",
+                                "%{http_code} %{size_download}", "-m", "40", url],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    before = lab.agent("node1", "status")
+    old_pid = before["pid"]
+    lab.run(node("node1"), ["kill", "-9", str(old_pid)], check=True)
+    killed_at = time.monotonic()
+    during = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
+    after = lab.wait_for("the agent to be back", lambda: (
+        lambda s: s if s["pid"] != old_pid else None)(lab.agent("node1", "status")),
+        timeout=30)
+    back_at = time.monotonic()
+    first_ok = lab.wait_for("a new connection after the restart", lambda: (
+        lambda a: a if "error" not in a[0] else None)(
+            lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"),
+                      timeout=1)), timeout=5)
+    new_conn_s = time.monotonic() - back_at
+    out, err = stream.communicate(timeout=60)
+    evidence(record_property, curl=[stream.returncode, out, err], during_downtime=during,
+             restart_seconds=round(back_at - killed_at, 2), new_connection_after_s=round(
+                 new_conn_s, 2), restarts=[before["restarts"], after["restarts"]],
+             first_answer=first_ok)
+    assert stream.returncode == 0, err        # no reset, no stall past curl's limit
+    assert out == f"200 {seconds * rate}"
+    assert "error" not in during[0]           # the datapath kept serving while down
+    assert after["restarts"] == before["restarts"] + 1
+    assert new_conn_s < 1.0
+
+
+def test_removed_uplink_filter_is_restored_within_2s(cluster, record_property):
+    lab = cluster.lab
+    before = lab.agent("node2", "status")["selfHeals"]
+    lab.run(node("node2"), ["tc", "filter", "del", "dev", "eth0", "ingress"], check=True)
+    removed_at = time.monotonic()
+    lab.wait_for("the filter to be back", lambda: "cnic-from_netdev" in lab.run(
+        node("node2"), ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout,
+        timeout=10, interval=0.05)
+    restored_s = time.monotonic() - removed_at
+    status = lab.agent("node2", "status")
+    log = lab.run(node("node2"), ["grep", "self-heal", "/var/log/cni-cilium/agent.log"])
+    metric = cluster.metric("node2", "cni_cilium_self_heal_total")
+    evidence(record_property, restored_seconds=round(restored_s, 3),
+             self_heals=[before, status["selfHeals"]], last=status["lastSelfHeal"],
+             log=log.stdout.strip().splitlines()[-1:], metric=metric)
+    assert restored_s < 2.0
+    assert status["selfHeals"] == before + 1 and metric == status["selfHeals"]
+    assert status["lastSelfHeal"]["device"] == "eth0"
+    assert status["lastSelfHeal"]["direction"] == "ingress"
+    assert re.search(r"self-heal: eth0 ingress program from_netdev was missing", log.stdout)
+
+
+def test_service_paths_fail_without_the_datapath(cluster, record_property):
+    """The negative control: with the agent stopped and its programs removed from node3,
+    the same checks that pass above fail there; afterwards the agent puts everything back."""
+    lab = cluster.lab
+    lab.run(node("node3"), [NODECTL, "stop", AGENT_UNIT], check=True)
+    lab.run(node("node3"), [AGENT_CLI, "bpf", "remove"], check=True)
+    try:
+        nodeport = lab.probe(CLIENT, "tcp", cluster.ip("node3"), cluster.node_port("web"),
+                             count=2, timeout=1)
+        clusterip = lab.probe(pod("cl-3"), "tcp", cluster.cluster_ip("web"), 80, count=2,
+                              timeout=1)
+        world = lab.probe(pod("cl-3"), "tcp", WORLD_IP, 8080, count=1, timeout=1)
+    finally:
+        lab.run(node("node3"), [NODECTL, "start", AGENT_UNIT], check=True)
+        lab.wait_for("node3's agent", lambda: lab.agent("node3", "status")["state"] ==
+                     "running", timeout=60)
+    lab.wait_for("node3's cl-3 endpoint programs", lambda: all(
+        d["ok"] for d in lab.agent("node3", "status")["devices"].values()), timeout=30)
+    restored = lab.probe(CLIENT, "tcp", cluster.ip("node3"), cluster.node_port("web"),
+                         count=4)
+    evidence(record_property, nodeport=nodeport, clusterip=clusterip, world=world,
+             restored=names(restored))
+    assert all("error" in a for a in nodeport + clusterip + world)
+    assert not errors(restored)
+
+
+def test_agent_stops_on_sigterm_leaving_the_datapath_in_place(cluster, record_property):
+    lab = cluster.lab
+    lab.run(node("node2"), [NODECTL, "stop", AGENT_UNIT], check=True)
+    try:
+        answers = lab.probe(CLIENT, "tcp", cluster.ip("node2"), cluster.node_port("web"),
+                            count=4)
+    finally:
+        lab.run(node("node2"), [NODECTL, "start", AGENT_UNIT], check=True)
+        lab.wait_for("node2's agent", lambda: lab.agent("node2", "status")["state"] ==
+                     "running", timeout=60)
+    evidence(record_property, answers_while_stopped=names(answers))
+    assert not errors(answers)
+

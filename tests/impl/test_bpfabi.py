@@ -1,0 +1,96 @@
+"""The Python view of the datapath ABI agrees with bpf/lib/maps.h and round-trips."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from cni_cilium import bpfabi
+from cni_cilium.bpfabi import (
+    Backend,
+    CtEntry,
+    CtKey,
+    Frontend,
+    FrontendValue,
+    NodeConfig,
+    decode_lpm_key,
+    decode_slot_key,
+    lpm_key,
+    slot_key,
+)
+
+pytestmark = pytest.mark.unit
+
+MAPS_H = os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "lib", "maps.h")
+
+
+@pytest.fixture(scope="module")
+def maps_h() -> str:
+    with open(MAPS_H, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def c_defines(text: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2), 0) for m in re.finditer(
+        r"^#define\s+([A-Z][A-Z0-9_]*)\s+(0x[0-9A-Fa-f]+|\d+)\b", text, re.M)}
+
+
+def test_flag_and_kind_constants_match_the_c_defines(maps_h):
+    defines = c_defines(maps_h)
+    python = {name: getattr(bpfabi, name) for name in dir(bpfabi)
+              if re.match(r"^(FE|BE|CT|CFG)_[A-Z_]+$", name) and isinstance(
+                  getattr(bpfabi, name), int)}
+    assert python, "no constants found"
+    for name, value in python.items():
+        assert defines.get(name) == value, name
+    c_only = {n for n in defines if re.match(r"^(FE|BE|CT|CFG)_", n)} - set(python)
+    assert c_only == set(), f"defined in maps.h but not in bpfabi: {c_only}"
+    for name in ("LB_ALG_RANDOM", "LB_ALG_MAGLEV", "LB_ALG_LEAST_CONN"):
+        key = name[len("LB_ALG_"):].lower().replace("_", "-")
+        assert bpfabi.LB_ALGORITHMS[key] == defines[name]
+    modes = {"SNAT": defines["LB_MODE_SNAT"], "DSR": defines["LB_MODE_DSR"]}
+    assert modes == bpfabi.LB_MODES
+
+
+def test_stat_names_follow_the_c_enum_in_order(maps_h):
+    body = re.search(r"enum stat_id \{(.*?)\};", maps_h, re.S).group(1)
+    entries = re.findall(r"STAT_([A-Z_]+)\s*=\s*(\d+)", body)
+    names = [(name.lower(), int(value)) for name, value in entries if name != "MAX"]
+    assert [n for n, _ in names] == list(bpfabi.STAT_NAMES)
+    assert [v for _, v in names] == list(range(len(names)))
+    assert int(dict(entries)["MAX"]) == len(bpfabi.STAT_NAMES) == bpfabi.MAP_CAPACITY["stats"]
+
+
+def test_map_capacities_match_the_declarations(maps_h):
+    declared = {}
+    for m in re.finditer(r'BPF_TABLE_PINNED\("[a-z_]+",\s*[^,]+,\s*[^,]+,\s*(\w+),\s*(\w+),',
+                         maps_h):
+        size = m.group(2)
+        declared[m.group(1)] = len(bpfabi.STAT_NAMES) if size == "STAT_MAX" else int(size)
+    assert declared == bpfabi.MAP_CAPACITY
+
+
+def test_entries_round_trip_through_bytes():
+    fe = Frontend("10.96.0.10", 8080, "UDP")
+    assert Frontend.decode(fe.encode()) == fe
+    assert fe.encode() == bytes([10, 96, 0, 10, 0x1F, 0x90, 17, 0])  # network order
+    assert decode_slot_key(slot_key(fe, 3)) == (fe, 3)
+    assert FrontendValue.decode(FrontendValue(7, 5, 1, 1).encode()) == FrontendValue(7, 5, 1, 1)
+    be = Backend("10.100.1.5", 80, True)
+    assert Backend.decode(be.encode()) == be
+    key = CtKey("10.0.0.1", "10.0.0.2", 1234, 80, "TCP", bpfabi.CT_REPLY)
+    assert CtKey.decode(key.encode()) == key
+    entry = CtEntry("10.96.0.1", 80, bpfabi.CT_F_REDIRECT | bpfabi.CT_F_HAIRPIN, 100, 40, 3,
+                    4000)
+    assert CtEntry.decode(entry.encode()) == entry
+    assert entry.flag_names() == ["redirect", "hairpin"]
+    cfg = NodeConfig("10.99.0.11", "10.100.1.0/24", 61000, 65535, True)
+    assert NodeConfig.decode(cfg.encode()) == cfg
+    assert decode_lpm_key(lpm_key("10.100.0.0/16")) == "10.100.0.0/16"
+
+
+def test_sizes_are_the_c_struct_sizes():
+    assert bpfabi.SIZES == {"lb_key": 8, "lb_frontend": 8, "lb_slot_key": 12, "lb_backend": 8,
+                            "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8}

@@ -1,0 +1,85 @@
+"""The real programs pass the verifier and the pinned maps match the Python ABI (root)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+
+import pytest
+
+from cni_cilium import bpfabi
+from cni_cilium.datapath import loader
+from cni_cilium.datapath.bpfsys import BPF_NOEXIST, BpfError, is_bpffs
+
+pytestmark = [pytest.mark.probe, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def bpffs(tmp_path_factory):
+    """A private bpffs instance, unmounted afterwards."""
+    path = str(tmp_path_factory.mktemp("bpffs"))
+    subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True)
+    yield path
+    subprocess.run(["umount", path], check=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(bpffs):
+    pin_root = os.path.join(bpffs, "cni-cilium")
+    return loader.load(loader.find_bpf_dir(), pin_root=pin_root, bpffs=bpffs)
+
+
+def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
+    assert is_bpffs(bpffs)
+    assert set(loaded.prog_fds) == {"from_container", "to_container", "from_netdev",
+                                    "to_netdev", "from_host"}
+    assert all(fd > 0 for fd in loaded.prog_fds.values())
+    assert sorted(os.listdir(loaded.pin_dir)) == sorted(
+        n for n in bpfabi.MAP_CAPACITY if n not in loader.ROOT_MAPS)
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("lb_frontends", "lb_key", "lb_frontend"), ("lb_slots", "lb_slot_key", "lb_backend"),
+    ("ct4", "ct_key", "ct_entry"), ("node_cfg", None, "node_config"),
+    ("no_masq", "lpm_v4_key", None)])
+def test_compiled_layouts_match_the_python_abi(loaded, name, key, value):
+    table = loaded.bpf[name.encode()]
+    if key:
+        assert ctypes.sizeof(table.Key) == bpfabi.SIZES[key]
+    if value:
+        assert ctypes.sizeof(table.Leaf) == bpfabi.SIZES[value]
+    with loaded.open_map(name) as pinned:
+        assert pinned.max_entries == bpfabi.MAP_CAPACITY[name]
+
+
+def test_pinned_maps_read_and_write_through_bpf_syscalls(loaded):
+    fe = bpfabi.Frontend("10.96.0.10", 80, "TCP")
+    with loaded.open_map("lb_frontends") as fes:
+        fes.update(fe.encode(), bpfabi.FrontendValue(2, 0).encode())
+        assert fes.lookup(fe.encode()) == bpfabi.FrontendValue(2, 0).encode()
+        with pytest.raises(BpfError):
+            fes.update(fe.encode(), bpfabi.FrontendValue(3, 0).encode(), BPF_NOEXIST)
+        assert list(fes.keys()) == [fe.encode()]
+        assert fes.delete(fe.encode()) and not fes.delete(fe.encode())
+        assert fes.lookup(fe.encode()) is None
+    with loaded.open_map("lb_slots") as slots:
+        items = [(bpfabi.slot_key(fe, i),
+                  bpfabi.Backend(f"10.100.{i // 250}.{i % 250}", 80).encode())
+                 for i in range(1, 2001)]
+        slots.update_batch(items)
+        assert dict(slots.items()) == dict(items)
+        assert slots.count() == 2000
+    with loaded.open_map("stats") as stats:
+        assert stats.percpu and stats.percpu_sum_u64(bpfabi.index_key(0)) == 0
+
+
+def test_a_second_load_reuses_the_pinned_maps(loaded, bpffs):
+    with loaded.open_map("ct4") as ct:
+        key = bpfabi.CtKey("1.1.1.1", "2.2.2.2", 1, 2, "UDP", bpfabi.CT_SERVICE).encode()
+        ct.update(key, bpfabi.CtEntry("3.3.3.3", 3, 0, 1, 1, 1, 1).encode())
+    again = loader.load(loader.find_bpf_dir(), pin_root=os.path.dirname(loaded.pin_dir),
+                        bpffs=bpffs)
+    assert again.pin_dir == loaded.pin_dir
+    with again.open_map("ct4") as ct:
+        assert ct.lookup(key) is not None

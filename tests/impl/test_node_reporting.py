@@ -1,0 +1,77 @@
+"""What the agent reports: Prometheus text, health-check answers, conntrack listings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cni_cilium.bpfabi import CT_F_LOCAL_BACKEND, CT_NAT_IN, CT_SERVICE, CtEntry, CtKey
+from cni_cilium.healthcheck import http_response
+from cni_cilium.metrics import render_metrics
+from cni_cilium.nodecli import ct_rows
+from cni_cilium.translate import HealthCheck
+
+pytestmark = pytest.mark.unit
+
+STATUS = {
+    "restarts": 2, "selfHeals": 3, "rebootRequired": False,
+    "bpf": {"compileSeconds": 1.25},
+    "maps": {"ct4": {"entries": 10, "capacity": 262144, "fill": 0.0}},
+    "devices": {"eth0": {"attached": {"ingress": {"program": "from_netdev", "ok": True},
+                                      "egress": {"program": "to_netdev", "ok": False}}}},
+    "endpoints": [{}, {}], "services": {"services": 4, "frontends": 9},
+    "problems": ["x"], "reconcile": {"count": 5, "errors": 1},
+}
+
+
+def test_metrics_expose_restarts_self_heals_attachments_maps_and_drops():
+    text = render_metrics(STATUS, {"svc_new": 7, "drop_no_backend": 2})
+    lines = set(text.splitlines())
+    for expected in (
+            "cni_cilium_agent_restarts_total 2",
+            "cni_cilium_self_heal_total 3",
+            "cni_cilium_reboot_required 0",
+            "cni_cilium_bpf_compile_seconds 1.25",
+            'cni_cilium_bpf_map_entries{map="ct4"} 10',
+            'cni_cilium_program_attached{device="eth0",direction="egress",program="to_netdev"} 0',
+            'cni_cilium_program_attached{device="eth0",direction="ingress",program="from_netdev"}'
+            " 1",
+            "cni_cilium_endpoints 2",
+            "cni_cilium_services 4",
+            'cni_cilium_datapath_events_total{event="svc_new"} 7',
+            'cni_cilium_datapath_drops_total{reason="no_backend"} 2',
+            "# TYPE cni_cilium_self_heal_total counter"):
+        assert expected in lines, expected
+
+
+def _split(raw: bytes) -> tuple[str, dict, dict]:
+    head, body = raw.split(b"\r\n\r\n", 1)
+    status, *headers = head.decode().split("\r\n")
+    return status, dict(h.split(": ", 1) for h in headers), json.loads(body)
+
+
+def test_health_check_answers_200_with_local_endpoints_and_503_without():
+    status, headers, body = _split(http_response(HealthCheck("default", "web", 2)))
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["Content-Type"] == "application/json"
+    assert body == {"service": {"namespace": "default", "name": "web"}, "localEndpoints": 2,
+                    "serviceProxyHealthy": True}
+    status, _headers, body = _split(http_response(HealthCheck("default", "web", 0)))
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert body["localEndpoints"] == 0
+
+
+def test_ct_rows_decode_kinds_translations_and_lifetimes():
+    items = [
+        (CtKey("10.99.0.100", "10.99.0.11", 40000, 30080, "TCP", CT_SERVICE).encode(),
+         CtEntry("10.100.1.5", 8080, CT_F_LOCAL_BACKEND, 1100, 990, 12, 3400).encode()),
+        (CtKey("10.100.2.7", "10.99.0.11", 8080, 61234, "TCP", CT_NAT_IN).encode(),
+         CtEntry("10.99.0.100", 40001, 0, 900, 995, 1, 60).encode()),
+    ]
+    rows = ct_rows(items, now=1000)
+    assert rows[0] == {"kind": "service", "protocol": "TCP", "source": "10.99.0.100:40000",
+                       "destination": "10.99.0.11:30080", "nat": "10.100.1.5:8080",
+                       "flags": ["local-backend"], "expiresIn": 100, "ageSeconds": 10,
+                       "packets": 12, "bytes": 3400}
+    assert rows[1]["kind"] == "nat-in" and rows[1]["expiresIn"] == -100
