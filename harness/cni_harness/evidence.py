@@ -13,6 +13,7 @@ arrived (before tc ingress programs) and as it left (after tc egress programs).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import time
@@ -129,14 +130,16 @@ class Capture:
     path: str = field(default_factory=lambda: f"/tmp/cni-harness-cap-{uuid.uuid4().hex[:12]}")
     pid: int | None = None
     packets: list[Packet] = field(default_factory=list)
+    text: str = ""                      # tcpdump's decoding, kept as an evidence file
 
     def start(self) -> Capture:
         """Start tcpdump and return once it listens (so no early packet is missed)."""
         pcap, err = shlex.quote(self.path + ".pcap"), shlex.quote(self.path + ".err")
         # --immediate-mode: packets reach the file at once, not when a ring block fills
         # (a stop would lose the block's packets).
-        script = (f"timeout {MAX_CAPTURE_SECONDS} tcpdump -i any -y LINUX_SLL2 -nn -U "
-                  f"--immediate-mode -w {pcap} {shlex.quote(self.bpf_filter)} "
+        # -s 256: headers are all the checks read; -B: no kernel-side drop in a burst.
+        script = (f"timeout {MAX_CAPTURE_SECONDS} tcpdump -i any -y LINUX_SLL2 -nn -U -s 256 "
+                  f"-B 4096 --immediate-mode -w {pcap} {shlex.quote(self.bpf_filter)} "
                   f"</dev/null >/dev/null 2>{err} & echo $!")
         res = self.run(["sh", "-c", script])
         try:
@@ -169,7 +172,8 @@ class Capture:
                   f"rm -f {pcap} {err}")
         res = self.run(["sh", "-c", script])
         self.pid = None
-        self.packets = parse_tcpdump(res.stdout)
+        self.text = res.stdout
+        self.packets = parse_tcpdump(self.text)
         return self.packets
 
 
@@ -196,3 +200,14 @@ class Captures:
 
     def packets(self) -> dict[str, list[Packet]]:
         return {label: cap.packets for label, cap in self.by_label.items()}
+
+    def save(self, directory: str, prefix: str) -> list[str]:
+        """Write each capture's decoded text to `directory/<prefix>-<label>.txt`."""
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        for label, cap in self.by_label.items():
+            path = os.path.join(directory, f"{prefix}-{label}.txt")
+            with open(path, "w") as fh:
+                fh.write(cap.text)
+            paths.append(path)
+        return paths

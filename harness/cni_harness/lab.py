@@ -135,11 +135,15 @@ class Lab:
         return subprocess.Popen(self.argv(where, argv), **kwargs)
 
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
-              timeout: float = 2.0) -> list[dict]:
-        """`count` tries from `where`: each the peer server's answer or {"error": ...}."""
+              timeout: float = 2.0, size: int | None = None, sport: int | None = None
+              ) -> list[dict]:
+        """`count` tries from `where`: each the peer server's answer or {"error": ...}
+        (`size`: UDP payload bytes; `sport`: source port of the first try, counting up)."""
+        extra = ["--size", str(size)] if size is not None else []
+        extra += ["--sport", str(sport)] if sport else []
         res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
-                               str(port), "--count", str(count), "--timeout", str(timeout)],
-                       timeout=30 + count * (timeout + 1), check=True)
+                               str(port), "--count", str(count), "--timeout", str(timeout),
+                               *extra], timeout=30 + count * (timeout + 1), check=True)
         return json.loads(res.stdout)
 
     def capture(self, where: Where, bpf_filter: str = "", label: str | None = None):
@@ -156,6 +160,16 @@ class Lab:
         res = self.run(node(node_name), [AGENT_CLI, *args, "--json"], timeout=timeout,
                        check=True)
         return json.loads(res.stdout)
+
+    def metric(self, node_name: str, sample: str) -> float:
+        """One sample of a node agent's Prometheus metrics (0 when absent)."""
+        res = self.run(node(node_name), [
+            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
+            "http://agent/metrics"], check=True)
+        for line in res.stdout.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
                  interval: float = 0.2) -> Any:

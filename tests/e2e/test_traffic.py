@@ -108,13 +108,7 @@ class Cluster:
         return self.svc(name)["spec"]["healthCheckNodePort"]
 
     def metric(self, node_name: str, sample: str) -> float:
-        res = self.lab.run(node(node_name), [
-            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
-            "http://agent/metrics"], check=True)
-        for line in res.stdout.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return self.lab.metric(node_name, sample)
 
 
 @pytest.fixture(scope="module")
