@@ -99,7 +99,8 @@ class Bed:
 
     def observe(self, protocol: str, frontend: tuple[str, int] | None = None,
                 backend: tuple[str, int] | None = None, tries: int = TRIES,
-                timeout: float = 2.0, size: int | None = None) -> Observation:
+                timeout: float = 2.0, size: int | None = None,
+                sport: int | None = None) -> Observation:
         """The client's tries to `frontend` (default: node1's NodePort of `dsr-web`) with
         captures on node1, node2, the client and the fabric."""
         port_name = "http" if protocol == "TCP" else "dns"
@@ -112,10 +113,12 @@ class Bed:
                 self.lab.capture(node(BACKEND), bpf_filter),
                 self.lab.capture(CLIENT, bpf_filter), self.lab.capture(FABRIC, bpf_filter)]
         before = self.guard_drops()
-        self.sport += 50
+        if sport is None:
+            self.sport += 50
+            sport = self.sport
         with Captures(caps) as running:
             answers = self.lab.probe(CLIENT, protocol, frontend[0], frontend[1], count=tries,
-                                     timeout=timeout, size=size, sport=self.sport)
+                                     timeout=timeout, size=size, sport=sport)
             time.sleep(SETTLE_SECONDS)
         after = self.guard_drops()
         drops = ({n: c - (before or {}).get(n, 0) for n, c in after.items()}
@@ -123,7 +126,7 @@ class Bed:
         texts = {label: cap.text for label, cap in running.by_label.items()}
         obs = Observation.from_captures(flow, texts, answers, drops)
         if self.results_dir:
-            prefix = f"{self.case}-{protocol}-{self.sport}"
+            prefix = f"{self.case}-{protocol}-{sport}-{int(time.time() * 1000) % 100000}"
             obs.files = running.save(self.results_dir, prefix)
             record = os.path.join(self.results_dir, prefix + ".json")
             with open(record, "w") as fh:
@@ -248,6 +251,34 @@ def test_oversized_udp_datagram_is_dropped_and_counted(bed, record_property):
              fitting=fits.evidence())
     assert len(big.failures) == 2 and after - before == 2
     assert check_dsr(fits) == []
+
+
+# ---------------------------------------------------------------- backend changes
+
+def test_a_udp_flow_pinned_to_a_deleted_backend_moves_to_its_successor(bed, record_property):
+    """A UDP client keeping its port: once its backend pod is replaced (new address), the
+    agent drops the conntrack entry pinning the flow to the old one, and the next datagram
+    reaches the new backend (by DSR)."""
+    bed.use_mode("DSR")
+    lab, sport = bed.lab, bed.sport + 25
+    before = bed.observe("UDP", tries=1, sport=sport)
+    removed_before = lab.agent(RECEIVING, "status")["staleConntrackRemoved"]
+    old_ip = bed.backend.ip
+    lab.pods.delete("dsr-be")
+    bed.backend = lab.start_peer_pod(BACKEND, "dsr-be", {"app": "dsr-be"})
+    lab.wait_for("the new backend programmed", lambda: all(
+        f["selected"] == [f"{bed.backend.ip}:{PEER_PORT}"]
+        for f in lab.agent(RECEIVING, "service", "list")["frontends"]
+        if f["service"] == "default/dsr-web"))
+    after = bed.observe("UDP", tries=1, sport=sport)
+    removed = lab.agent(RECEIVING, "status")["staleConntrackRemoved"] - removed_before
+    problems = check_dsr(after)
+    evidence(record_property, old_backend=old_ip, new_backend=bed.backend.ip,
+             stale_entries_removed=removed, problems=problems, before=before.evidence(),
+             after=after.evidence())
+    assert check_dsr(before) == [] and old_ip != bed.backend.ip
+    assert removed >= 1
+    assert problems == []
 
 
 # ---------------------------------------------------------------- restarts
