@@ -25,6 +25,8 @@ PACKAGES=(
   python3 python3-venv python3-pip python3-wheel python3-bpfcc bpfcc-tools python3-pyroute2 python3-yaml
   "$HEADERS_META" iproute2 iptables nftables tcpdump iperf3 curl netcat-openbsd socat
   openssh-server openssh-client util-linux procps psmisc kmod ca-certificates make gcc
+  # vagrant-libvirt: without it `vagrant validate` cannot check the libvirt block of vms/
+  vagrant vagrant-libvirt
 )
 
 missing=()

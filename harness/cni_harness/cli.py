@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from . import PROJECT_ROOT, __version__
+from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cluster_cli import register as register_cluster_commands
     register_cluster_commands(sub)
+    vagrant_cli.register(sub)
+    kind_cli.register(sub)
 
     demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
     demo.set_defaults(func=cmd_demo)

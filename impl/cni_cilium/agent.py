@@ -43,6 +43,7 @@ from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
 from .manifests import parse_documents
 from .metrics import render_metrics
+from .sources import DesiredStateSource
 from .translate import (
     DEFAULT_CLUSTER_CIDR,
     DEFAULT_SERVICE_CIDR,
@@ -79,11 +80,25 @@ def write_json_atomic(path: str, doc: dict) -> None:
 
 
 class ManifestReader:
-    """Objects from directory/*.yaml; a file is parsed again only when it changed."""
+    """Objects from directory/*.yaml; a file is parsed again only when it changed.
+    The default `cni_cilium.sources.DesiredStateSource`."""
+
+    name = "manifests"
 
     def __init__(self, directory: str):
         self.directory = directory
         self._cache: dict[str, tuple[tuple, list, list[str]]] = {}
+
+    def quick_signature(self) -> tuple:
+        """Changes when a file is added, removed or renamed (atomic writes do that)."""
+        return _file_signature(self.directory)
+
+    def signature(self) -> tuple:
+        """Changes with any file's edit too (stats every file)."""
+        return _dir_signature(self.directory, (".yaml", ".yml"))
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
     def read(self) -> tuple[list, list[str]]:
         """Every valid object, oldest file first (on a frontend conflict the older object
@@ -162,7 +177,8 @@ class Agent:
 
     def __init__(self, settings: Settings, config_path: str, node_name: str,
                  bpf_dir: str | None = None, cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
-                 service_cidr: str = DEFAULT_SERVICE_CIDR):
+                 service_cidr: str = DEFAULT_SERVICE_CIDR,
+                 source: DesiredStateSource | None = None):
         self.config_path = config_path
         self.settings = settings
         self.node_name = node_name
@@ -198,7 +214,9 @@ class Agent:
         self._live_backends: frozenset | None = None   # None: not checked since start
         self.stale_ct_removed = 0
         self._attached_by_me: set[tuple[str, str]] = set()
-        self._manifests = ManifestReader(paths.MANIFEST_DIR)
+        # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
+        # or the Kubernetes API (sources.kube) where a cluster exists.
+        self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -251,8 +269,7 @@ class Agent:
 
     # ---------------------------------------------------------------- inputs
     def _inputs_signature(self) -> tuple:
-        return (_file_signature(self.config_path),
-                _dir_signature(paths.MANIFEST_DIR, (".yaml", ".yml")),
+        return (_file_signature(self.config_path), self.source.signature(),
                 _dir_signature(paths.ENDPOINT_DIR, (".json",)))
 
     def _reload_settings(self) -> None:
@@ -283,7 +300,7 @@ class Agent:
         started = time.monotonic()
         self._retry = False
         self._reload_settings()
-        objects, problems = self._manifests.read()
+        objects, problems = self.source.read()
         previous = owners(self.translation) if self.translation is not None else {}
         translation = translate(DesiredState(self._settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
@@ -582,7 +599,7 @@ class Agent:
     # ---------------------------------------------------------------- loop
     def _quick_signature(self) -> tuple:
         """Changes whenever a file is added, removed or renamed (atomic writes do that)."""
-        return (_file_signature(self.config_path), _file_signature(paths.MANIFEST_DIR),
+        return (_file_signature(self.config_path), self.source.quick_signature(),
                 _file_signature(paths.ENDPOINT_DIR))
 
     def run(self) -> None:
@@ -625,6 +642,7 @@ class Agent:
 
     def close(self) -> None:
         """Stop serving; the datapath stays in place (programs attached, maps pinned)."""
+        self.source.close()
         if self._api is not None:
             self._api.shutdown()
             self._api.server_close()
@@ -649,11 +667,40 @@ def _setup_logging(log_file: str | None, debug: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
+KUBE_SYNC_SECONDS = 60
+
+
+def _open_source(source: str, kubeconfig: str | None) -> DesiredStateSource | None:
+    """The desired-state source the agent was asked for; None (logged) when it cannot serve.
+    The API source must have listed everything once: reconciling a partial view would
+    remove services that are simply not read yet."""
+    if source == "manifests":
+        return ManifestReader(paths.MANIFEST_DIR)
+    from .sources.kube import KubeSource, load_api_client
+
+    try:
+        kube = KubeSource(load_api_client(kubeconfig)).start()
+    except Exception as exc:  # any client set-up failure is a refusal to start, said plainly
+        message = f"no Kubernetes API client: {exc}"
+    else:
+        if kube.wait_synced(KUBE_SYNC_SECONDS):
+            log.info("desired state: the Kubernetes API (%s)", kube.store.revision)
+            return kube
+        kube.close()
+        message = (f"the Kubernetes API gave no complete list within {KUBE_SYNC_SECONDS} s: "
+                   + "; ".join(f"{k}: {v}" for k, v in sorted(kube.errors.items())))
+    log.error("cannot start: %s", message)
+    print(f"error: {message}", flush=True)
+    return None
+
+
 def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         bpf_dir: str | None = None, log_file: str | None = paths.AGENT_LOG,
         cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
-        service_cidr: str = DEFAULT_SERVICE_CIDR) -> int:
-    """Run the agent until SIGTERM/SIGINT; returns the exit status."""
+        service_cidr: str = DEFAULT_SERVICE_CIDR, source: str = "manifests",
+        kubeconfig: str | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; returns the exit status. `source`: where desired
+    state comes from, `manifests` (the directory) or `kube` (the Kubernetes API)."""
     try:
         settings = load_settings_file(config_path)
     except ConfigError as exc:
@@ -674,16 +721,21 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         log.error("cannot start: %s", message)
         print(f"error: {message}", flush=True)
         return 1
+    desired = _open_source(source, kubeconfig)
+    if desired is None:
+        return 1
     # The pid file goes first: the CNI plugin then waits for endpoints to be programmed
     # while the programs compile, instead of letting pods start unprogrammed.
     with open(paths.AGENT_PID, "w", encoding="ascii") as fh:
         fh.write(f"{os.getpid()}\n")
     try:
-        agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr)
+        agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr,
+                      source=desired)
         agent.start()
     except (loader.LoadError, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"error: {exc}", flush=True)
+        desired.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.AGENT_PID)
         return 1

@@ -96,7 +96,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from .agent import run
 
     return run(args.config, args.node_name, bpf_dir=args.bpf_dir, log_file=args.log_file,
-               cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr)
+               cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr,
+               source=args.source, kubeconfig=args.kubeconfig)
 
 
 def cmd_kube_proxy_cleanup(args: argparse.Namespace) -> int:
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="all pods' addresses, never masqueraded (default %(default)s)")
     agent.add_argument("--service-cidr", default="10.96.0.0/16",
                        help="ClusterIP range routed via cilium_host (default %(default)s)")
+    agent.add_argument("--source", choices=("manifests", "kube"), default="manifests",
+                       help="desired state from the manifest directory (default) or the "
+                       "Kubernetes API")
+    agent.add_argument("--kubeconfig", help="with --source kube outside a pod "
+                       "(default: the pod's service account, else ~/.kube/config)")
     agent.set_defaults(func=cmd_agent)
     nodecli.register(sub)
 

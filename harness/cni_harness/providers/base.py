@@ -8,6 +8,8 @@ namespace nodes, VMs or kind nodes. Providers that cannot run on a host say why 
 from __future__ import annotations
 
 import abc
+import os
+import shlex
 import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
@@ -101,3 +103,26 @@ class Provider(abc.ABC):
                 return info
         known = ", ".join(n.name for n in self.nodes())
         raise KeyError(f"no node {name!r}; nodes: {known}")
+
+
+def put_file_script(path: str, mode: int) -> str:
+    """The `sh -c` script a provider's put_file runs through its exec: stdin to `path`
+    atomically (a temporary file renamed into place), parents created."""
+    if not path.startswith("/"):
+        raise ValueError(f"put_file: path must be absolute, got {path!r}")
+    tmp = shlex.quote(f"{path}.tmp.cni")
+    return (f"mkdir -p {shlex.quote(os.path.dirname(path))} && cat > {tmp} && "
+            f"chmod {mode:o} {tmp} && mv -f {tmp} {shlex.quote(path)}")
+
+
+def run_text(argv: Sequence[str], input: str | bytes | None, timeout: float | None,
+             check: bool) -> subprocess.CompletedProcess:
+    """Run a command that reaches a node (ssh, docker exec): text output, as exec promises."""
+    data = input.encode() if isinstance(input, str) else input
+    res = subprocess.run(list(argv), input=data, capture_output=True, timeout=timeout,
+                         check=False)
+    out = res.stdout.decode(errors="replace")
+    err = res.stderr.decode(errors="replace")
+    if check and res.returncode != 0:
+        raise subprocess.CalledProcessError(res.returncode, list(argv), out, err)
+    return subprocess.CompletedProcess(list(argv), res.returncode, out, err)
