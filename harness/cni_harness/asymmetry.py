@@ -138,7 +138,9 @@ def _answers(obs: Observation) -> list[str]:
 
 def _client_saw_frontend(obs: Observation) -> list[str]:
     f = obs.flow
-    replies = obs.uplink("client", REPLY, "in")
+    # Addressed to the client: a learning bridge floods frames for a MAC it has not learnt
+    # yet to every port, so the client may also see copies of other hops' packets.
+    replies = [p for p in obs.uplink("client", REPLY, "in") if p.dst == f.client]
     problems = []
     if not replies:
         problems.append("the client's capture shows no reply")
@@ -161,8 +163,10 @@ def check_dsr(obs: Observation) -> list[str]:
         return problems
     if obs.peers() != {f.client}:
         problems.append(f"the backend saw {sorted(obs.peers())}, not the client {f.client}")
-    r_replies = obs.uplink(f.receiving_node, REPLY, "in") + obs.uplink(
-        f.receiving_node, REPLY, "out")
+    # A reply sent on by the receiving node, or one addressed to it; a flooded copy of a
+    # direct reply (addressed to the client) arriving there passes nothing.
+    r_replies = obs.uplink(f.receiving_node, REPLY, "out") + [
+        p for p in obs.uplink(f.receiving_node, REPLY, "in") if p.dst != f.client]
     if r_replies:
         problems.append(f"{len(r_replies)} reply packets passed the receiving node's uplink "
                         f"({f.receiving_node} {f.uplink})")
@@ -210,8 +214,12 @@ def check_snat(obs: Observation) -> list[str]:
     if not to_client:
         problems.append(f"the receiving node sent no reply to the client ({f.receiving_node} "
                         f"{f.uplink})")
-    direct = [p for p in obs.packets.get(f.backend_node, [])
-              if p.iface == f.uplink and f.client in (p.src, p.dst)]
+    # What DSR would put there: replies the backend's node sends to the client, requests
+    # from the client addressed to the backend (flooded copies of frames to other nodes,
+    # which a learning bridge sends to every port, are neither).
+    direct = [p for p in obs.packets.get(f.backend_node, []) if p.iface == f.uplink and (
+        (p.direction == "out" and p.dst == f.client) or
+        (p.direction == "in" and p.src == f.client and p.dst == f.backend[0]))]
     if direct:
         problems.append(f"{len(direct)} packets to or from the client crossed the backend "
                         f"node's uplink ({f.backend_node} {f.uplink})")

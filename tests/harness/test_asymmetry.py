@@ -138,3 +138,13 @@ def test_source_guard_counters_parse_from_nft_json():
     with open(os.path.join(DATA, "nft-source-guard.json")) as fh:
         drops = sourceguard.parse_drops(fh.read())
     assert drops == {"node1": 0, "node2": 0, "node3": 0}
+
+
+def test_frames_flooded_by_the_learning_bridge_are_not_taken_for_a_path():
+    """Recorded right after a redeploy: the fabric bridge had not learnt node1's MAC and
+    flooded the client's first SYN to node2 and node3 too. That copy is not DSR traffic."""
+    obs = recorded("snat-tcp-flooded")
+    flooded = [p for p in obs.packets["node2"] if p.iface == "eth0" and p.src == "10.99.0.100"]
+    assert flooded and {p.dst for p in flooded} == {"10.99.0.11"}
+    assert check_snat(obs) == []
+    assert any("reply packets passed the receiving node's uplink" in p for p in check_dsr(obs))
