@@ -10,6 +10,7 @@ import sys
 
 from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", nargs="?", default=DEFAULT_MATRIX)
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=cmd_matrix_validate)
+    add_matrix_run_parser(matrix_sub)
+    add_run_parser(sub)
+    add_repro_parser(sub)
 
     from .cluster_cli import register as register_cluster_commands
     register_cluster_commands(sub)
