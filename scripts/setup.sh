@@ -27,6 +27,7 @@ PACKAGES=(
   openssh-server openssh-client util-linux procps psmisc kmod ca-certificates make gcc
   # vagrant-libvirt: without it `vagrant validate` cannot check the libvirt block of vms/
   vagrant vagrant-libvirt
+  qemu-system-x86 busybox-static
 )
 
 missing=()

@@ -77,6 +77,11 @@ SCHEMA: dict[str, Any] = {
                         "properties": {"suite": {"type": "string"}, "package": {"type": "string"}},
                     },
                     "expect": _EXPECT,
+                    # BPF features the kernel suite probes: helper name -> verdict.
+                    "bpf_features": {
+                        "type": "object",
+                        "additionalProperties": {"enum": list(VERDICTS)},
+                    },
                 },
             },
         },
@@ -115,6 +120,7 @@ class KernelEntry:
     suite: str
     package: str
     expect: dict[str, str]
+    bpf_features: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,18 @@ class Matrix:
                 return entry
         known = ", ".join(e.name for e in self.kernel_entries)
         raise KeyError(f"no kernel entry {name_or_version!r}; known: {known}")
+
+    def entry_for_kernel(self, release: str) -> KernelEntry | None:
+        """The kernel entry a running kernel belongs to: by version prefix ('6.1' matches
+        6.1.0-50-amd64 but not 6.12.x), else the `host` entry, else None."""
+        for entry in self.kernel_entries:
+            if entry.version != "host" and (release.startswith(entry.version + ".") or
+                                            release.startswith(entry.version + "-")):
+                return entry
+        for entry in self.kernel_entries:
+            if entry.version == "host":
+                return entry
+        return None
 
 
 def _by_name(entries: tuple, name: str, what: str):
@@ -184,7 +202,8 @@ def parse_matrix(doc: Any, path: str = DEFAULT_MATRIX) -> Matrix:
         for e in doc["os_entries"])
     kernel_entries = tuple(
         KernelEntry(name=e["name"], version=e["version"], suite=e["source"]["suite"],
-                    package=e["source"]["package"], expect=dict(e["expect"]))
+                    package=e["source"]["package"], expect=dict(e["expect"]),
+                    bpf_features=dict(e.get("bpf_features", {})))
         for e in doc["kernel_entries"])
     return Matrix(dict(doc["profiles"]), os_entries, kernel_entries, path)
 

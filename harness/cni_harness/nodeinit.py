@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import deque
 
+from . import PROJECT_ROOT
 from .units import Unit, UnitError, parse_unit
 
 UNIT_DIR = "/etc/nodeinit/units"
@@ -107,9 +108,33 @@ def overlay_order(dirs: tuple[str, ...], disk: str) -> list[str]:
     return sorted(dirs, key=holds_disk)
 
 
+PRIVATE_DIRS = ("/run", "/tmp")
+
+
+def carried_paths(paths: tuple[str, ...], private: tuple[str, ...] = PRIVATE_DIRS) -> list[str]:
+    """Those of `paths` that sit below a directory the node replaces with its own tmpfs: a
+    checkout in /tmp (as CI clones may be) must stay visible to the node that runs it."""
+    inside = sorted({os.path.realpath(p) for p in paths
+                     if any(os.path.realpath(p).startswith(d + "/") for d in private)})
+    return [p for p in inside if not any(p.startswith(q + "/") for q in inside)]
+
+
+def _carry_into_private_dirs(paths: list[str], mount_private) -> None:
+    """Mount the private dirs with `mount_private()`, then bind each carried path (opened
+    beforehand, since the tmpfs hides it) read-only at the same place."""
+    handles = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in paths]
+    mount_private()
+    for path, handle in handles:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{handle}", path, "", MS_BIND)
+        _mount("none", path, "", MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(handle)
+
+
 def mount_node_filesystems(disk: str, boot_id: str) -> None:
     """Build the node's file system view inside its fresh mount namespace."""
-    detach_inherited_mounts(("/run", "/tmp"))
+    carried = carried_paths((PROJECT_ROOT, sys.prefix))
+    detach_inherited_mounts(PRIVATE_DIRS)
     for target in overlay_order(OVERLAY_DIRS, disk):
         layer = os.path.join(disk, target.strip("/"))
         upper, work = os.path.join(layer, "upper"), os.path.join(layer, "work")
@@ -117,8 +142,11 @@ def mount_node_filesystems(disk: str, boot_id: str) -> None:
         os.makedirs(work, exist_ok=True)
         _mount("overlay", target, "overlay", 0,
                f"lowerdir={target},upperdir={upper},workdir={work}")
-    _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+
+    def mount_private() -> None:
+        _mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    _carry_into_private_dirs(carried, mount_private)
     _umount_lazy("/proc")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _umount_lazy("/sys")

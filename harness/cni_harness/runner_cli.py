@@ -1,0 +1,226 @@
+"""Handlers of `cni-harness run`, `cni-harness matrix run` and `cni-harness repro`.
+
+Exit statuses (docs/architecture.md): 0 all as expected, 1 a suite failed or a matrix cell
+is unexpected, 2 bad arguments, 3 the provider cannot run on this host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+from .matrixrun import (
+    PROVIDERS,
+    Entry,
+    MatrixUsageError,
+    RunPlan,
+    custom_kernel_entry,
+    exit_status,
+    run_matrix,
+    select,
+    target_for,
+)
+from .providers.base import EXIT_PROVIDER_UNAVAILABLE
+from .suites import SuiteUsageError, known_suites, parse_suite_list, run_suites
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _default_out(kind: str) -> str:
+    return os.path.abspath(os.path.join("results", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def _progress_to(stream):
+    def emit(message: str) -> None:
+        print(message, file=stream, flush=True)
+    return emit
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    known = known_suites()
+    try:
+        names = parse_suite_list(args.suite, known)
+    except SuiteUsageError as exc:
+        return _usage(str(exc))
+    out = os.path.abspath(args.out or _default_out("run"))
+    progress = _progress_to(sys.stderr if args.json else sys.stdout)
+    results, summary = run_suites(names, out, k=args.k, progress=progress,
+                                  facts={"kernel": os.uname().release})
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for result in results:
+            print(f"{result.name}: {result.outcome().label()}")
+        print(f"report: {out}/report.md, {out}/report.html; JUnit: {out}/junit.xml")
+    return EXIT_OK if summary["ok"] else EXIT_FAIL
+
+
+def _profiles(matrix, wanted: list[str]) -> dict[str, dict]:
+    if not wanted:
+        return dict(matrix.profiles)
+    unknown = [p for p in wanted if p not in matrix.profiles]
+    if unknown:
+        raise MatrixUsageError(f"unknown profile(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(matrix.profiles)}")
+    return {p: matrix.profiles[p] for p in wanted}
+
+
+def _execute(args: argparse.Namespace, provider: str, entries: list[Entry], plan: RunPlan,
+             title: str) -> int:
+    target = target_for(provider)
+    available = target.availability()
+    if not available.ok:
+        print(f"error: provider {provider} cannot run here: {available.reason()}",
+              file=sys.stderr)
+        return EXIT_PROVIDER_UNAVAILABLE
+    progress = _progress_to(sys.stderr if args.json else sys.stdout)
+    progress(f"{title}: provider {provider}, entries {', '.join(e.name for e in entries)}, "
+             f"suites {', '.join(plan.suites) or 'none'}; output {plan.out}")
+    report = run_matrix(target, entries, plan, progress=progress, title=title)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "out": plan.out}, indent=2))
+    else:
+        with open(os.path.join(plan.out, "matrix.md"), encoding="utf-8") as fh:
+            print(fh.read())
+        print(f"reports: {plan.out}/matrix.md, {plan.out}/matrix.html; "
+              f"JUnit: {plan.out}/junit.xml; logs per entry under {plan.out}/")
+    return exit_status(report)
+
+
+def _load(args: argparse.Namespace):
+    try:
+        return load_matrix(args.matrix)
+    except MatrixError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {args.matrix}: {exc.strerror}", file=sys.stderr)
+    return None
+
+
+def cmd_matrix_run(args: argparse.Namespace) -> int:
+    matrix = _load(args)
+    if matrix is None:
+        return EXIT_USAGE
+    try:
+        suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
+            known_suites()
+        target = target_for(args.provider)
+        if args.kernel and args.provider != "qemu":
+            raise MatrixUsageError("--kernel PATH boots an image: it needs --provider qemu")
+        entries = select(target.entries(matrix), _split(args.entries))
+        if args.kernel:
+            if not os.path.isfile(args.kernel):
+                raise MatrixUsageError(f"--kernel {args.kernel}: no such file")
+            entries = ([] if not args.entries else entries) + [custom_kernel_entry(args.kernel)]
+        plan = RunPlan(suites=suites, profiles=_profiles(matrix, _split(args.profiles)),
+                       out=os.path.abspath(args.out or _default_out("matrix")), k=args.k,
+                       timeout=args.timeout, refresh_kernels=args.refresh_kernels)
+    except (SuiteUsageError, MatrixUsageError) as exc:
+        return _usage(str(exc))
+    return _execute(args, args.provider, entries, plan, "cni-harness matrix")
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    matrix = _load(args)
+    if matrix is None:
+        return EXIT_USAGE
+    try:
+        suites = parse_suite_list(args.suite, known_suites())
+        if len(suites) != 1:
+            raise SuiteUsageError("repro runs one suite; give one --suite")
+        if os.path.isfile(args.kernel):
+            provider, entries = "qemu", [custom_kernel_entry(args.kernel)]
+        else:
+            provider = "local" if args.kernel == "host" else "qemu"
+            entries = select(target_for(provider).entries(matrix), [args.kernel])
+        plan = RunPlan(suites=suites, profiles=_profiles(matrix, ["default"]),
+                       out=os.path.abspath(args.out or _default_out(f"repro-{entries[0].name}")),
+                       k=args.k, timeout=args.timeout, shell=args.shell)
+    except (SuiteUsageError, MatrixUsageError) as exc:
+        return _usage(str(exc))
+    if args.shell and provider != "qemu":
+        return _usage("--shell drops into a qemu guest; the host kernel needs no guest")
+    rc = _execute(args, provider, entries, plan, f"cni-harness repro {args.kernel}")
+    entry_dir = os.path.join(plan.out, entries[0].name)
+    suite_dir = os.path.join(entry_dir, "suites", suites[0])
+    if not args.json:
+        logs = [os.path.join(entry_dir, name) for name in ("job.log", "console.log",
+                                                            "guest.json")]
+        print(f"evidence: {suite_dir}/ (junit.xml, pytest.log, captures), " +
+              ", ".join(p for p in logs if os.path.exists(p)))
+    return rc
+
+
+def add_run_parser(sub) -> None:
+    run = sub.add_parser(
+        "run", help="run suites (tests/e2e/test_NAME.py) with JUnit and a report",
+        description="Run suites with pytest; writes OUT/junit.xml, OUT/report.md and "
+        "OUT/report.html. Exit 0 all passed, 1 a suite failed (no test collected counts as "
+        "failed), 2 unknown suite.")
+    run.add_argument("--suite", required=True, action="append", metavar="NAME[,NAME...]",
+                     help=f"suites to run; known: {', '.join(known_suites()) or 'none'}")
+    run.add_argument("-k", metavar="EXPR", help="pytest -k expression selecting cases")
+    run.add_argument("--out", metavar="DIR", help="output directory (default results/run-TIME)")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.set_defaults(func=cmd_run)
+
+
+def _common_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-k", metavar="EXPR", help="pytest -k expression selecting cases")
+    parser.add_argument("--out", metavar="DIR", help="output directory")
+    parser.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="per entry (default 3600)")
+    parser.add_argument("--matrix", default=DEFAULT_MATRIX, help="matrix file")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def add_matrix_run_parser(matrix_sub) -> None:
+    run = matrix_sub.add_parser(
+        "run", help="run suites on every matrix entry and judge them against matrix.yaml",
+        description="Run the suites on each entry of the matrix (qemu: kernel entries, one "
+        "guest at a time; local: this host's kernel; vagrant: OS entries). Writes a "
+        "directory per entry, OUT/junit.xml and the entry x suite table OUT/matrix.md and "
+        "OUT/matrix.html. Exit 0 when every result is as the matrix expects, 1 otherwise, 2 "
+        "bad arguments, 3 provider unavailable here.")
+    run.add_argument("--provider", choices=PROVIDERS, default="qemu")
+    run.add_argument("--entries", action="append", metavar="NAME[,NAME...]",
+                     help="entries by name or kernel version (default: all of the provider's)")
+    run.add_argument("--suites", action="append", metavar="NAME[,NAME...]",
+                     help=f"suites (default: all: {', '.join(known_suites()) or 'none'})")
+    run.add_argument("--profiles", action="append", metavar="NAME[,NAME...]",
+                     help="preflight profiles judged per entry (default: all in the matrix)")
+    run.add_argument("--kernel", metavar="PATH",
+                     help="also boot this kernel image (qemu); alone unless --entries is given")
+    run.add_argument("--refresh-kernels", action="store_true",
+                     help="resolve and download the kernels again even if cached")
+    _common_run_options(run)
+    run.set_defaults(func=cmd_matrix_run)
+
+
+def add_repro_parser(sub) -> None:
+    repro = sub.add_parser(
+        "repro", help="one command: boot a kernel, build the cluster, run one suite or test",
+        description="Boot the matrix kernel (a version such as 5.10, an entry name, `host` "
+        "for this kernel, or a path to your own kernel image), run one suite (narrowed "
+        "with -k) inside, and leave its evidence in OUT.")
+    repro.add_argument("--kernel", required=True, metavar="VERSION|ENTRY|PATH")
+    repro.add_argument("--suite", required=True, metavar="NAME")
+    repro.add_argument("--shell", action="store_true",
+                       help="after the test, stay in an interactive shell in the guest")
+    _common_run_options(repro)
+    repro.set_defaults(func=cmd_repro)
+
