@@ -8,11 +8,19 @@
  *                   of packets for this node's pods
  *   to_netdev       uplink egress: masquerade of pod -> world traffic
  *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
+ *                   (and, in VXLAN mode, its connections to other nodes' pods)
+ *   from_overlay    VXLAN device ingress (VXLAN mode): decapsulated packets from other
+ *                   nodes, then as from_netdev
+ *
+ * In VXLAN mode a packet whose destination is behind the tunnel leaves through it
+ * (lib/tunnel.h): tunnel_or_pass where a program would hand it to the stack, and inside
+ * fib_redirect where it would redirect it.
  */
 #include "lib/common.h"
 #include "lib/conntrack.h"
 #include "lib/nat.h"
 #include "lib/lb.h"
+#include "lib/tunnel.h"
 #include "lib/fib.h"
 #include "lib/dsr.h"
 
@@ -76,16 +84,16 @@ int from_container(struct __sk_buff *skb)
 	int ret, handled;
 
 	if (parse_pkt(skb, &p) < 0)
-		return TC_ACT_OK;
+		return tunnel_or_pass(skb);
 	ret = lb_reverse(skb, &p, &flags);
 	if (ret < 0)
 		return TC_ACT_SHOT;
 	if (ret > 0)
-		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : TC_ACT_OK;
+		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : tunnel_or_pass(skb);
 	ret = handle_service(skb, &p, FROM_POD, &handled);
 	if (!handled)
 		lb_forget_stale_reply(&p);
-	return ret;
+	return ret == TC_ACT_OK ? tunnel_or_pass(skb) : ret;
 }
 
 int to_container(struct __sk_buff *skb)
@@ -98,7 +106,7 @@ int to_container(struct __sk_buff *skb)
 	return lb_reverse(skb, &p, &flags) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-int from_netdev(struct __sk_buff *skb)
+static __always_inline int netdev_ingress(struct __sk_buff *skb)
 {
 	struct node_config *cfg;
 	struct pkt p = {};
@@ -125,6 +133,11 @@ int from_netdev(struct __sk_buff *skb)
 	return handle_service(skb, &p, FROM_NETDEV, &handled);
 }
 
+int from_netdev(struct __sk_buff *skb)
+{
+	return netdev_ingress(skb);
+}
+
 int to_netdev(struct __sk_buff *skb)
 {
 	struct lpm_v4_key dst = {};
@@ -149,9 +162,17 @@ int to_netdev(struct __sk_buff *skb)
 int from_host(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	int handled;
+	int ret, handled;
 
 	if (parse_pkt(skb, &p) < 0)
-		return TC_ACT_OK;
-	return handle_service(skb, &p, FROM_HOST, &handled);
+		return tunnel_or_pass(skb);
+	ret = handle_service(skb, &p, FROM_HOST, &handled);
+	return ret == TC_ACT_OK ? tunnel_or_pass(skb) : ret;
+}
+
+int from_overlay(struct __sk_buff *skb)
+{
+	if (tunnel_accept(skb) < 0)
+		return TC_ACT_SHOT;
+	return netdev_ingress(skb);
 }

@@ -2,11 +2,13 @@
  *
  * After a rewrite that makes the source one of this node's addresses (NodePort SNAT,
  * reverse NAT of replies), handing the packet to the stack would get it dropped as a
- * martian; a FIB lookup plus redirect skips the input path. */
+ * martian; a FIB lookup plus redirect skips the input path. In VXLAN mode a destination
+ * behind the tunnel is sent through it instead. */
 #ifndef CNIC_FIB_H
 #define CNIC_FIB_H
 
 #include "lib/common.h"
+#include "lib/tunnel.h"
 
 /* Declared here with the kernel's four arguments: some bcc releases ship a three-argument
  * prototype that would pass the flags as the params length. */
@@ -18,8 +20,12 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt 
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
+	struct tunnel_endpoint *ep;
 	long ret;
 
+	ep = tunnel_lookup(p->saddr, p->daddr);  /* VXLAN mode: behind the tunnel */
+	if (ep)
+		return tunnel_redirect(skb, ep);
 	fib.family = 2; /* AF_INET */
 	fib.l4_protocol = p->proto;
 	fib.sport = p->sport;

@@ -113,6 +113,21 @@ struct lpm_v4_key {
 	__be32 addr;
 };
 
+/* VXLAN overlay (lib/tunnel.h): other nodes' pod CIDRs and InternalIPs -> the node to
+ * tunnel to. Empty, and tunnel_cfg zero, in native routing. */
+#define TUNNEL_F_NODE 0x01  /* the prefix is the node's own address (tunnelled for pods only) */
+
+struct tunnel_endpoint {
+	__be32 node_ip;  /* outer destination: the node's InternalIP */
+	u8 flags;        /* TUNNEL_F_* */
+	u8 pad[3];
+};
+
+struct tunnel_config {
+	u32 ifindex;     /* the collect-metadata VXLAN device (0: no tunnel) */
+	u32 vni;         /* VXLAN network identifier sent and accepted */
+};
+
 /* Datapath counters (per CPU). Keep in step with bpfabi.STAT_NAMES. */
 enum stat_id {
 	STAT_SVC_NEW = 0,
@@ -134,7 +149,11 @@ enum stat_id {
 	STAT_DSR_OPT_RECEIVED = 16,
 	STAT_DROP_DSR_TOO_BIG = 17,
 	STAT_DROP_DSR_OPTION = 18,
-	STAT_MAX = 19,
+	STAT_TUNNEL_ENCAP = 19,
+	STAT_TUNNEL_DECAP = 20,
+	STAT_DROP_TUNNEL = 21,        /* no VXLAN device to send through */
+	STAT_DROP_TUNNEL_SOURCE = 22, /* decapsulated, but not from a known node with our VNI */
+	STAT_MAX = 23,
 };
 
 BPF_TABLE_PINNED("hash", struct lb_key, struct lb_frontend, lb_frontends, 65536,
@@ -146,6 +165,9 @@ BPF_TABLE_PINNED("array", u32, struct node_config, node_cfg, 1, PIN_DIR "/node_c
 BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, u8, no_masq, 1024, PIN_DIR "/no_masq",
 		 BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", u32, u64, stats, STAT_MAX, PIN_DIR "/stats");
+BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, struct tunnel_endpoint, tunnel_map, 4096,
+		 PIN_DIR "/tunnel_map", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", u32, struct tunnel_config, tunnel_cfg, 1, PIN_DIR "/tunnel_cfg");
 /* Agent bookkeeping that lives as long as the node's boot (its bpffs), whatever the layout
  * of the maps above: see bpfabi.py. Never change this declaration. */
 BPF_TABLE_PINNED("array", u32, u64, agent_state, 8, PIN_ROOT "/agent_state");

@@ -15,6 +15,7 @@ from . import PROJECT_ROOT
 
 PLAYBOOK_DIR = os.path.join(PROJECT_ROOT, "playbooks")
 SITE = "site.yml"
+REBOOT = "reboot.yml"
 CONFIG_NAME = "config.yaml"
 
 
@@ -25,6 +26,13 @@ class DeployResult:
     seconds: float
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
     failed_tasks: list[str] = field(default_factory=list)
+    # Every task result that changed something, in the order it happened:
+    # {"host", "task", "play", "start", "end"} (ISO times from Ansible).
+    changes: list[dict] = field(default_factory=list)
+
+    def changed_by(self, task: str) -> list[dict]:
+        """The changes a task (by name) made, in order."""
+        return [c for c in self.changes if c["task"] == task]
 
     @property
     def changed(self) -> int:
@@ -32,7 +40,8 @@ class DeployResult:
 
     def to_dict(self) -> dict:
         return {"rc": self.rc, "status": self.status, "seconds": round(self.seconds, 2),
-                "changed": self.changed, "stats": self.stats, "failedTasks": self.failed_tasks}
+                "changed": self.changed, "stats": self.stats, "failedTasks": self.failed_tasks,
+                "changes": self.changes}
 
 
 def record_config(state_dir: str, path: str) -> str:
@@ -64,10 +73,18 @@ def run_playbook(provider: Any, playbook: str = SITE, config: str | None = None,
         "ANSIBLE_FORCE_COLOR": "0",
     }
 
+    changes: list[dict] = []
+
     def on_event(event: dict) -> bool:
         data = event.get("event_data", {})
         if progress and event.get("event") == "playbook_on_task_start":
             progress(f"[{playbook}] {data.get('task')}")
+        if event.get("event") == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+            changes.append({"host": data.get("host"), "task": data.get("task"),
+                            "play": data.get("play"), "start": data.get("start"),
+                            "end": data.get("end")})
+            if progress:
+                progress(f"[{playbook}] {data.get('host')}: changed: {data.get('task')}")
         return True
 
     private_dir = os.path.join(provider.state_dir, "ansible-runner")
@@ -86,4 +103,5 @@ def run_playbook(provider: Any, playbook: str = SITE, config: str | None = None,
             msg = (data.get("res") or {}).get("msg", "")
             failed.append(f"{data.get('host')}: {data.get('task')}: {msg}".strip())
     stats = {k: dict(v) for k, v in (runner.stats or {}).items() if isinstance(v, dict)}
-    return DeployResult(runner.rc, runner.status, time.monotonic() - started, stats, failed)
+    return DeployResult(runner.rc, runner.status, time.monotonic() - started, stats, failed,
+                        changes)

@@ -8,9 +8,12 @@ the nodes (any provider), used in place for the client and world namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -152,6 +155,40 @@ class Lab:
 
         return Capture(label or where.name or where.kind,
                        lambda argv: self.run(where, argv, timeout=60), bpf_filter)
+
+    @contextlib.contextmanager
+    def capture_fabric(self, bpf_filter: str = "ip", snaplen: int = 256):
+        """tcpdump on every interface of the fabric (each node's uplink port: a capture on
+        the bridge itself would miss what it forwards between ports) while the block runs;
+        yields a dict whose "pcap" holds the capture's bytes once the block ends."""
+        result: dict = {"pcap": b""}
+        with tempfile.TemporaryDirectory(prefix="cni-capture-") as tmp:
+            path = os.path.join(tmp, "fabric.pcap")
+            dump = subprocess.Popen(
+                ["ip", "netns", "exec", self.plan.fabric_netns, "tcpdump", "-i", "any", "-n",
+                 "--immediate-mode", "-U", "-s", str(snaplen), "-w", path, bpf_filter],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                said = []                          # "listening on any ..." once it captures
+                while not (said and "listening" in said[-1]):
+                    line = dump.stderr.readline()
+                    if not line:
+                        raise LabError("tcpdump on the fabric did not start: "
+                                       + " ".join(s.strip() for s in said))
+                    said.append(line)
+                yield result
+            finally:
+                time.sleep(0.3)                    # let the last packets reach the file
+                dump.send_signal(signal.SIGINT)
+                try:
+                    dump.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    dump.kill()
+                    dump.wait()
+                dump.stderr.close()
+                if os.path.exists(path):
+                    with open(path, "rb") as fh:
+                        result["pcap"] = fh.read()
 
     # ------------------------------------------------------------ the agent on a node
 

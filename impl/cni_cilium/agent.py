@@ -37,7 +37,7 @@ from .bpfabi import (
 )
 from .config import ConfigError, Settings, load_settings_file, replace
 from .ctgc import live_backends, stale_service_keys
-from .datapath import loader, routes, tc
+from .datapath import loader, routes, tc, vxlan
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
@@ -56,6 +56,14 @@ from .translate import (
     diff_routes,
     owners,
     translate,
+)
+from .tunnel import (
+    DEFAULT_UPLINK_MTU,
+    VXLAN_DEVICE,
+    VXLAN_PORT,
+    VXLAN_VNI,
+    pod_mtu,
+    uses_overlay,
 )
 
 log = logging.getLogger("cni-cilium.agent")
@@ -197,6 +205,9 @@ class Agent:
         self.expected: dict[tuple[str, str], tc.Attachment] = {}
         self.device_errors: dict[str, str] = {}
         self.uplink: str | None = None
+        self.uplink_mtu = DEFAULT_UPLINK_MTU
+        self.tunnel_ifindex = 0
+        self.network_state: dict = {}
         self.restarts = 0
         self.tunnel_in_effect = settings.tunnelMode
         self.self_heals_run = 0
@@ -259,6 +270,13 @@ class Agent:
             state.update(index_key(STATE_TUNNEL_MODE), U64.pack(TUNNEL_CODES[fixed]))
         self.tunnel_in_effect = fixed
         log.info("agent start %d since boot; tunnel mode in effect: %s", starts, fixed)
+        self._warn_reboot_required()
+
+    def _warn_reboot_required(self) -> None:
+        if self.reboot_required:
+            log.warning("tunnelMode: the config asks for %s but %s stays in effect until this "
+                        "node reboots (reboot required)", self.settings.tunnelMode,
+                        self.tunnel_in_effect)
 
     def _state_get(self, index: int) -> int:
         raw = self._maps["agent_state"].lookup(index_key(index))
@@ -284,13 +302,26 @@ class Agent:
         self.config_problems = []
         if settings != self.settings:
             log.info("config changed: %s", settings.effective()["settings"])
+            tunnel_changed = settings.tunnelMode != self.settings.tunnelMode
             self.settings = settings
+            if tunnel_changed:
+                self._warn_reboot_required()
 
     @property
     def reboot_required(self) -> bool:
+        """The config asks for another tunnel mode than the one fixed at boot."""
         return self.settings.tunnelMode != self.tunnel_in_effect
 
-    def _settings_in_effect(self) -> Settings:
+    @property
+    def overlay(self) -> bool:
+        return uses_overlay(self.tunnel_in_effect)
+
+    @property
+    def pod_mtu(self) -> int:
+        return pod_mtu(self.tunnel_in_effect, self.uplink_mtu)
+
+    def settings_in_effect(self) -> Settings:
+        """The config with the tunnel mode fixed at boot (what the datapath runs)."""
         if self.reboot_required:
             return replace(self.settings, tunnelMode=self.tunnel_in_effect)
         return self.settings
@@ -302,9 +333,12 @@ class Agent:
         self._reload_settings()
         objects, problems = self.source.read()
         previous = owners(self.translation) if self.translation is not None else {}
-        translation = translate(DesiredState(self._settings_in_effect(), self.node_name,
+        if self.overlay:
+            self.tunnel_ifindex = vxlan.ensure_device(self._ipr, self.pod_mtu)
+        translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
-                                             previous_owners=previous))
+                                             previous_owners=previous,
+                                             tunnel_ifindex=self.tunnel_ifindex))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
@@ -374,16 +408,30 @@ class Agent:
         if uplink != self.uplink:
             log.info("uplink: %s (InternalIP %s)", uplink, node.internal_ip)
         self.uplink = uplink
-        for att in (tc.Attachment(uplink, tc.INGRESS, "from_netdev"),
-                    tc.Attachment(uplink, tc.EGRESS, "to_netdev"),
-                    tc.Attachment(HOST_DEV, tc.EGRESS, "from_host")):
+        self.uplink_mtu = self._ipr.get_links(self._ifindex(uplink))[0].get_attr("IFLA_MTU")
+        attachments = [tc.Attachment(uplink, tc.INGRESS, "from_netdev"),
+                       tc.Attachment(uplink, tc.EGRESS, "to_netdev"),
+                       tc.Attachment(HOST_DEV, tc.EGRESS, "from_host")]
+        if self.overlay:
+            vxlan.ensure_device(self._ipr, self.pod_mtu)   # the MTU follows the uplink's
+            attachments.append(tc.Attachment(VXLAN_DEVICE, tc.INGRESS, "from_overlay"))
+        for att in attachments:
             self._attach(att)
+        self._write_network_state()
         host_idx = self._ifindex(HOST_DEV)
         if host_idx is not None:
             # Service addresses have no neighbour: without NOARP the node's own packets to a
             # ClusterIP would wait for an ARP answer and never reach from_host.
             self._ipr.link("set", index=host_idx, flags=IFF_NOARP, change=IFF_NOARP)
             routes.replace_dev(self._ipr, self.service_cidr, host_idx, gateway_of(node.pod_cidr))
+
+    def _write_network_state(self) -> None:
+        """Tell the CNI plugin the mode in effect and the MTU its pods get."""
+        doc = {"tunnelMode": self.tunnel_in_effect, "podMTU": self.pod_mtu,
+               "uplink": self.uplink, "uplinkMTU": self.uplink_mtu}
+        if doc != self.network_state:
+            write_json_atomic(paths.NETWORK_STATE, doc)
+            self.network_state = doc
 
     def _device_with_address(self, address: str) -> str | None:
         for msg in self._ipr.get_addr(family=socket.AF_INET):
@@ -423,6 +471,26 @@ class Agent:
             routes.replace_via(self._ipr, cidr, via)
         for cidr in delete:
             log.info("route: %s removed (node gone)", cidr)
+            routes.delete(self._ipr, cidr)
+        self._sync_tunnel_routes(translation)
+
+    def _sync_tunnel_routes(self, translation: Translation) -> None:
+        """VXLAN: other nodes' pod CIDRs via cilium_host (whose program encapsulates), with
+        the overlay's MTU and this node's InternalIP as the source of its own connections."""
+        host_idx = self._ifindex(HOST_DEV)
+        if host_idx is None:
+            return
+        node_ip = translation.node.internal_ip
+        current = {cidr: attrs for cidr, attrs in routes.dev_routes(self._ipr, host_idx).items()
+                   if cidr != self.service_cidr}
+        wanted = {cidr: (node_ip, self.pod_mtu) for cidr in translation.tunnel_routes}
+        upsert, delete = diff_routes(current, wanted)
+        for cidr in upsert:
+            log.info("route: %s into the overlay (node %s, mtu %d)", cidr,
+                     translation.tunnel_routes[cidr], self.pod_mtu)
+            routes.replace_dev(self._ipr, cidr, host_idx, node_ip, self.pod_mtu)
+        for cidr in delete:
+            log.info("route: %s removed from the overlay (node gone)", cidr)
             routes.delete(self._ipr, cidr)
 
     def _sync_endpoints(self) -> None:
@@ -473,12 +541,16 @@ class Agent:
     # ---------------------------------------------------------------- self-healing
     def check_attachments(self) -> None:
         """Put back any program that is no longer attached where it should be."""
+        if self.overlay and self._ifindex(VXLAN_DEVICE) is None:
+            log.warning("self-heal: the VXLAN device %s is missing; recreating it",
+                        VXLAN_DEVICE)
+            self._retry = True         # the next reconcile makes it and reprograms its index
         with self.lock:
             expected = list(self.expected.values())
         for att in expected:
             ifindex = self._ifindex(att.device)
             if ifindex is None:
-                continue  # device gone: its endpoint removal follows
+                continue  # device gone: its endpoint removal follows (or its re-creation)
             found = tc.attached_name(self._ipr, ifindex, att.direction)
             if found == tc.filter_name(att.program):
                 continue
@@ -555,10 +627,11 @@ class Agent:
                 "modes": {
                     "tunnelMode": self.tunnel_in_effect,
                     "tunnelModeConfigured": settings.tunnelMode,
+                    "tunnelModePending": settings.tunnelMode if self.reboot_required else None,
                     "lbModeConfigured": settings.bpfLBMode,
                     "lbMode": dict(tr.lb_mode) if tr else {},
                     "masqueradeMode": settings.masqueradeMode,
-                    "createNodeRoutes": self._settings_in_effect().effective_create_node_routes,
+                    "createNodeRoutes": self.settings_in_effect().effective_create_node_routes,
                     "kubeProxyReplacement": True,
                     "lbAlgorithm": "random",
                 },
@@ -576,6 +649,7 @@ class Agent:
                                   "localEndpoints": hc.local_endpoints, "status": hc.status}
                                  for port, hc in sorted(tr.health_checks.items())] if tr else [],
                 "routes": dict(tr.node_routes) if tr else {},
+                "tunnel": self._tunnel_view(tr),
                 "problems": (self.config_problems + self.manifest_problems
                              + (tr.problems if tr else [])),
                 "warnings": list(tr.warnings) if tr else [],
@@ -585,6 +659,14 @@ class Agent:
         doc["devices"] = self._attachment_view()
         doc["maps"] = self._map_fill()
         return doc
+
+    def _tunnel_view(self, tr: Translation | None) -> dict:
+        view: dict[str, Any] = {"mode": self.tunnel_in_effect, "podMTU": self.pod_mtu}
+        if self.overlay:
+            view.update({"device": VXLAN_DEVICE, "ifindex": self.tunnel_ifindex,
+                         "port": VXLAN_PORT, "vni": VXLAN_VNI,
+                         "peers": dict(tr.tunnel_routes) if tr else {}})
+        return view
 
     def services(self) -> dict:
         with self.lock:
@@ -746,7 +828,8 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("agent running on node %s with %s", node_name, settings.effective()["effective"])
+    log.info("agent running on node %s with %s", node_name,
+             agent.settings_in_effect().effective()["effective"])
     try:
         agent.run()
     finally:

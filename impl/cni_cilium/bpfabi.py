@@ -19,8 +19,10 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 19,
+    "stats": 23,
     "agent_state": 8,
+    "tunnel_map": 4096,
+    "tunnel_cfg": 1,
 }
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -58,12 +60,15 @@ CT_FLAG_NAMES = {
 
 CFG_F_MASQUERADE = 0x01
 
+TUNNEL_F_NODE = 0x01
+
 # enum stat_id, in order.
 STAT_NAMES = (
     "svc_new", "svc_established", "rev_dnat", "snat_new", "snat", "rev_snat", "masq_new",
     "masq", "fib_redirect", "drop_no_backend", "drop_no_slot", "drop_nat_exhausted",
     "drop_fib", "drop_rewrite", "drop_not_service", "dsr_opt_added", "dsr_opt_received",
-    "drop_dsr_too_big", "drop_dsr_option",
+    "drop_dsr_too_big", "drop_dsr_option", "tunnel_encap", "tunnel_decap", "drop_tunnel",
+    "drop_tunnel_source",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.
@@ -80,6 +85,8 @@ _CT_KEY = struct.Struct("=4s4s2s2sBBH")
 _CT_ENTRY = struct.Struct("=4s2sHIIQQ")
 _NODE_CONFIG = struct.Struct("=4s4s4sHHII")
 _LPM_KEY = struct.Struct("=I4s")
+_TUNNEL_ENDPOINT = struct.Struct("=4sB3x")
+_TUNNEL_CONFIG = struct.Struct("=II")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -92,6 +99,8 @@ SIZES = {
     "ct_entry": _CT_ENTRY.size,
     "node_config": _NODE_CONFIG.size,
     "lpm_v4_key": _LPM_KEY.size,
+    "tunnel_endpoint": _TUNNEL_ENDPOINT.size,
+    "tunnel_config": _TUNNEL_CONFIG.size,
 }
 
 
@@ -261,6 +270,38 @@ def lpm_key(cidr: str) -> bytes:
 def decode_lpm_key(raw: bytes) -> str:
     prefixlen, addr = _LPM_KEY.unpack(raw)
     return f"{ip_str(addr)}/{prefixlen}"
+
+
+@dataclass(frozen=True)
+class TunnelEndpoint:
+    """tunnel_endpoint: the node (InternalIP) behind a tunnel_map prefix."""
+
+    node_ip: str
+    node_address: bool = False   # the prefix is the node's own address (TUNNEL_F_NODE)
+
+    def encode(self) -> bytes:
+        return _TUNNEL_ENDPOINT.pack(ip_bytes(self.node_ip),
+                                     TUNNEL_F_NODE if self.node_address else 0)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> TunnelEndpoint:
+        node_ip, flags = _TUNNEL_ENDPOINT.unpack(raw)
+        return cls(ip_str(node_ip), bool(flags & TUNNEL_F_NODE))
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """tunnel_config: the VXLAN device to send through (0: none) and the VNI."""
+
+    ifindex: int
+    vni: int
+
+    def encode(self) -> bytes:
+        return _TUNNEL_CONFIG.pack(self.ifindex, self.vni)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> TunnelConfig:
+        return cls(*_TUNNEL_CONFIG.unpack(raw))
 
 
 def index_key(index: int) -> bytes:

@@ -265,6 +265,23 @@ def agent_pid() -> int | None:
     return pid
 
 
+def pod_mtu_now() -> int:
+    """The MTU for a new pod: the agent's (mode in effect since boot, uplink MTU); before the
+    agent's first start after boot, what the config will put in effect on a 1500 uplink."""
+    from .config import ConfigError, load_settings_file
+    from .tunnel import pod_mtu
+
+    try:
+        with open(paths.NETWORK_STATE, encoding="utf-8") as fh:
+            return int(json.load(fh)["podMTU"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return pod_mtu(load_settings_file(paths.CONFIG).tunnelMode)
+    except (ConfigError, OSError):
+        return pod_mtu("Disabled")
+
+
 def wait_for_agent(container_id: str, timeout: float) -> None:
     ready = os.path.join(paths.ENDPOINT_DIR, f"{container_id}.ready")
     deadline = time.monotonic() + timeout
@@ -305,7 +322,11 @@ def add(env: CniEnv, conf: NetConf) -> dict:
         with IPRoute() as ipr:
             _delete_link(ipr, host_if)          # a retried ADD replaces a half-made pair
             _delete_link(ipr, peer)
-            ipr.link("add", ifname=host_if, kind="veth", peer=peer)
+            # Both ends at the overlay's MTU in VXLAN mode: the pod's TCP then offers an MSS
+            # whose segments still fit the uplink once encapsulated.
+            mtu = pod_mtu_now()
+            ipr.link("add", ifname=host_if, kind="veth", mtu=mtu,
+                     peer={"ifname": peer, "mtu": mtu})
             host_idx = ipr.link_lookup(ifname=host_if)[0]
             peer_idx = ipr.link_lookup(ifname=peer)[0]
             fd = os.open(env.netns, os.O_RDONLY)

@@ -34,6 +34,15 @@ def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
     lines += _family("reboot_required", "gauge",
                      "1 when the configured tunnel mode differs from the one in effect.",
                      [_sample("reboot_required", int(bool(status.get("rebootRequired"))))])
+    modes = status.get("modes", {})
+    tunnel = [_sample("tunnel_mode", 1, {"mode": modes.get("tunnelMode", ""),
+                                         "state": "in_effect"})]
+    if modes.get("tunnelModePending"):
+        tunnel.append(_sample("tunnel_mode", 1, {"mode": modes["tunnelModePending"],
+                                                 "state": "pending_reboot"}))
+    lines += _family("tunnel_mode", "gauge",
+                     "The tunnel mode in effect since boot, and the one a reboot would apply.",
+                     tunnel)
     lines += _family("bpf_compile_seconds", "gauge",
                      "Time bcc took to compile and load the programs at agent start.",
                      [_sample("bpf_compile_seconds",

@@ -51,10 +51,19 @@ def print_status(doc: dict) -> None:
           f"restarts {doc['restarts']}, self-heals {doc['selfHeals']}, reboot required: "
           f"{'yes' if doc['rebootRequired'] else 'no'})")
     lb = ", ".join(f"{p} {m}" for p, m in sorted(modes["lbMode"].items()))
+    pending = modes.get("tunnelModePending")
+    if pending:
+        print(f"REBOOT REQUIRED: tunnelMode {pending} is configured; {modes['tunnelMode']} "
+              "stays in effect until this node reboots")
     print(f"modes: tunnel {modes['tunnelMode']} (configured {modes['tunnelModeConfigured']}), "
           f"LB {lb} (configured {modes['lbModeConfigured']}), masquerade "
           f"{modes['masqueradeMode']}, node routes {'on' if modes['createNodeRoutes'] else 'off'}"
           f", kube-proxy replacement, algorithm {modes['lbAlgorithm']}")
+    tunnel = doc.get("tunnel", {})
+    if tunnel.get("device"):
+        print(f"tunnel: VXLAN device {tunnel['device']}, UDP port {tunnel['port']}, VNI "
+              f"{tunnel['vni']}, pod MTU {tunnel['podMTU']}, peers: " + (", ".join(
+                  f"{cidr} via {ip}" for cidr, ip in sorted(tunnel["peers"].items())) or "none"))
     print(f"bpf: compiled in {doc['bpf']['compileSeconds']} s, maps in {doc['bpf']['pinDir']}")
     print("programs:")
     for device, info in sorted(doc["devices"].items()):
@@ -155,7 +164,7 @@ def cmd_bpf_remove(args: argparse.Namespace) -> int:
     """Take the datapath out: filters, owned routes, pinned maps (for uninstall and tests)."""
     from pyroute2 import IPRoute
 
-    from .datapath import routes, tc
+    from .datapath import routes, tc, vxlan
 
     pid = _agent_running()
     if pid is not None and not args.force:
@@ -172,6 +181,8 @@ def cmd_bpf_remove(args: argparse.Namespace) -> int:
         for cidr in routes.owned_routes(ipr):
             routes.delete(ipr, cidr)
             removed.append(f"route {cidr}")
+        if vxlan.remove_device(ipr):
+            removed.append("device cilium_vxlan")
     if os.path.isdir(paths.PIN_DIR):
         shutil.rmtree(paths.PIN_DIR, ignore_errors=True)
         removed.append(f"maps {paths.PIN_DIR}")

@@ -26,6 +26,8 @@ from .bpfabi import (
     Frontend,
     FrontendValue,
     NodeConfig,
+    TunnelConfig,
+    TunnelEndpoint,
     index_key,
     ip_bytes,
     lpm_key,
@@ -33,6 +35,7 @@ from .bpfabi import (
 )
 from .config import Settings
 from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
+from .tunnel import VXLAN_VNI, uses_overlay
 
 DEFAULT_CLUSTER_CIDR = "10.100.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
@@ -47,8 +50,9 @@ IMPLEMENTED_ALGORITHMS = ("random",)
 HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer by DSR "
                          "(cilium#10789)")
 
-MANAGED_MAPS = ("node_cfg", "no_masq", "lb_slots", "lb_frontends")
-ARRAY_MAPS = ("node_cfg",)
+# Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg).
+MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_frontends")
+ARRAY_MAPS = ("node_cfg", "tunnel_cfg")
 
 STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
 
@@ -66,6 +70,8 @@ class DesiredState:
     # it, so a newly applied object never takes a frontend away from a working service.
     # Without a previous owner, the service listed first in `objects` (oldest) wins.
     previous_owners: Mapping[Frontend, str] = field(default_factory=dict)
+    # The VXLAN device's ifindex when the overlay is in effect (0: not created yet).
+    tunnel_ifindex: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,9 @@ class Translation:
     frontends: list[FrontendView] = field(default_factory=list)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)
     node_routes: dict[str, str] = field(default_factory=dict)
+    # VXLAN: other nodes' pod CIDRs -> their InternalIP; the node's own connections to them
+    # are routed into the overlay (the pods' packets are redirected before routing).
+    tunnel_routes: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lb_mode: dict[str, str] = field(default_factory=dict)   # protocol -> mode in effect
@@ -280,7 +289,7 @@ def translate(state: DesiredState) -> Translation:
             f"{n.internal_ip}/32" for n in nodes]:
         maps["no_masq"][lpm_key(cidr)] = NO_MASQ_VALUE
 
-    _node_routes(state, nodes, node, out)
+    _peer_routing(state, nodes, node, out)
 
     claims: dict[Frontend, list[str]] = defaultdict(list)
     for svc in (o for o in state.objects if isinstance(o, Service)):  # given (age) order
@@ -304,11 +313,10 @@ def owners(translation: Translation) -> dict[Frontend, str]:
     return {f.frontend: f.service for f in translation.frontends}
 
 
-def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Translation) -> None:
-    settings = state.settings
-    if not (settings.effective_create_node_routes and settings.tunnelMode == "Disabled"):
-        return
+def _peers(nodes: list[Node], node: Node, out: Translation) -> list[Node]:
+    """The other nodes whose pod CIDR overlaps no earlier one's (a problem line each else)."""
     seen: dict[str, str] = {node.pod_cidr: node.name}
+    peers = []
     for other in nodes:
         if other.name == node.name:
             continue
@@ -320,7 +328,30 @@ def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Transl
                                 f"the pod CIDR of Node {clash}; no route installed")
             continue
         seen[other.pod_cidr] = other.name
-        out.node_routes[other.pod_cidr] = other.internal_ip
+        peers.append(other)
+    return peers
+
+
+def _peer_routing(state: DesiredState, nodes: list[Node], node: Node, out: Translation
+                  ) -> None:
+    """How other nodes' pods are reached: node routes (native routing) or the tunnel map
+    (VXLAN: each pod CIDR and node address -> the node to encapsulate to)."""
+    settings = state.settings
+    overlay = uses_overlay(settings.tunnelMode)
+    out.maps["tunnel_cfg"][index_key(0)] = TunnelConfig(
+        state.tunnel_ifindex if overlay else 0, VXLAN_VNI if overlay else 0).encode()
+    native_routes = settings.effective_create_node_routes and not overlay
+    if not (overlay or native_routes):
+        return
+    for peer in _peers(nodes, node, out):
+        if native_routes:
+            out.node_routes[peer.pod_cidr] = peer.internal_ip
+            continue
+        out.tunnel_routes[peer.pod_cidr] = peer.internal_ip
+        out.maps["tunnel_map"][lpm_key(peer.pod_cidr)] = TunnelEndpoint(
+            peer.internal_ip).encode()
+        out.maps["tunnel_map"][lpm_key(f"{peer.internal_ip}/32")] = TunnelEndpoint(
+            peer.internal_ip, node_address=True).encode()
 
 
 def _host_network_fallback(svc: Service, backends: Mapping[ServicePort, tuple],

@@ -56,3 +56,12 @@ def test_bad_cluster_names_are_refused_with_the_rule(name):
 def test_bad_node_counts_are_refused(count):
     with pytest.raises(PlanError, match=f"must be 1-{MAX_NODES}"):
         plan_cluster("lab", count)
+
+
+@pytest.mark.unit
+def test_node_uplink_mac_is_fixed_by_its_ip_and_locally_administered():
+    from cni_harness.providers.localnode import uplink_mac
+
+    assert uplink_mac("10.99.0.11") == "02:00:0a:63:00:0b"
+    assert uplink_mac("10.99.0.12") != uplink_mac("10.99.0.11")
+    assert int(uplink_mac("10.99.0.11")[:2], 16) & 0x02      # locally administered

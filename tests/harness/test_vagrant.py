@@ -15,6 +15,7 @@ import yaml
 
 from cni_harness.matrix import load_matrix
 from cni_harness.providers.vagrant import (
+    TUNNEL_ROLE_STEPS,
     VAGRANTFILE,
     PlanError,
     check_host,
@@ -113,7 +114,8 @@ def test_os_family_steps():
     debian = by_name("debian-12").steps
     assert any("linux-headers-$(uname -r)" in s for s in debian)
     assert any(s.startswith("install:") and "python3-bpfcc" in s for s in debian)
-    assert not any("reboot" in s for s in debian)
+    assert not any(s.startswith("kernel:") and "reboot" in s for s in debian)
+    assert list(debian[-2:]) == [TUNNEL_ROLE_STEPS["tunnel_mode"], TUNNEL_ROLE_STEPS["reboot"]]
 
     for name in ("centos-7-elrepo", "centos-8-elrepo"):
         steps = " | ".join(by_name(name).steps)
@@ -137,7 +139,8 @@ def test_package_names_come_from_the_roles():
 def test_steps_follow_site_yml_roles():
     from cni_harness.providers.vagrant import site_roles
 
-    assert site_roles() == ["preflight", "kernel", "install", "kube_proxy", "configure"]
+    assert site_roles() == ["preflight", "kernel", "install", "kube_proxy", "configure",
+                            "tunnel_mode", "reboot"]
     p = by_name("debian-12", site=["preflight", "kernel", "install", "configure", "kube_proxy"])
     assert p.steps[0].startswith("preflight:")
     assert p.steps[1].startswith("kernel:")
@@ -169,7 +172,7 @@ def test_format_plan_lists_box_nodes_and_steps():
     assert "node1   control-plane" in text and "node2   worker" in text
     assert "node3" not in text
     assert "vagrant up --provider libvirt" in text and "vagrant destroy" in text
-    assert "7. install: python3" in text and "10. suites" in text
+    assert "7. install: python3" in text and "12. suites" in text
     stopped = format_plan(by_name("ubuntu-18.04"))
     assert "3. preflight: unsupported" in stopped and "4. vagrant destroy" in stopped
     assert "suites" not in stopped

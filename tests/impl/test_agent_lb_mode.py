@@ -25,5 +25,5 @@ def agent_with(settings: dict, tunnel_in_effect: str) -> Agent:
 ])
 def test_lb_mode_follows_the_tunnel_mode_in_effect(configured, in_effect, tcp):
     agent = agent_with(configured, in_effect)
-    assert agent._settings_in_effect().lb_mode_for("TCP") == tcp
+    assert agent.settings_in_effect().lb_mode_for("TCP") == tcp
     assert agent.reboot_required == (agent.settings.tunnelMode != in_effect)

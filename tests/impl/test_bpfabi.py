@@ -15,6 +15,8 @@ from cni_cilium.bpfabi import (
     Frontend,
     FrontendValue,
     NodeConfig,
+    TunnelConfig,
+    TunnelEndpoint,
     decode_lpm_key,
     decode_slot_key,
     lpm_key,
@@ -40,12 +42,12 @@ def c_defines(text: str) -> dict[str, int]:
 def test_flag_and_kind_constants_match_the_c_defines(maps_h):
     defines = c_defines(maps_h)
     python = {name: getattr(bpfabi, name) for name in dir(bpfabi)
-              if re.match(r"^(FE|BE|CT|CFG)_[A-Z_]+$", name) and isinstance(
+              if re.match(r"^(FE|BE|CT|CFG|TUNNEL_F)_[A-Z_]+$", name) and isinstance(
                   getattr(bpfabi, name), int)}
     assert python, "no constants found"
     for name, value in python.items():
         assert defines.get(name) == value, name
-    c_only = {n for n in defines if re.match(r"^(FE|BE|CT|CFG)_", n)} - set(python)
+    c_only = {n for n in defines if re.match(r"^(FE|BE|CT|CFG|TUNNEL_F)_", n)} - set(python)
     assert c_only == set(), f"defined in maps.h but not in bpfabi: {c_only}"
     for name in ("LB_ALG_RANDOM", "LB_ALG_MAGLEV", "LB_ALG_LEAST_CONN"):
         key = name[len("LB_ALG_"):].lower().replace("_", "-")
@@ -89,8 +91,13 @@ def test_entries_round_trip_through_bytes():
     cfg = NodeConfig("10.99.0.11", "10.100.1.0/24", 61000, 65535, True)
     assert NodeConfig.decode(cfg.encode()) == cfg
     assert decode_lpm_key(lpm_key("10.100.0.0/16")) == "10.100.0.0/16"
+    ep = TunnelEndpoint("10.99.0.12", True)
+    assert TunnelEndpoint.decode(ep.encode()) == ep
+    assert ep.encode() == bytes([10, 99, 0, 12, bpfabi.TUNNEL_F_NODE, 0, 0, 0])
+    assert TunnelConfig.decode(TunnelConfig(7, 2).encode()) == TunnelConfig(7, 2)
 
 
 def test_sizes_are_the_c_struct_sizes():
     assert bpfabi.SIZES == {"lb_key": 8, "lb_frontend": 8, "lb_slot_key": 12, "lb_backend": 8,
-                            "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8}
+                            "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8,
+                            "tunnel_endpoint": 8, "tunnel_config": 8}

@@ -33,7 +33,7 @@ def loaded(bpffs):
 def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
     assert is_bpffs(bpffs)
     assert set(loaded.prog_fds) == {"from_container", "to_container", "from_netdev",
-                                    "to_netdev", "from_host"}
+                                    "to_netdev", "from_host", "from_overlay"}
     assert all(fd > 0 for fd in loaded.prog_fds.values())
     assert sorted(os.listdir(loaded.pin_dir)) == sorted(
         n for n in bpfabi.MAP_CAPACITY if n not in loader.ROOT_MAPS)
@@ -42,7 +42,8 @@ def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
 @pytest.mark.parametrize("name,key,value", [
     ("lb_frontends", "lb_key", "lb_frontend"), ("lb_slots", "lb_slot_key", "lb_backend"),
     ("ct4", "ct_key", "ct_entry"), ("node_cfg", None, "node_config"),
-    ("no_masq", "lpm_v4_key", None)])
+    ("no_masq", "lpm_v4_key", None), ("tunnel_map", "lpm_v4_key", "tunnel_endpoint"),
+    ("tunnel_cfg", None, "tunnel_config")])
 def test_compiled_layouts_match_the_python_abi(loaded, name, key, value):
     table = loaded.bpf[name.encode()]
     if key:

@@ -45,6 +45,15 @@ def test_metrics_expose_restarts_self_heals_attachments_maps_and_drops():
         assert expected in lines, expected
 
 
+def test_metrics_expose_the_tunnel_mode_in_effect_and_the_pending_one():
+    status = {**STATUS, "rebootRequired": True,
+              "modes": {"tunnelMode": "Disabled", "tunnelModePending": "VXLAN"}}
+    lines = set(render_metrics(status, {}).splitlines())
+    assert "cni_cilium_reboot_required 1" in lines
+    assert 'cni_cilium_tunnel_mode{mode="Disabled",state="in_effect"} 1' in lines
+    assert 'cni_cilium_tunnel_mode{mode="VXLAN",state="pending_reboot"} 1' in lines
+
+
 def _split(raw: bytes) -> tuple[str, dict, dict]:
     head, body = raw.split(b"\r\n\r\n", 1)
     status, *headers = head.decode().split("\r\n")

@@ -17,6 +17,8 @@ from cni_cilium.bpfabi import (
     Frontend,
     FrontendValue,
     NodeConfig,
+    TunnelConfig,
+    TunnelEndpoint,
     index_key,
     lpm_key,
     slot_key,
@@ -371,6 +373,24 @@ def test_routes_to_other_nodes_pod_cidrs_in_native_routing():
     assert run(settings=off).node_routes == {}
     vxlan = settings_from_mapping({"tunnelMode": "VXLAN", "bpfLBMode": "SNAT"})
     assert run(settings=vxlan).node_routes == {}
+
+
+def test_vxlan_maps_other_nodes_pod_cidrs_and_addresses_to_the_tunnel():
+    vxlan = settings_from_mapping({"tunnelMode": "VXLAN"})
+    tr = translate(DesiredState(vxlan, "node1", NODES, tunnel_ifindex=7))
+    assert tr.node_routes == {}
+    assert tr.tunnel_routes == {"10.100.2.0/24": "10.99.0.12"}
+    assert {k: TunnelEndpoint.decode(v) for k, v in tr.maps["tunnel_map"].items()} == {
+        lpm_key("10.100.2.0/24"): TunnelEndpoint("10.99.0.12"),
+        lpm_key("10.99.0.12/32"): TunnelEndpoint("10.99.0.12", node_address=True)}
+    assert TunnelConfig.decode(tr.maps["tunnel_cfg"][index_key(0)]) == TunnelConfig(7, 1)
+    assert tr.lb_mode == {"TCP": "SNAT", "UDP": "SNAT"}   # VXLAN forces SNAT
+
+
+def test_native_routing_leaves_the_tunnel_maps_empty_and_off():
+    tr = translate(DesiredState(SNAT, "node1", NODES, tunnel_ifindex=7))
+    assert tr.maps["tunnel_map"] == {} and tr.tunnel_routes == {}
+    assert TunnelConfig.decode(tr.maps["tunnel_cfg"][index_key(0)]) == TunnelConfig(0, 0)
 
 
 def test_overlapping_pod_cidr_gets_no_route_and_a_problem():

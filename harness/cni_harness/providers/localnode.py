@@ -32,7 +32,17 @@ from ..addressing import (
     NodePlan,
     plan_cluster,
 )
-from ..netns import add_netns, delete_netns, ip_batch, kill_and_wait, netns_pids, start_time, sysctl
+from ..netns import (
+    IP,
+    add_netns,
+    delete_netns,
+    ip_batch,
+    kill_and_wait,
+    netns_pids,
+    run,
+    start_time,
+    sysctl,
+)
 from ..nodeinit import OVERLAY_DIRS, REBOOT_EXIT
 from ..state import read_json, write_atomic
 
@@ -110,9 +120,11 @@ def build_fabric(plan: ClusterPlan) -> None:
                                  "link set br0 up", f"addr add {ROUTER_IP}/24 dev br0"])
 
 
-def _attach(plan: ClusterPlan, port: str, netns: str, bridged: bool = True) -> None:
-    """A veth from the fabric (`port`) to `netns` (`eth0`)."""
-    cmds = [f"link add {port} type veth peer name eth0 netns {netns}"]
+def _attach(plan: ClusterPlan, port: str, netns: str, bridged: bool = True,
+            mac: str | None = None) -> None:
+    """A veth from the fabric (`port`) to `netns` (`eth0`, with `mac` when given)."""
+    address = f" address {mac}" if mac else ""
+    cmds = [f"link add {port} type veth peer name eth0{address} netns {netns}"]
     if bridged:
         cmds.append(f"link set {port} master br0")
     cmds.append(f"link set {port} up")
@@ -140,12 +152,28 @@ def build_world(plan: ClusterPlan) -> None:
         f"route add default via {WORLD_ROUTER_IP}"])
 
 
+def uplink_mac(node_ip: str) -> str:
+    """A node's uplink MAC, the same at every boot as a VM's NIC: locally administered,
+    from its IP. A new random MAC per boot would leave the other nodes' neighbour entries
+    pointing at the old one until they time out (seconds of lost packets after a reboot)."""
+    return "02:00:" + ":".join(f"{int(octet):02x}" for octet in node_ip.split("."))
+
+
+def _remove_stale_port(plan: ClusterPlan, port: str) -> None:
+    """The kernel frees a deleted namespace (and the veth ends in it) asynchronously, later
+    under load or with tunnel devices inside: the fabric end of the previous boot's uplink
+    may still exist. Deleting it takes the whole pair, so the new one can be made."""
+    if run([IP, "-n", plan.fabric_netns, "link", "show", port], check=False).returncode == 0:
+        run([IP, "-n", plan.fabric_netns, "link", "del", port], check=False)
+
+
 def build_node_netns(plan: ClusterPlan, node: NodePlan) -> None:
     """A node's network namespace with its uplink eth0 on the fabric."""
     delete_netns(node.netns)
+    _remove_stale_port(plan, node.fabric_port)
     add_netns(node.netns)
     sysctl(node.netns, NO_IPV6)
-    _attach(plan, node.fabric_port, node.netns)
+    _attach(plan, node.fabric_port, node.netns, mac=uplink_mac(node.ip))
     ip_batch(node.netns, [
         "link set lo up", f"addr add {node.ip}/24 dev eth0", "link set eth0 up",
         f"route add default via {ROUTER_IP}"])

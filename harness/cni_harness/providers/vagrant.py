@@ -196,6 +196,15 @@ def site_roles(site_playbook: str = SITE_PLAYBOOK) -> list[str] | None:
     return roles
 
 
+# The roles that apply a tunnelMode change (a no-op on a first install: the mode the agent
+# first starts with after a boot is the configured one).
+TUNNEL_ROLE_STEPS = {
+    "tunnel_mode": "tunnel_mode: find the nodes whose agent reports a pending tunnelMode",
+    "reboot": "reboot: those nodes one at a time, each until its agent runs in the new mode "
+              "(none on a first install)",
+}
+
+
 def playbook_steps(entry: OsEntry, family: str, verdict_supported: bool,
                    site: list[str] | None) -> list[str]:
     """The deploy steps of an entry: preflight first, then the roles of site.yml in order,
@@ -215,6 +224,8 @@ def playbook_steps(entry: OsEntry, family: str, verdict_supported: bool,
         elif role == "install":
             steps.append(f"install: {', '.join(install_packages(family))}; the agent in "
                          "/opt/cni-cilium/venv, its systemd unit")
+        elif role in TUNNEL_ROLE_STEPS:
+            steps.append(TUNNEL_ROLE_STEPS[role])
         elif role != "preflight":
             steps.append(role)
     return steps

@@ -13,7 +13,8 @@ from typing import Mapping
 
 MAIN = "cni_cilium.c"
 ABI_HEADER = "lib/maps.h"
-PROGRAMS = ("from_container", "to_container", "from_netdev", "to_netdev", "from_host")
+PROGRAMS = ("from_container", "to_container", "from_netdev", "to_netdev", "from_host",
+            "from_overlay")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

@@ -130,10 +130,14 @@ def test_reboot_keeps_the_disk_changes_the_boot_id_and_brings_sshd_back(local_cl
 def test_reboot_from_inside_the_node(local_cluster):
     """`nodectl reboot` (the inventory's cni_reboot_command) reboots the node itself."""
     before = local_cluster.boot_id("node3")
+    mac = node_sh(local_cluster, "node3", "cat /sys/class/net/eth0/address")
     generation = local_cluster.generation("node3")
     local_cluster.exec("node3", ["/usr/local/sbin/nodectl", "reboot"])
     local_cluster.wait_booted("node3", generation, 60)
     assert local_cluster.boot_id("node3") != before
+    # The uplink keeps its MAC, like a VM's NIC: the other nodes' neighbour entries stay right.
+    assert node_sh(local_cluster, "node3", "cat /sys/class/net/eth0/address") == mac == \
+        "02:00:0a:63:00:0d"
     assert node_sh(local_cluster, "node3", "hostname") == "node3"
 
 
