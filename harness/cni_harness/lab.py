@@ -137,6 +137,16 @@ class Lab:
     def popen(self, where: Where, argv: Sequence[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.argv(where, argv), **kwargs)
 
+    def stream(self, where: Where, host: str, port: int, seconds: int, rate: int,
+               max_seconds: int) -> subprocess.Popen:
+        """A long-lived HTTP download from the peer server's /stream (`seconds` at `rate`
+        bytes/s) run by curl at `where`; its stdout ends as "CODE BYTES REMOTE_IP"."""
+        url = f"http://{host}:{port}/stream?seconds={seconds}&rate={rate}"
+        return self.popen(where, ["curl", "-sS", "-o", "/dev/null", "-w",
+                                  "%{http_code} %{size_download} %{remote_ip}",
+                                  "-m", str(max_seconds), url],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
               timeout: float = 2.0, size: int | None = None, sport: int | None = None
               ) -> list[dict]:

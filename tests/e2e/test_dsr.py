@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import time
 
 import pytest
@@ -288,11 +287,8 @@ def test_long_lived_dsr_connection_survives_kill_9_of_both_agents(bed, record_pr
     # Long enough that the agents are back (6-10 s measured on a loaded 2-core host: bcc
     # compiles at start) and the conntrack entries are read while the stream still runs.
     lab, seconds, rate = bed.lab, 30, 250_000
-    url = (f"http://{bed.ips[RECEIVING]}:{bed.node_port('dsr-web', 'http')}/stream"
-           f"?seconds={seconds}&rate={rate}")
-    stream = lab.popen(CLIENT, ["curl", "-sS", "-o", "/dev/null", "-w",
-                                "%{http_code} %{size_download} %{remote_ip}", "-m", "90", url],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream = lab.stream(CLIENT, bed.ips[RECEIVING], bed.node_port("dsr-web", "http"),
+                        seconds, rate, max_seconds=90)
     time.sleep(1.5)
     pids = {n: lab.agent(n, "status")["pid"] for n in (RECEIVING, BACKEND)}
     for name, pid in pids.items():
