@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .timescale import scaled
+
 TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
@@ -122,7 +124,7 @@ class Lab:
     def run(self, where: Where, argv: Sequence[str], timeout: float = 120, check: bool = False,
             input: str | None = None) -> subprocess.CompletedProcess:
         res = subprocess.run(self.argv(where, argv), capture_output=True, text=True,
-                             timeout=timeout, check=False, input=input)
+                             timeout=scaled(timeout), check=False, input=input)
         if check and res.returncode != 0:
             raise LabError(f"{where}: {' '.join(argv)}: exit {res.returncode}: "
                            f"{(res.stderr or res.stdout).strip()[-400:]}")
@@ -149,7 +151,9 @@ class Lab:
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
                  interval: float = 0.2) -> Any:
-        """Poll until predicate() is truthy; returns its value, raises LabError on timeout."""
+        """Poll until predicate() is truthy; returns its value, raises LabError on timeout.
+        `timeout` is for native speed: stretched by the time scale (emulated guests)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         last_error = ""
         while True:

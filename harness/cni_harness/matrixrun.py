@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import PROJECT_ROOT
 from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
@@ -267,11 +267,22 @@ def _headers() -> list[str]:
     return list(host_headers())
 
 
+def entry_time_scale(accel: str, environ: Mapping[str, str] | None = None) -> float:
+    """The waits' stretch factor for an entry job: the user's CNI_HARNESS_TIME_SCALE when
+    set, else TCG_SCALE for an emulated (TCG) guest, else 1."""
+    from .timescale import ENV, TCG_SCALE, time_scale
+
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV, "").strip():
+        return time_scale(environ)
+    return TCG_SCALE if accel == "tcg" else 1.0
+
+
 def _write_spec(entry: Entry, plan: RunPlan, entry_dir: str, *, guest: bool, accel: str
                 ) -> str:
     spec = JobSpec(entry=entry.name, out=entry_dir, suites=list(plan.suites),
                    profiles=plan.profiles, k=plan.k, guest=guest, accel=accel,
-                   headers=_headers())
+                   headers=_headers(), time_scale=entry_time_scale(accel))
     path = os.path.join(entry_dir, "job-spec.json")
     spec.save(path)
     return path

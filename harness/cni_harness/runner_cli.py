@@ -111,11 +111,21 @@ def _load(args: argparse.Namespace):
     return None
 
 
+def _check_time_scale() -> None:
+    from .timescale import time_scale
+
+    try:
+        time_scale()
+    except ValueError as exc:
+        raise MatrixUsageError(str(exc)) from None
+
+
 def cmd_matrix_run(args: argparse.Namespace) -> int:
     matrix = _load(args)
     if matrix is None:
         return EXIT_USAGE
     try:
+        _check_time_scale()
         suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
             known_suites()
         target = target_for(args.provider)
@@ -139,6 +149,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     if matrix is None:
         return EXIT_USAGE
     try:
+        _check_time_scale()
         suites = parse_suite_list(args.suite, known_suites())
         if len(suites) != 1:
             raise SuiteUsageError("repro runs one suite; give one --suite")

@@ -36,6 +36,7 @@ from cni_harness.lab import (
     node,
     pod,
 )
+from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -454,7 +455,7 @@ def test_established_nodeport_stream_survives_agent_kill_and_restart(cluster, re
     assert out == f"200 {seconds * rate}"
     assert "error" not in during[0]           # the datapath kept serving while down
     assert after["restarts"] == before["restarts"] + 1
-    assert new_conn_s < 1.0
+    assert new_conn_s < scaled(1.0)           # 1 s at native speed (emulated guests: more)
 
 
 def test_removed_uplink_filter_is_restored_within_2s(cluster, record_property):
@@ -472,7 +473,7 @@ def test_removed_uplink_filter_is_restored_within_2s(cluster, record_property):
     evidence(record_property, restored_seconds=round(restored_s, 3),
              self_heals=[before, status["selfHeals"]], last=status["lastSelfHeal"],
              log=log.stdout.strip().splitlines()[-1:], metric=metric)
-    assert restored_s < 2.0
+    assert restored_s < scaled(2.0)           # 2 s at native speed (emulated guests: more)
     assert status["selfHeals"] == before + 1 and metric == status["selfHeals"]
     assert status["lastSelfHeal"]["device"] == "eth0"
     assert status["lastSelfHeal"]["direction"] == "ingress"
