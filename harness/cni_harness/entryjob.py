@@ -31,7 +31,7 @@ import yaml
 ENTRY_ENV = "CNI_HARNESS_MATRIX_ENTRY"
 # Everything an entry job (and the host around it) writes in the entry's directory.
 OUTPUTS = ("job.log", "guest.json", "preflight", "suites", "job.json", "job-error.txt", "rc",
-           "job-spec.json", "console.log", "guest-shell.sh")
+           "job-spec.json", "console.log", "guest-shell.sh", "deploy.json")
 
 
 def clear_outputs(out: str) -> None:
