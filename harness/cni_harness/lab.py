@@ -52,7 +52,7 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(config_text)
     try:
-        result = run_playbook(provider, config=fh.name)
+        result = run_playbook(provider, config=fh.name, progress=progress)
     finally:
         os.unlink(fh.name)
     if result.rc != 0:
@@ -83,6 +83,19 @@ def pod(name: str) -> Where:
 
 def node(name: str) -> Where:
     return Where("node", name)
+
+
+def progress_log(path: str | None) -> Callable[[str], None]:
+    """A progress callback appending timestamped lines to `path` (flushed each line, so a
+    host following a guest's results directory sees them live); a no-op without a path."""
+    if not path:
+        return lambda _m: None
+    started = time.monotonic()
+
+    def emit(message: str) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"[{time.monotonic() - started:7.1f}s] {message}\n")
+    return emit
 
 
 class Lab:

@@ -35,6 +35,7 @@ from cni_harness.lab import (
     deployed_lab,
     node,
     pod,
+    progress_log,
 )
 from cni_harness.timescale import scaled
 
@@ -121,8 +122,10 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
 
+    results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
+    progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
     try:
-        lab, created = deployed_lab(CLUSTER, CONFIG)
+        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
     except LabUnavailable as exc:
         pytest.skip(str(exc))
     for rec in lab.pods.list():          # a reused cluster: start from our own pods only
@@ -158,6 +161,7 @@ def cluster():
                         ("iperf", 1)):
         lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
     lab.wait_programmed("default/solo-local")
+    progress("pods and services ready")
     world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
                               "--port", "8080"], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
