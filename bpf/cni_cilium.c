@@ -4,7 +4,8 @@
  *                   service translation of the pod's own connections
  *   to_container    lxc* egress (packets to a pod): reverse NAT of replies to the pod
  *   from_netdev     uplink ingress: reverse SNAT/masquerade, reverse NAT, NodePort and
- *                   LoadBalancer translation (SNAT to remote backends)
+ *                   LoadBalancer translation (SNAT or DSR to remote backends), DSR option
+ *                   of packets for this node's pods
  *   to_netdev       uplink egress: masquerade of pod -> world traffic
  *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
  */
@@ -13,6 +14,7 @@
 #include "lib/nat.h"
 #include "lib/lb.h"
 #include "lib/fib.h"
+#include "lib/dsr.h"
 
 #define FROM_POD 0
 #define FROM_NETDEV 1
@@ -37,6 +39,8 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 		reply_flags |= CT_F_REDIRECT;
 	if (origin == FROM_HOST)
 		reply_flags |= CT_F_HOST;
+	if (origin == FROM_NETDEV && fe->lb_mode == LB_MODE_DSR)
+		reply_flags |= CT_F_DSR;
 	reason = lb_connection(p, &key, fe, reply_flags, skb->len, &backend);
 	if (reason) {
 		stat_inc(reason);
@@ -50,9 +54,11 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 			return TC_ACT_SHOT;
 		return fib_redirect(skb, p);
 	}
+	if (origin == FROM_NETDEV && (backend.flags & BE_DSR))
+		return dsr_forward(skb, p, &key);
 	if (origin == FROM_NETDEV && !(backend.flags & BE_LOCAL)) {
 		/* SNAT mode: the remote backend answers to this node, which reverses both
-		 * translations (direct server return is chosen per frontend by lb_mode). */
+		 * translations. */
 		cfg = node_config();
 		if (!cfg || snat_apply(skb, p, cfg->node_ip, cfg, STAT_SNAT_NEW, STAT_SNAT) < 0)
 			return TC_ACT_SHOT;
@@ -104,6 +110,8 @@ int from_netdev(struct __sk_buff *skb)
 	cfg = node_config();
 	if (!cfg)
 		return TC_ACT_OK;
+	if (dsr_receive(skb, &p, cfg) < 0)
+		return TC_ACT_SHOT;
 	nat = snat_reverse(skb, &p, cfg);
 	if (nat < 0)
 		return TC_ACT_SHOT;

@@ -54,7 +54,8 @@ static __always_inline int lb_connection(const struct pkt *p, const struct lb_ke
 	if (e && !ct_is_reopen(p, e)) {
 		backend->addr = e->nat_addr;
 		backend->port = e->nat_port;
-		backend->flags = e->flags & CT_F_LOCAL_BACKEND ? BE_LOCAL : 0;
+		backend->flags = (e->flags & CT_F_LOCAL_BACKEND ? BE_LOCAL : 0) |
+				 (e->flags & CT_F_DSR ? BE_DSR : 0);
 		ct_touch(e, p, len);
 		stat_inc(STAT_SVC_ESTABLISHED);
 		return 0;
@@ -62,9 +63,17 @@ static __always_inline int lb_connection(const struct pkt *p, const struct lb_ke
 	reason = lb_select(key, fe, backend);
 	if (reason)
 		return reason;
+	/* reply_flags asks for DSR (CT_F_DSR); only a remote backend can answer that way, and
+	 * then the reply entry lives on the backend's node, not here. */
 	ct_entry_init(&fresh, p, backend->addr, backend->port,
-		      backend->flags & BE_LOCAL ? CT_F_LOCAL_BACKEND : 0, len);
+		      backend->flags & BE_LOCAL ? CT_F_LOCAL_BACKEND : reply_flags & CT_F_DSR, len);
 	ct4.update(&svc, &fresh);
+	if (fresh.flags & CT_F_DSR) {
+		backend->flags |= BE_DSR;
+		stat_inc(STAT_SVC_NEW);
+		return 0;
+	}
+	reply_flags &= ~CT_F_DSR;
 	if (lb_is_hairpin(p, backend)) {
 		reply_to = htonl(HAIRPIN_ADDR);
 		reply_flags |= CT_F_HAIRPIN | CT_F_REDIRECT;

@@ -47,6 +47,7 @@ struct lb_slot_key {
 };
 
 #define BE_LOCAL 0x01      /* the backend runs on this node */
+#define BE_DSR 0x02        /* never in lb_slots: the connection's backend answers by DSR */
 
 struct lb_backend {
 	__be32 addr;
@@ -72,6 +73,8 @@ struct ct_key {
 };
 
 #define CT_F_REDIRECT 0x01 /* reverse-translated packets leave through a FIB redirect */
+#define CT_F_DSR 0x02      /* SERVICE: the remote backend answers the client directly;
+			    * REPLY: recorded from a DSR option (see lib/dsr.h) */
 #define CT_F_CLOSING 0x04  /* TCP FIN or RST seen */
 #define CT_F_HOST 0x08     /* opened by the node itself */
 #define CT_F_REPLIED 0x20  /* a packet was seen in the reply direction */
@@ -127,7 +130,11 @@ enum stat_id {
 	STAT_DROP_FIB = 12,
 	STAT_DROP_REWRITE = 13,
 	STAT_DROP_NOT_SERVICE = 14,
-	STAT_MAX = 15,
+	STAT_DSR_OPT_ADDED = 15,
+	STAT_DSR_OPT_RECEIVED = 16,
+	STAT_DROP_DSR_TOO_BIG = 17,
+	STAT_DROP_DSR_OPTION = 18,
+	STAT_MAX = 19,
 };
 
 BPF_TABLE_PINNED("hash", struct lb_key, struct lb_frontend, lb_frontends, 65536,

@@ -5,8 +5,8 @@
   private bpffs; then one endpoint change applied as a diff. Entry counts read back from
   the maps must match what was asked, so a broken writer cannot print a good figure.
 * Traffic (with a running cluster): TCP throughput (iperf3) and request rate (new
-  connection per request) pod->pod direct, pod->ClusterIP and client->NodePort, to the same
-  remote backend pod, with ratios to direct measured in the same run.
+  connection per request) pod->pod direct, pod->ClusterIP and client->NodePort (SNAT, then
+  DSR), to the same remote backend pod, with ratios to direct measured in the same run.
 """
 
 from __future__ import annotations
@@ -172,7 +172,9 @@ def _median(values: Sequence[float]) -> float:
 
 def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
                       progress: Callable[[str], None] = print) -> dict:
-    """Throughput and request rate on three paths to one backend pod on node2."""
+    """Throughput and request rate to one backend pod on node2: pod to pod, through a
+    ClusterIP, and from the external client through node1's NodePort in SNAT and then, with
+    the agents switched to DSR, by direct server return."""
     from .lab import CLIENT, PEER_PORT, pod
 
     progress("starting benchmark pods and services ...")
@@ -200,25 +202,35 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
             "pod->pod direct": (pod("bench-cli"), (iperf.ip, IPERF_PORT), (http.ip, PEER_PORT)),
             "pod->ClusterIP": (pod("bench-cli"), (svc_iperf["spec"]["clusterIP"], IPERF_PORT),
                                (svc_http["spec"]["clusterIP"], 80)),
-            "client->NodePort": (CLIENT, (node1, svc_iperf["spec"]["ports"][0]["nodePort"]),
+            "client->NodePort (SNAT)": (CLIENT, (node1, svc_iperf["spec"]["ports"][0]["nodePort"]),
                                  (node1, svc_http["spec"]["ports"][0]["nodePort"])),
         }
         samples: dict[str, dict[str, list[float]]] = {
             p: {"gbps": [], "rps": []} for p in paths}
         lab.wait_for("iperf3 server", lambda: lab.run(pod("bench-iperf"), [
             "ss", "-ltn", f"sport = :{IPERF_PORT}"]).stdout.count("LISTEN"), timeout=10)
+
+        def measure(label: str, where, ihost: str, iport: int, hhost: str, hport: int) -> None:
+            res = lab.run(where, ["iperf3", "-c", ihost, "-p", str(iport), "-t",
+                                  str(seconds), "-J"], timeout=seconds + 30, check=True)
+            bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
+            samples.setdefault(label, {"gbps": [], "rps": []})["gbps"].append(bps / 1e9)
+            res = lab.run(where, ["python3", lab.tool(where, "probe.py"), "rate", hhost,
+                                  str(hport), "--seconds", str(seconds)],
+                          timeout=seconds + 30, check=True)
+            samples[label]["rps"].append(json.loads(res.stdout)["rate"])
+
         for r in range(rounds):
             for label, (where, (ihost, iport), (hhost, hport)) in paths.items():
                 progress(f"round {r + 1}/{rounds}: {label}")
-                res = lab.run(where, ["iperf3", "-c", ihost, "-p", str(iport), "-t",
-                                      str(seconds), "-J"], timeout=seconds + 30, check=True)
-                bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
-                samples[label]["gbps"].append(bps / 1e9)
-                res = lab.run(where, ["python3", lab.tool(where, "probe.py"), "rate", hhost,
-                                      str(hport), "--seconds", str(seconds)],
-                              timeout=seconds + 30, check=True)
-                samples[label]["rps"].append(json.loads(res.stdout)["rate"])
+                measure(label, where, ihost, iport, hhost, hport)
+        lab.set_module_config("bpfLBMode: DSR\n", {"TCP": "DSR", "UDP": "DSR"})
+        where, (ihost, iport), (hhost, hport) = paths["client->NodePort (SNAT)"]
+        for r in range(rounds):
+            progress(f"round {r + 1}/{rounds}: client->NodePort (DSR)")
+            measure("client->NodePort (DSR)", where, ihost, iport, hhost, hport)
     finally:
+        lab.set_module_config(TRAFFIC_CONFIG)
         lab.delete(docs)
         for name in ("bench-iperf", "bench-http", "bench-cli"):
             lab.pods.delete(name)
@@ -231,9 +243,9 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
 
 def format_traffic_results(results: dict, seconds: float, rounds: int) -> str:
     lines = [f"TCP, one backend pod on node2; median of {rounds} rounds of {seconds:g} s each",
-             f"{'path':18} {'throughput':>12} {'ratio':>6} {'requests/s':>11} {'ratio':>6}"]
+             f"{'path':24} {'throughput':>12} {'ratio':>6} {'requests/s':>11} {'ratio':>6}"]
     for label, r in results.items():
-        lines.append(f"{label:18} {r['gbps']:>8.2f} Gb/s {r['gbps_ratio']:>6.2f} "
+        lines.append(f"{label:24} {r['gbps']:>8.2f} Gb/s {r['gbps_ratio']:>6.2f} "
                      f"{r['rps']:>11.0f} {r['rps_ratio']:>6.2f}")
     return "\n".join(lines)
 

@@ -70,6 +70,8 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     provider = provider_for(args)
     provider.up()
+    if args.source_guard is not None:
+        provider.set_source_guard(args.source_guard)
     if args.config:
         from .deploy import record_config
         record_config(provider.state_dir, args.config)
@@ -99,6 +101,10 @@ def _print_status(status: dict) -> None:
             else ""
         print(f"  {node['name']:8} {node['ip']:12} pods {node['podCIDR']:15} "
               f"{node['state']}{role}")
+    guard = status.get("sourceGuard") or {}
+    if guard.get("enabled"):
+        drops = ", ".join(f"{n} {c}" for n, c in sorted(guard["drops"].items()))
+        print(f"  source guard: on (packets dropped per node port: {drops})")
 
 
 @guarded
@@ -413,6 +419,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help=f"number of nodes (default {DEFAULT_NODES}; node1 is the control plane)")
     up.add_argument("--config", metavar="MODULECONFIG",
                     help="ModuleConfig to deploy later with `cni-harness deploy` (validated now)")
+    up.add_argument("--source-guard", action=argparse.BooleanOptionalAction, default=None,
+                    help="the fabric accepts from each node only that node's own addresses "
+                         "(its IP and pod CIDR), like uRPF/source guard on real switches; "
+                         "DSR with externalTrafficPolicy Cluster then fails, as documented. "
+                         "--no-source-guard turns it off on a running cluster")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=cmd_cluster_up)
     down = csub.add_parser("down", help="remove everything a cluster made (also after a crash)")

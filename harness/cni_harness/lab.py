@@ -21,6 +21,7 @@ TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
+MODULE_CONFIG = "/etc/cni-cilium/config.yaml"   # docs/architecture.md, files on a node
 PEER_PORT = 8080
 
 
@@ -75,6 +76,7 @@ class Where:
 
 CLIENT = Where("client")
 WORLD = Where("world")
+FABRIC = Where("fabric")    # the node network's bridge/router namespace
 
 
 def pod(name: str) -> Where:
@@ -131,7 +133,8 @@ class Lab:
             return self.provider.exec_command(node_name, inner)
         if where.kind == "node":
             return self.provider.exec_command(where.name, list(argv))
-        netns = {"client": self.plan.client_netns, "world": self.plan.world_netns}[where.kind]
+        netns = {"client": self.plan.client_netns, "world": self.plan.world_netns,
+                 "fabric": self.plan.fabric_netns}[where.kind]
         return ["ip", "netns", "exec", netns, *argv]
 
     def run(self, where: Where, argv: Sequence[str], timeout: float = 120, check: bool = False,
@@ -147,12 +150,23 @@ class Lab:
         return subprocess.Popen(self.argv(where, argv), **kwargs)
 
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
-              timeout: float = 2.0) -> list[dict]:
-        """`count` tries from `where`: each the peer server's answer or {"error": ...}."""
+              timeout: float = 2.0, size: int | None = None, sport: int | None = None
+              ) -> list[dict]:
+        """`count` tries from `where`: each the peer server's answer or {"error": ...}
+        (`size`: UDP payload bytes; `sport`: source port of the first try, counting up)."""
+        extra = ["--size", str(size)] if size is not None else []
+        extra += ["--sport", str(sport)] if sport else []
         res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
-                               str(port), "--count", str(count), "--timeout", str(timeout)],
-                       timeout=30 + count * (timeout + 1), check=True)
+                               str(port), "--count", str(count), "--timeout", str(timeout),
+                               *extra], timeout=30 + count * (timeout + 1), check=True)
         return json.loads(res.stdout)
+
+    def capture(self, where: Where, bpf_filter: str = "", label: str | None = None):
+        """A packet capture on every interface at `where` (not started yet)."""
+        from .evidence import Capture
+
+        return Capture(label or where.name or where.kind,
+                       lambda argv: self.run(where, argv, timeout=60), bpf_filter)
 
     # ------------------------------------------------------------ the agent on a node
 
@@ -161,6 +175,16 @@ class Lab:
         res = self.run(node(node_name), [AGENT_CLI, *args, "--json"], timeout=timeout,
                        check=True)
         return json.loads(res.stdout)
+
+    def metric(self, node_name: str, sample: str) -> float:
+        """One sample of a node agent's Prometheus metrics (0 when absent)."""
+        res = self.run(node(node_name), [
+            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
+            "http://agent/metrics"], check=True)
+        for line in res.stdout.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[-1])
+        return 0.0
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
                  interval: float = 0.2) -> Any:
@@ -179,6 +203,23 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"timed out after {timeout} s waiting for {what}{last_error}")
             time.sleep(interval)
+
+    def set_module_config(self, text: str, lb_modes: dict[str, str] | None = None,
+                          timeout: float = 20) -> None:
+        """Write the module config every node's agent reads (the file `deploy --config`
+        writes) and wait until each agent runs it (its status shows `lb_modes`, e.g.
+        {"TCP": "DSR", "UDP": "SNAT"}, when given)."""
+        for info in self.provider.nodes():
+            self.provider.put_file(info.name, MODULE_CONFIG, text.encode())
+        if lb_modes is None:
+            return
+        for info in self.provider.nodes():
+            self.wait_for(f"LB modes {lb_modes} on {info.name}", lambda n=info.name: self.agent(
+                n, "status")["modes"]["lbMode"] == lb_modes, timeout)
+
+    def module_config(self, node_name: str) -> str:
+        """The module config file on a node, as the agent reads it."""
+        return self.run(node(node_name), ["cat", MODULE_CONFIG], check=True).stdout
 
     def wait_programmed(self, service: str, count_by_type: dict[str, int] | None = None,
                         nodes: Sequence[str] | None = None, timeout: float = 20) -> None:

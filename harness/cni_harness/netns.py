@@ -48,6 +48,14 @@ def ip_batch(netns: str, commands: Iterable[str]) -> None:
     run([IP, "-n", netns, "-batch", "-"], input=text)
 
 
+def nft(netns: str, script: str | None = None, *args: str) -> subprocess.CompletedProcess:
+    """nftables inside a namespace: `script` through `nft -f -`, else `nft ARGS`."""
+    base = ["nsenter", f"--net=/run/netns/{netns}", "nft"]
+    if script is not None:
+        return run([*base, "-f", "-"], input=script)
+    return run([*base, *args])
+
+
 def sysctl(netns: str, values: dict[str, str]) -> None:
     """Set network sysctls of a namespace (they are per namespace)."""
     args = [f"{k}={v}" for k, v in values.items()]

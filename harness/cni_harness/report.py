@@ -252,6 +252,31 @@ def _evidence_json(case: Case) -> str:
     return json.dumps(items[0] if len(items) == 1 else items, indent=2, sort_keys=True)
 
 
+def _count_tables(value: Any, path: str = "") -> list[tuple[str, dict[str, dict[str, int]]]]:
+    """Evidence values shaped {row: {column: count}} (such as `packetsPerInterface`), with
+    where they sit, so reports can show them as tables rather than only as JSON."""
+    if not isinstance(value, dict) or not value:
+        return []
+    if all(isinstance(row, dict) and row and
+           all(isinstance(n, int) and not isinstance(n, bool) for n in row.values())
+           for row in value.values()):
+        return [(path, value)]
+    found = []
+    for key, inner in value.items():
+        found += _count_tables(inner, f"{path} {key}".strip())
+    return found
+
+
+def _count_table_markdown(name: str, rows: dict[str, dict[str, int]]) -> list[str]:
+    columns = sorted({column for row in rows.values() for column in row})
+    lines = [f"| {_md(name)} | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for label, row in rows.items():
+        lines.append(f"| {_md(label)} | " + " | ".join(str(row.get(c, 0)) for c in columns)
+                     + " |")
+    return [*lines, ""]
+
+
 def render_run_markdown(suites: Sequence[SuiteResult], title: str = "cni-harness run",
                         facts: dict[str, str] | None = None) -> str:
     """The report of `cni-harness run`: a suite table, then each suite's cases."""
@@ -283,7 +308,11 @@ def render_run_markdown(suites: Sequence[SuiteResult], title: str = "cni-harness
         if with_evidence:
             lines += ["", "### Evidence", ""]
             for case in with_evidence:
-                lines += [f"#### {case.title}", "", "```json", _evidence_json(case), "```", ""]
+                lines += [f"#### {case.title}", ""]
+                for item in case.evidence():
+                    for name, rows in _count_tables(item):
+                        lines += _count_table_markdown(name, rows)
+                lines += ["```json", _evidence_json(case), "```", ""]
         failed = [c for c in suite.cases if c.status == FAIL and c.details]
         if failed:
             lines += ["", "### Failures", ""]

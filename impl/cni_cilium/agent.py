@@ -36,6 +36,7 @@ from .bpfabi import (
     index_key,
 )
 from .config import ConfigError, Settings, load_settings_file, replace
+from .ctgc import live_backends, stale_service_keys
 from .datapath import loader, routes, tc
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
@@ -210,6 +211,8 @@ class Agent:
         self._api = None
         self._hc = None
         self._reported: set[str] = set()
+        self._live_backends: frozenset | None = None   # None: not checked since start
+        self.stale_ct_removed = 0
         self._attached_by_me: set[tuple[str, str]] = set()
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
@@ -309,6 +312,7 @@ class Agent:
             ops = diff_maps(self.programmed, translation.maps)
             self._write_ops(ops)
             self._sync_routes(translation)
+            self._forget_gone_backends(translation)
             self._hc.update(translation.node.internal_ip, translation.health_checks)
         self._sync_endpoints()
         with self.lock:
@@ -321,6 +325,22 @@ class Agent:
             log.info("reconcile: %d map writes in %.3f s (%d services, %d frontends)",
                      len(ops), time.monotonic() - started, translation.services,
                      len(translation.frontends))
+
+    def _forget_gone_backends(self, translation: Translation) -> None:
+        """Remove conntrack entries that pin connections to backends no longer behind any
+        frontend (see `ctgc`): at start, and whenever a backend goes away."""
+        live = live_backends(translation.frontends)
+        if self._live_backends is not None and live >= self._live_backends:
+            self._live_backends = live
+            return
+        ct = self._maps["ct4"]
+        stale = stale_service_keys(ct.items(), live)
+        removed = sum(1 for key in stale if ct.delete(key))
+        self._live_backends = live
+        if removed:
+            self.stale_ct_removed += removed
+            log.info("conntrack: removed %d connections to backends that are gone; their next "
+                     "packets choose a live backend", removed)
 
     def _report_changes(self, problems: list[str], warnings: list[str]) -> None:
         """Log each problem and warning once, when it appears."""
@@ -528,6 +548,7 @@ class Agent:
                 "uptimeSeconds": round(time.time() - self.started, 1),
                 "restarts": self.restarts,
                 "selfHeals": self._state_get(STATE_SELF_HEALS),
+                "staleConntrackRemoved": self.stale_ct_removed,
                 "selfHealsThisRun": self.self_heals_run,
                 "lastSelfHeal": self.last_self_heal,
                 "rebootRequired": self.reboot_required,

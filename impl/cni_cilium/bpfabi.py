@@ -19,7 +19,7 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 15,
+    "stats": 19,
     "agent_state": 8,
 }
 
@@ -34,11 +34,13 @@ LB_ALGORITHMS = {"random": 0, "maglev": 1, "least-conn": 2}
 LB_MODES = {"SNAT": 0, "DSR": 1}
 
 BE_LOCAL = 0x01
+BE_DSR = 0x02       # never stored: the datapath's mark of a DSR connection's backend
 
 CT_SERVICE, CT_REPLY, CT_NAT_OUT, CT_NAT_IN = 1, 2, 3, 4
 CT_KINDS = {CT_SERVICE: "service", CT_REPLY: "reply", CT_NAT_OUT: "nat-out", CT_NAT_IN: "nat-in"}
 
 CT_F_REDIRECT = 0x01
+CT_F_DSR = 0x02
 CT_F_CLOSING = 0x04
 CT_F_HOST = 0x08
 CT_F_REPLIED = 0x20
@@ -46,6 +48,7 @@ CT_F_LOCAL_BACKEND = 0x40
 CT_F_HAIRPIN = 0x80
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
+    CT_F_DSR: "dsr",
     CT_F_CLOSING: "closing",
     CT_F_HOST: "host",
     CT_F_REPLIED: "replied",
@@ -59,7 +62,8 @@ CFG_F_MASQUERADE = 0x01
 STAT_NAMES = (
     "svc_new", "svc_established", "rev_dnat", "snat_new", "snat", "rev_snat", "masq_new",
     "masq", "fib_redirect", "drop_no_backend", "drop_no_slot", "drop_nat_exhausted",
-    "drop_fib", "drop_rewrite", "drop_not_service",
+    "drop_fib", "drop_rewrite", "drop_not_service", "dsr_opt_added", "dsr_opt_received",
+    "drop_dsr_too_big", "drop_dsr_option",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.

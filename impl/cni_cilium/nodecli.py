@@ -83,13 +83,20 @@ def print_status(doc: dict) -> None:
 
 def print_services(doc: dict) -> None:
     print(f"{'FRONTEND':24} {'TYPE':12} {'SERVICE':24} {'ALGORITHM':10} {'LB MODE':8} BACKENDS")
+    fallbacks: dict[str, str] = {}
     for fe in doc["frontends"]:
         backends = ", ".join(
             f"{b['address']}:{b['port']} ({b['state']}{', local' if b['local'] else ''})"
             for b in fe["backends"]) or "(none)"
         etp = " [Local]" if fe["externalTrafficPolicy"] == "Local" else ""
+        fallback = fe.get("lbModeFallback")
+        mode = fe["lbMode"] + ("*" if fallback else "")
+        if fallback:
+            fallbacks.setdefault(fe["service"], fallback)
         print(f"{fe['frontend']:24} {fe['type']:12} {fe['service'] + etp:24} "
-              f"{fe['algorithm']:10} {fe['lbMode']:8} {backends}")
+              f"{fe['algorithm']:10} {mode:8} {backends}")
+    for service, reason in sorted(fallbacks.items()):
+        print(f"* {service}: SNAT instead of DSR: {reason}")
 
 
 def ct_rows(items, now: float) -> list[dict]:

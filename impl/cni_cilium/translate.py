@@ -43,7 +43,9 @@ MAX_BACKENDS = 65535
 
 # What this datapath implements; anything else asked for falls back with a warning.
 IMPLEMENTED_ALGORITHMS = ("random",)
-IMPLEMENTED_LB_MODES = ("SNAT",)
+# Why a service asked to use DSR is served by SNAT instead (status, `service list`, log).
+HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer by DSR "
+                         "(cilium#10789)")
 
 MANAGED_MAPS = ("node_cfg", "no_masq", "lb_slots", "lb_frontends")
 ARRAY_MAPS = ("node_cfg",)
@@ -94,6 +96,7 @@ class FrontendView:
     algorithm: str
     lb_mode: str            # "-" for ClusterIP
     traffic_policy: str
+    lb_mode_fallback: str = ""   # why DSR was asked for but SNAT is used
 
     def to_dict(self) -> dict:
         return {
@@ -103,6 +106,7 @@ class FrontendView:
             "backends": [b.to_dict() for b in self.backends],
             "selected": [f"{b.addr}:{b.port}" for b in self.selected],
             "algorithm": self.algorithm, "lbMode": self.lb_mode,
+            "lbModeFallback": self.lb_mode_fallback or None,
             "externalTrafficPolicy": self.traffic_policy,
         }
 
@@ -223,12 +227,6 @@ def _algorithm(svc: Service, settings: Settings, warnings: list[str]) -> str:
     return asked
 
 
-def effective_lb_mode(settings: Settings, protocol: str) -> str:
-    """The NodePort/LoadBalancer mode the datapath runs for a protocol."""
-    asked = settings.lb_mode_for(protocol)
-    return asked if asked in IMPLEMENTED_LB_MODES else "SNAT"
-
-
 def _frontends_of(svc: Service, sp: ServicePort, node: Node
                   ) -> list[tuple[str, Frontend, int, str]]:
     """(type, frontend, flags, field path) for each address a service port answers on."""
@@ -268,14 +266,8 @@ def translate(state: DesiredState) -> Translation:
         return Translation(None, {name: {} for name in MANAGED_MAPS}, problems=[
             f"Node {state.node_name}: not found in the manifests; waiting for it"])
     out = Translation(node, {name: {} for name in MANAGED_MAPS})
-    out.lb_mode = {p: effective_lb_mode(settings, p) for p in ("TCP", "UDP")}
-    for proto in ("TCP", "UDP"):
-        asked = settings.lb_mode_for(proto)
-        if asked != out.lb_mode[proto]:
-            out.warnings.append(
-                f"bpfLBMode {settings.bpfLBMode} asks for {asked} on {proto}; {asked} is not "
-                f"implemented by this datapath yet, {proto} NodePort/LoadBalancer use "
-                f"{out.lb_mode[proto]}")
+    # VXLAN in effect makes every protocol SNAT (settings.lb_mode_for knows).
+    out.lb_mode = {p: settings.lb_mode_for(p) for p in ("TCP", "UDP")}
 
     maps = out.maps
     maps["node_cfg"][index_key(0)] = NodeConfig(
@@ -300,9 +292,10 @@ def translate(state: DesiredState) -> Translation:
         previous = state.previous_owners.get(fe)
         owner[fe] = previous if previous in claimants else claimants[0]
     hc_owner: dict[int, str] = {}
+    node_ips = frozenset(n.internal_ip for n in nodes)
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
-                           owner, hc_owner, out)
+                           owner, hc_owner, node_ips, out)
     return out
 
 
@@ -330,16 +323,34 @@ def _node_routes(state: DesiredState, nodes: list[Node], node: Node, out: Transl
         out.node_routes[other.pod_cidr] = other.internal_ip
 
 
+def _host_network_fallback(svc: Service, backends: Mapping[ServicePort, tuple],
+                           node_ips: frozenset[str], out: Translation) -> str:
+    """The reason this service's DSR frontends must use SNAT, or "" when DSR works."""
+    if svc.type == "ClusterIP" or "DSR" not in {out.lb_mode[sp.protocol] for sp in svc.ports}:
+        return ""
+    host = sorted({b.addr for views in backends.values() for b in views if b.addr in node_ips},
+                  key=ip_bytes)
+    if not host:
+        return ""
+    out.warnings.append(f"Service {_svc_id(svc)}: endpoints {', '.join(host)} are "
+                        f"host-network: {HOST_NETWORK_FALLBACK}; its NodePort/LoadBalancer "
+                        "frontends use SNAT")
+    return HOST_NETWORK_FALLBACK
+
+
 def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
                        settings: Settings, owner: Mapping[Frontend, str],
-                       hc_owner: dict[int, str], out: Translation) -> None:
+                       hc_owner: dict[int, str], node_ips: frozenset[str],
+                       out: Translation) -> None:
     sid = _svc_id(svc)
     algorithm = _algorithm(svc, settings, out.warnings)
     in_pod_cidr = _cidr_test(node.pod_cidr)
     local_addrs: set[str] = set()
     done: set[Frontend] = set()
+    backends_of = {sp: _backends(svc, sp, slices, node, in_pod_cidr) for sp in svc.ports}
+    fallback = _host_network_fallback(svc, backends_of, node_ips, out)
     for sp in svc.ports:
-        backends = _backends(svc, sp, slices, node, in_pod_cidr)
+        backends = backends_of[sp]
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
         for ftype, fe, flags, path in _frontends_of(svc, sp, node):
             if owner[fe] != sid or fe in done:
@@ -351,6 +362,9 @@ def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
             done.add(fe)
             selected = _selection(backends, bool(flags & FE_LOCAL_ONLY))
             lb_mode = out.lb_mode[sp.protocol] if flags & FE_EXTERNAL else "-"
+            mode_fallback = fallback if lb_mode == "DSR" else ""
+            if mode_fallback:
+                lb_mode = "SNAT"
             value = FrontendValue(len(selected), flags, LB_ALGORITHMS[algorithm],
                                   LB_MODES.get(lb_mode, LB_MODES["SNAT"]))
             out.maps["lb_frontends"][fe.encode()] = value.encode()
@@ -358,7 +372,7 @@ def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
                 out.maps["lb_slots"][slot_key(fe, slot)] = backend.encode()
             out.frontends.append(FrontendView(
                 sid, sp.name, ftype, fe, flags, backends, selected, algorithm, lb_mode,
-                svc.external_traffic_policy if flags & FE_EXTERNAL else "-"))
+                svc.external_traffic_policy if flags & FE_EXTERNAL else "-", mode_fallback))
     if (svc.external_traffic_policy == "Local" and svc.type != "ClusterIP"
             and svc.health_check_node_port):
         port = svc.health_check_node_port

@@ -1,10 +1,12 @@
 """The traffic suite: every datapath path of the kube-proxy replacement, with real packets.
 
 One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER already runs, else
-created and removed), deployed with `bpfLBMode: SNAT`. Pods run a server that reports the
-peer address it saw; clients are the pods, the nodes, the external client namespace and the
-world host. Every test asserts on what was observed (who answered, which source address
-the server saw, HTTP codes, tc filters, counters) and attaches it as evidence.
+created and removed), deployed with `bpfLBMode` $CNI_HARNESS_LB_MODE (default Hybrid, the
+module's default; SNAT and DSR change only what remote backends see). Pods run a server
+that reports the peer address it saw; clients are the pods, the nodes, the external client
+namespace and the world host. Every test asserts on what was observed (who answered, which
+source address the server saw, HTTP codes, tc filters, counters) and attaches it as
+evidence.
 
 Layout: web-1 (node1) and web-2 (node2) back `web` (NodePort, TCP+UDP) and `web-lb`
 (LoadBalancer); solo (node2) backs `stream` (NodePort) and `solo-local` (LoadBalancer,
@@ -43,7 +45,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
-CONFIG = "bpfLBMode: SNAT\n"
+# The module's default LB mode unless told otherwise (CNI_HARNESS_LB_MODE=SNAT|DSR|Hybrid):
+# what a remote NodePort/LoadBalancer backend sees depends on it (DSR: the client).
+LB_MODE = os.environ.get("CNI_HARNESS_LB_MODE", "Hybrid")
+CONFIG = f"bpfLBMode: {LB_MODE}\n"
+PATH_OF = {"SNAT": {"TCP": "SNAT", "UDP": "SNAT"}, "DSR": {"TCP": "DSR", "UDP": "DSR"},
+           "Hybrid": {"TCP": "DSR", "UDP": "SNAT"}}[LB_MODE]
 AGENT_UNIT = "cni-cilium-agent.service"
 NODECTL = "/usr/local/sbin/nodectl"
 TRIES = 16
@@ -54,6 +61,12 @@ BULK_FLOOR_BYTES = 10_000_000   # in 2 s; ~100x below this machine's rate: catch
 
 def evidence(record_property, **observed) -> None:
     record_property("evidence", json.dumps(observed, sort_keys=True, default=str))
+
+
+def remote_peer(cluster, receiving_node: str, protocol: str) -> str:
+    """The source a backend on another node sees for an external client's connection to
+    `receiving_node`: the client's (DSR) or the receiving node's (SNAT)."""
+    return CLIENT_IP if PATH_OF[protocol] == "DSR" else cluster.ip(receiving_node)
 
 
 def names(answers: list[dict]) -> Counter:
@@ -110,13 +123,7 @@ class Cluster:
         return self.svc(name)["spec"]["healthCheckNodePort"]
 
     def metric(self, node_name: str, sample: str) -> float:
-        res = self.lab.run(node(node_name), [
-            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
-            "http://agent/metrics"], check=True)
-        for line in res.stdout.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return self.lab.metric(node_name, sample)
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +273,13 @@ def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_pr
         udp = lab.probe(CLIENT, "udp", cluster.ip(n), cluster.node_port("web", "dns"),
                         count=TRIES)
         seen[n] = {"tcp": tcp, "udp": udp}
-        for answer in tcp + udp:
-            assert "error" not in answer, (n, answer)
-            local = node_of[answer["name"]] == n
-            # Local backend: the client's own address; remote: the receiving node's (SNAT).
-            assert answer["peer"] == (CLIENT_IP if local else cluster.ip(n)), (n, answer)
+        for protocol, answers in (("TCP", tcp), ("UDP", udp)):
+            for answer in answers:
+                assert "error" not in answer, (n, answer)
+                local = node_of[answer["name"]] == n
+                # Local backend: the client's own address; remote: per the LB mode.
+                expected = CLIENT_IP if local else remote_peer(cluster, n, protocol)
+                assert answer["peer"] == expected, (n, protocol, answer)
         assert set(names(tcp)) == {"web-1", "web-2"}, n
     evidence(record_property, **{n: {p: names(a) for p, a in v.items()} for n, v in seen.items()},
              peers={n: sorted({a["peer"] for a in v["tcp"]}) for n, v in seen.items()})
@@ -281,7 +290,7 @@ def test_bulk_tcp_through_clusterip_and_nodeport_with_iperf3(cluster, record_pro
     that stalls (as one did when the FIB lookup refused GSO sizes) fails here."""
     lab = cluster.lab
     paths = {"pod->ClusterIP": (pod("cl-1"), cluster.cluster_ip("iperf"), IPERF_PORT),
-             "client->NodePort via node1 (SNAT)": (CLIENT, cluster.ip("node1"),
+             f"client->NodePort via node1 ({PATH_OF['TCP']})": (CLIENT, cluster.ip("node1"),
                                                    cluster.node_port("iperf", "iperf")),
              "client->NodePort via node2 (local)": (CLIENT, cluster.ip("node2"),
                                                     cluster.node_port("iperf", "iperf"))}
@@ -315,7 +324,8 @@ def test_loadbalancer_ip_routed_to_a_node(cluster, record_property):
              peers={v: sorted({a.get("peer") for a in a_}) for v, a_ in observed.items()})
     assert not errors(observed["node3"] + observed["node1"])
     assert set(names(observed["node3"])) == {"web-1", "web-2"}
-    assert {a["peer"] for a in observed["node3"]} == {cluster.ip("node3")}  # no local backend
+    # node3 has no local backend
+    assert {a["peer"] for a in observed["node3"]} == {remote_peer(cluster, "node3", "TCP")}
 
 
 def _health(cluster, node_name: str, port: int) -> tuple[int, dict]:
@@ -362,7 +372,8 @@ def test_etp_local_with_a_local_backend_keeps_the_client_ip_and_says_200(
 
 def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_property):
     lab = cluster.lab
-    # A connection through node1 to the remote backend: service, reply and both NAT entries.
+    # A connection through node1 to the remote backend: service, reply and both NAT entries
+    # (SNAT), or only the service entry, marked dsr (DSR: the reply entry is on node2).
     answer = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
     assert answer[0].get("name") == "solo", answer
     status = lab.agent("node1", "status")
@@ -371,7 +382,7 @@ def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_
     evidence(record_property, status={k: status[k] for k in (
         "modes", "devices", "maps", "restarts", "selfHeals", "rebootRequired")},
         frontends=len(services["frontends"]), ct_entries=len(ct))
-    assert status["modes"]["lbMode"] == {"TCP": "SNAT", "UDP": "SNAT"}
+    assert status["modes"]["lbMode"] == PATH_OF
     assert status["modes"]["tunnelMode"] == "Disabled" and not status["rebootRequired"]
     assert status["devices"]["eth0"]["ok"] and status["devices"]["cilium_host"]["ok"]
     lxc = [d for d in status["devices"] if d.startswith("lxc")]
@@ -381,9 +392,13 @@ def test_cli_reports_modes_programs_maps_services_and_conntrack(cluster, record_
     web_np = [f for f in services["frontends"]
               if f["service"] == "default/web" and f["type"] == "NodePort"]
     assert {f["protocol"] for f in web_np} == {"TCP", "UDP"}
-    assert all(f["lbMode"] == "SNAT" and f["algorithm"] == "random" for f in web_np)
+    assert all(f["lbMode"] == PATH_OF[f["protocol"]] and f["algorithm"] == "random"
+               for f in web_np)
     assert {b["state"] for f in web_np for b in f["backends"]} == {"active"}
-    assert {k["kind"] for k in ct} >= {"service", "reply", "nat-out", "nat-in"}
+    if PATH_OF["TCP"] == "SNAT":
+        assert {k["kind"] for k in ct} >= {"service", "reply", "nat-out", "nat-in"}
+    else:
+        assert any(k["kind"] == "service" and "dsr" in k["flags"] for k in ct), ct
 
 
 def test_a_second_agent_on_a_node_refuses_to_start(cluster, record_property):

@@ -121,6 +121,20 @@ def test_run_report_shows_cases_reasons_and_evidence_in_both_formats():
     assert '<td class="expected">expected-unsupported</td>' in page
 
 
+def test_packet_counts_per_interface_show_as_a_table():
+    evidence = {"TCP": {"packetsPerInterface": {"node1 eth0": {"request in": 4,
+                                                                 "request out": 4},
+                                                  "node2 eth0": {"reply out": 4}},
+                        "answered": 4}}
+    xml = JUNIT.replace(
+        "{&quot;packets&quot;: {&quot;node1/eth0&quot;: 0, &quot;node2/eth0&quot;: 12}}",
+        json.dumps(evidence).replace('"', "&quot;"))
+    md = render_run_markdown([SuiteResult("dsr", tuple(parse_junit(xml, "dsr")), 1)])
+    assert "| TCP packetsPerInterface | reply out | request in | request out |" in md
+    assert "| node1 eth0 | 0 | 4 | 4 |" in md
+    assert "| node2 eth0 | 4 | 0 | 0 |" in md
+
+
 def _matrix():
     old = SuiteResult("kernel", (_case(PASS, "test_tc"), _case(EXPECTED, "test_feature[x]",
                                                                "5.10 lacks x")), 0)

@@ -75,3 +75,20 @@ def test_ct_rows_decode_kinds_translations_and_lifetimes():
                        "flags": ["local-backend"], "expiresIn": 100, "ageSeconds": 10,
                        "packets": 12, "bytes": 3400}
     assert rows[1]["kind"] == "nat-in" and rows[1]["expiresIn"] == -100
+
+
+def test_service_list_marks_frontends_that_fall_back_from_dsr(capsys):
+    from cni_cilium.nodecli import print_services
+
+    backend = {"address": "10.99.0.12", "port": 8081, "state": "active", "local": False}
+    doc = {"frontends": [
+        {"frontend": "10.99.0.11:30001/TCP", "type": "NodePort", "service": "default/host",
+         "algorithm": "random", "lbMode": "SNAT", "externalTrafficPolicy": "Cluster",
+         "lbModeFallback": "host-network endpoints (cilium#10789)", "backends": [backend]},
+        {"frontend": "10.99.0.11:30002/TCP", "type": "NodePort", "service": "default/web",
+         "algorithm": "random", "lbMode": "DSR", "externalTrafficPolicy": "Cluster",
+         "lbModeFallback": None, "backends": []}]}
+    print_services(doc)
+    out = capsys.readouterr().out.splitlines()
+    assert "SNAT*" in out[1] and "DSR " in out[2] and "(none)" in out[2]
+    assert out[-1] == "* default/host: SNAT instead of DSR: host-network endpoints (cilium#10789)"

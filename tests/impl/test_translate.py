@@ -231,14 +231,64 @@ def test_cluster_policy_external_frontends_use_every_backend():
 
 # ------------------------------------------------------------------ modes, algorithms
 
-def test_hybrid_and_dsr_run_as_snat_with_a_warning_until_dsr_exists():
-    for mode in ("Hybrid", "DSR"):
-        tr = run(svc(type="NodePort"), settings=settings_from_mapping({"bpfLBMode": mode}))
-        assert tr.lb_mode == {"TCP": "SNAT", "UDP": "SNAT"}
-        assert any("not implemented" in w and mode in w for w in tr.warnings)
-        [np] = [v for v in tr.frontends if v.type == "NodePort"]
-        assert np.lb_mode == "SNAT"
-    assert run(svc(type="NodePort")).warnings == []
+def _modes(tr):
+    """(type, protocol) -> (mode shown, mode encoded in lb_frontends, fallback reason)."""
+    return {(v.type, v.frontend.proto): (v.lb_mode, frontend_value(tr, v.frontend).lb_mode,
+                                         v.lb_mode_fallback) for v in tr.frontends}
+
+
+TCP_UDP = [ServicePort("http", "TCP", 80, 8080, 30080), ServicePort("dns", "UDP", 53, 8080, 30053)]
+TCP_UDP_EPS = (("http", 8080, "TCP"), ("dns", 8080, "UDP"))
+DSR_CODE, SNAT_CODE = LB_MODES["DSR"], LB_MODES["SNAT"]
+
+
+@pytest.mark.parametrize("mode,tcp,udp", [("SNAT", "SNAT", "SNAT"), ("DSR", "DSR", "DSR"),
+                                          ("Hybrid", "DSR", "SNAT")])
+def test_lb_mode_per_protocol_on_external_frontends_only(mode, tcp, udp):
+    tr = run(svc(type="LoadBalancer", ports=TCP_UDP, lb_ips=["10.97.0.5"]),
+             eps(endpoints=[ep("10.100.2.7", "node2")], ports=TCP_UDP_EPS),
+             settings=settings_from_mapping({"bpfLBMode": mode}))
+    assert tr.lb_mode == {"TCP": tcp, "UDP": udp}
+    assert tr.warnings == []
+    code = {"DSR": DSR_CODE, "SNAT": SNAT_CODE}
+    assert _modes(tr) == {
+        ("ClusterIP", "TCP"): ("-", SNAT_CODE, ""), ("ClusterIP", "UDP"): ("-", SNAT_CODE, ""),
+        ("NodePort", "TCP"): (tcp, code[tcp], ""), ("NodePort", "UDP"): (udp, code[udp], ""),
+        ("LoadBalancer", "TCP"): (tcp, code[tcp], ""),
+        ("LoadBalancer", "UDP"): (udp, code[udp], "")}
+
+
+def test_vxlan_in_effect_makes_every_frontend_snat():
+    tr = run(svc(type="NodePort", ports=TCP_UDP),
+             settings=settings_from_mapping({"bpfLBMode": "DSR", "tunnelMode": "VXLAN"}))
+    assert tr.lb_mode == {"TCP": "SNAT", "UDP": "SNAT"}
+    assert {m[:2] for m in _modes(tr).values()} == {("-", SNAT_CODE), ("SNAT", SNAT_CODE)}
+
+
+def test_host_network_endpoints_fall_back_to_snat_with_the_reason():
+    dsr = settings_from_mapping({"bpfLBMode": "Hybrid"})
+    host = run(svc("hostsvc", type="NodePort", ip="10.96.0.11", ports=TCP_UDP),
+               eps("hostsvc", [ep("10.99.0.12", "node2"), ep("10.100.2.7", "node2")],
+                   ports=TCP_UDP_EPS),
+               svc("podsvc", type="NodePort", ip="10.96.0.12",
+                   ports=[ServicePort("http", "TCP", 80, 8080, 30081)]),
+               eps("podsvc", [ep("10.100.2.8", "node2")]), settings=dsr)
+    by = {(v.service, v.type, v.frontend.proto): v for v in host.frontends}
+    np_tcp = by[("default/hostsvc", "NodePort", "TCP")]
+    assert (np_tcp.lb_mode, frontend_value(host, np_tcp.frontend).lb_mode) == ("SNAT", SNAT_CODE)
+    assert "cilium#10789" in np_tcp.lb_mode_fallback
+    assert np_tcp.to_dict()["lbModeFallback"] == np_tcp.lb_mode_fallback
+    assert by[("default/hostsvc", "NodePort", "UDP")].lb_mode_fallback == ""  # SNAT anyway
+    assert by[("default/podsvc", "NodePort", "TCP")].lb_mode == "DSR"
+    assert by[("default/podsvc", "NodePort", "TCP")].to_dict()["lbModeFallback"] is None
+    assert [w for w in host.warnings if "hostsvc" in w] == [
+        "Service default/hostsvc: endpoints 10.99.0.12 are host-network: host-network "
+        "endpoints (a node address) cannot answer by DSR (cilium#10789); its "
+        "NodePort/LoadBalancer frontends use SNAT"]
+    assert not any("podsvc" in w for w in host.warnings)
+    snat = run(svc("hostsvc", type="NodePort", ports=TCP_UDP),
+               eps("hostsvc", [ep("10.99.0.12", "node2")], ports=TCP_UDP_EPS))
+    assert snat.warnings == []   # nothing to fall back from
 
 
 def test_lb_algorithm_annotation_needs_the_option_and_an_implemented_algorithm():

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from .. import sourceguard
 from ..addressing import (
     CLIENT_IP,
     DEFAULT_CLUSTER,
@@ -39,10 +40,12 @@ from ..addressing import (
 )
 from ..inventory import render_inventory
 from ..netns import (
+    CommandError,
     delete_netns,
     find_processes,
     kill_and_wait,
     list_netns,
+    nft,
     pid_alive,
     start_time,
 )
@@ -340,6 +343,28 @@ class LocalProvider(Provider):
         os.kill(sup, signal.SIGUSR2 if hard else signal.SIGUSR1)
         self.wait_booted(node, generation)
 
+    # ------------------------------------------------------------ fabric source guard
+
+    def set_source_guard(self, enabled: bool) -> None:
+        """Turn the fabric's anti-spoofing on or off (see `cni_harness.sourceguard`)."""
+        plan = self.plan()
+        if plan.fabric_netns not in list_netns():
+            raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"
+                               f" --name {self.cluster}` first")
+        nft(plan.fabric_netns, sourceguard.ruleset(plan) if enabled else sourceguard.removal())
+        self.progress(f"cluster {self.cluster}: source guard {'on' if enabled else 'off'}")
+
+    def source_guard(self) -> dict[str, int] | None:
+        """Packets the source guard dropped per node, or None when it is off."""
+        netns = self.plan().fabric_netns
+        if netns not in list_netns():
+            return None
+        try:
+            res = nft(netns, None, "-j", "list", "table", "bridge", sourceguard.TABLE)
+        except CommandError:
+            return None          # no such table: the guard is off
+        return sourceguard.parse_drops(res.stdout)
+
     # ------------------------------------------------------------ access files
 
     def _write_access_files(self, plan: ClusterPlan, host_keys: dict[str, str]) -> None:
@@ -389,10 +414,12 @@ class LocalProvider(Provider):
                           "labels": dict(node.labels), "netns": node.netns, "state": state,
                           "bootId": rt.get("bootId"), "initPid": rt.get("initPid"),
                           "boots": rt.get("generation", 0) + 1 if rt else 0})
+        guard = self.source_guard() if exists else None
         return {
             "provider": self.name,
             "cluster": self.cluster,
             "state": self._health() if exists else "absent",
+            "sourceGuard": {"enabled": guard is not None, "drops": guard or {}},
             "stateDir": self.state_dir,
             "inventory": self.inventory_path(),
             "sshConfig": self.ssh_config_path,

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Ask a peer server (tools/peer_server.py) who it is and whom it saw.
 
-`probe.py tcp|udp HOST PORT [--count N] [--timeout S]` prints one JSON list: for each try
-either the server's answer ({"name", "peer", ...}) or {"error": "..."}. Every try is a new
+`probe.py tcp|udp HOST PORT [--count N] [--timeout S] [--size BYTES] [--sport PORT]`
+prints one JSON list: for each try either the server's answer ({"name", "peer", ...};
+UDP answers add "replyFrom", the source the answer came from) or {"error": "..."}. Every
+try is a new
 connection (TCP) or a new socket (UDP), so each one is load-balanced afresh.
 `probe.py rate HOST PORT [--seconds S]` sends TCP requests one after the other, each on a
 new connection, for a bounded time and prints {"requests", "errors", "seconds", "rate"}.
@@ -21,8 +23,10 @@ MAX_COUNT = 500
 MAX_SECONDS = 30.0
 
 
-def tcp_once(host: str, port: int, timeout: float) -> dict:
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+def tcp_once(host: str, port: int, timeout: float, sport: int = 0) -> dict:
+    source = ("0.0.0.0", sport) if sport else None
+    with socket.create_connection((host, port), timeout=timeout,
+                                  source_address=source) as sock:
         sock.settimeout(timeout)
         sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         data = b""
@@ -38,12 +42,18 @@ def tcp_once(host: str, port: int, timeout: float) -> dict:
     return json.loads(body)
 
 
-def udp_once(host: str, port: int, timeout: float) -> dict:
+def udp_once(host: str, port: int, timeout: float, size: int = 3, sport: int = 0) -> dict:
+    """One datagram of `size` bytes; the answer gets `replyFrom`, the address it came from
+    (an unconnected socket takes answers from anywhere, so this is what the client saw)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(b"who", (host, port))
-        data, _peer = sock.recvfrom(4096)
-    return json.loads(data)
+        if sport:
+            sock.bind(("0.0.0.0", sport))
+        sock.sendto(b"who" + b"." * max(0, size - 3), (host, port))
+        data, peer = sock.recvfrom(4096)
+    answer = json.loads(data)
+    answer["replyFrom"] = f"{peer[0]}:{peer[1]}"
+    return answer
 
 
 def request_rate(host: str, port: int, seconds: float, timeout: float) -> dict:
@@ -70,15 +80,22 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1, help="tries (tcp, udp)")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration (rate)")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--size", type=int, default=3, help="UDP payload bytes (udp)")
+    parser.add_argument("--sport", type=int, default=0,
+                        help="source port of the first try, the next ones count up (default: "
+                             "the kernel's choice); fresh tuples never meet old conntrack state")
     args = parser.parse_args()
     if args.mode == "rate":
         print(json.dumps(request_rate(args.host, args.port, args.seconds, args.timeout)))
         return 0
-    once = tcp_once if args.mode == "tcp" else udp_once
     results = []
-    for _ in range(min(args.count, MAX_COUNT)):
+    for i in range(min(args.count, MAX_COUNT)):
+        sport = args.sport + i if args.sport else 0
         try:
-            results.append(once(args.host, args.port, args.timeout))
+            if args.mode == "tcp":
+                results.append(tcp_once(args.host, args.port, args.timeout, sport))
+            else:
+                results.append(udp_once(args.host, args.port, args.timeout, args.size, sport))
         except (OSError, ValueError) as exc:
             results.append({"error": f"{type(exc).__name__}: {exc}"})
     json.dump(results, sys.stdout)
