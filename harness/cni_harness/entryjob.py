@@ -31,7 +31,7 @@ import yaml
 ENTRY_ENV = "CNI_HARNESS_MATRIX_ENTRY"
 # Everything an entry job (and the host around it) writes in the entry's directory.
 OUTPUTS = ("job.log", "guest.json", "preflight", "suites", "job.json", "job-error.txt", "rc",
-           "job-spec.json", "console.log", "guest-shell.sh")
+           "job-spec.json", "console.log", "guest-shell.sh", "deploy.json")
 
 
 def clear_outputs(out: str) -> None:
@@ -57,6 +57,7 @@ class JobSpec:
     guest: bool = False
     accel: str = "host"
     headers: list[str] = field(default_factory=list)    # host's kernel headers (build, source)
+    time_scale: float = 1.0                # CNI_HARNESS_TIME_SCALE for everything the job runs
 
     @classmethod
     def load(cls, path: str) -> JobSpec:
@@ -169,7 +170,8 @@ def kernel_facts(spec: JobSpec) -> dict:
         uptime = float(fh.read().split()[0])
     return {"entry": spec.entry, "kernelRelease": uname.release, "kernelVersion": uname.version,
             "machine": uname.machine, "os": os_release.get("PRETTY_NAME", ""),
-            "accel": spec.accel, "guest": spec.guest, "uptimeAtJobStart": round(uptime, 1),
+            "accel": spec.accel, "timeScale": spec.time_scale, "guest": spec.guest,
+            "uptimeAtJobStart": round(uptime, 1),
             "cpus": os.cpu_count() or 0}
 
 
@@ -202,18 +204,20 @@ def run_preflights(profiles: dict[str, dict], out: str, log: Callable[[str], Non
 
 def run(spec: JobSpec) -> int:
     from .suites import run_suites
+    from .timescale import ENV as TIME_SCALE_ENV
 
     os.makedirs(spec.out, exist_ok=True)
     log = JobLog(os.path.join(spec.out, "job.log"))
-    record: dict = {"entry": spec.entry, "steps": {}}
+    record: dict = {"entry": spec.entry, "steps": {}, "timeScale": spec.time_scale}
+    os.environ[TIME_SCALE_ENV] = str(spec.time_scale)    # the suites' clusters and Ansible
     try:
         if spec.guest:
             record["guestPrep"] = prepare_guest(spec, log)
         info = kernel_facts(spec)
         with open(os.path.join(spec.out, "guest.json"), "w", encoding="utf-8") as fh:
             json.dump(info, fh, indent=2)
-        log(f"entry {spec.entry}: kernel {info['kernelRelease']} ({info['accel']}), "
-            f"up {info['uptimeAtJobStart']} s")
+        log(f"entry {spec.entry}: kernel {info['kernelRelease']} ({info['accel']}, waits x"
+            f"{spec.time_scale:g}), up {info['uptimeAtJobStart']} s")
         started = time.monotonic()
         verdicts = run_preflights(spec.profiles, os.path.join(spec.out, "preflight"), log)
         record["steps"]["preflight"] = round(time.monotonic() - started, 1)

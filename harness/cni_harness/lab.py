@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .timescale import scaled
+
 TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
@@ -54,7 +56,7 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(config_text)
     try:
-        result = run_playbook(provider, config=fh.name)
+        result = run_playbook(provider, config=fh.name, progress=progress)
     finally:
         os.unlink(fh.name)
     if result.rc != 0:
@@ -86,6 +88,19 @@ def pod(name: str) -> Where:
 
 def node(name: str) -> Where:
     return Where("node", name)
+
+
+def progress_log(path: str | None) -> Callable[[str], None]:
+    """A progress callback appending timestamped lines to `path` (flushed each line, so a
+    host following a guest's results directory sees them live); a no-op without a path."""
+    if not path:
+        return lambda _m: None
+    started = time.monotonic()
+
+    def emit(message: str) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"[{time.monotonic() - started:7.1f}s] {message}\n")
+    return emit
 
 
 class Lab:
@@ -128,7 +143,7 @@ class Lab:
     def run(self, where: Where, argv: Sequence[str], timeout: float = 120, check: bool = False,
             input: str | None = None) -> subprocess.CompletedProcess:
         res = subprocess.run(self.argv(where, argv), capture_output=True, text=True,
-                             timeout=timeout, check=False, input=input)
+                             timeout=scaled(timeout), check=False, input=input)
         if check and res.returncode != 0:
             raise LabError(f"{where}: {' '.join(argv)}: exit {res.returncode}: "
                            f"{(res.stderr or res.stdout).strip()[-400:]}")
@@ -220,7 +235,9 @@ class Lab:
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
                  interval: float = 0.2) -> Any:
-        """Poll until predicate() is truthy; returns its value, raises LabError on timeout."""
+        """Poll until predicate() is truthy; returns its value, raises LabError on timeout.
+        `timeout` is for native speed: stretched by the time scale (emulated guests)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         last_error = ""
         while True:

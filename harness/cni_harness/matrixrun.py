@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from . import PROJECT_ROOT
 from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
@@ -267,11 +267,22 @@ def _headers() -> list[str]:
     return list(host_headers())
 
 
+def entry_time_scale(accel: str, environ: Mapping[str, str] | None = None) -> float:
+    """The waits' stretch factor for an entry job: the user's CNI_HARNESS_TIME_SCALE when
+    set, else TCG_SCALE for an emulated (TCG) guest, else 1."""
+    from .timescale import ENV, TCG_SCALE, time_scale
+
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV, "").strip():
+        return time_scale(environ)
+    return TCG_SCALE if accel == "tcg" else 1.0
+
+
 def _write_spec(entry: Entry, plan: RunPlan, entry_dir: str, *, guest: bool, accel: str
                 ) -> str:
     spec = JobSpec(entry=entry.name, out=entry_dir, suites=list(plan.suites),
                    profiles=plan.profiles, k=plan.k, guest=guest, accel=accel,
-                   headers=_headers())
+                   headers=_headers(), time_scale=entry_time_scale(accel))
     path = os.path.join(entry_dir, "job-spec.json")
     spec.save(path)
     return path
@@ -381,11 +392,15 @@ class LocalTarget(Target):
 
 
 class ProviderTarget(Target):
-    """Any cluster `Provider` (vagrant, kind, ...). The provider builds the entry's nodes;
-    the first node's /etc/os-release and `uname -r` (read through `Provider.exec`) are
-    judged by preflight's rules per profile (live probes run later, in the deploy's
-    preflight role); the suites run here with `CNI_HARNESS_PROVIDER`,
-    `CNI_HARNESS_MATRIX_ENTRY` and `CNI_HARNESS_INVENTORY` set."""
+    """Any cluster `Provider` (vagrant, kind, ...). The provider builds the entry's nodes
+    and `playbooks/site.yml` deploys them: its preflight role (live probes) stops an
+    unsupported entry before any change, its kernel role installs the entry's kernel
+    (HWE, ELRepo) and reboots into it. Then the first node's /etc/os-release and `uname -r`
+    (read through `Provider.exec`: the kernel the nodes now run) are judged by preflight's
+    rules per profile, and the suites run here with `CNI_HARNESS_PROVIDER`,
+    `CNI_HARNESS_MATRIX_ENTRY` and `CNI_HARNESS_INVENTORY` set. A failed deploy is an
+    entry error unless preflight refuses the default profile (the deploy stopped as it
+    should)."""
 
     def __init__(self, name: str, load: Callable[[], tuple[type, Callable[[Entry], object]]],
                  entries: Callable[[Matrix], list[Entry]]):
@@ -406,6 +421,7 @@ class ProviderTarget(Target):
 
     def run_entry(self, entry: Entry, plan: RunPlan, entry_dir: str, progress: Progress
                   ) -> EntryRun:
+        from .deploy import run_playbook
         from .suites import run_suites
 
         _cls, factory = self._load()
@@ -414,6 +430,11 @@ class ProviderTarget(Target):
         try:
             progress(f"{self.name}: bringing up {entry.name}")
             provider.up()
+            progress(f"{self.name}: deploying playbooks/site.yml to {entry.name}")
+            deployed = run_playbook(provider, progress=progress)
+            with open(os.path.join(entry_dir, "deploy.json"), "w", encoding="utf-8") as fh:
+                json.dump(deployed.to_dict(), fh, indent=2)
+            progress(f"{self.name}: deploy {deployed.status} in {deployed.seconds:.0f} s")
             node = provider.nodes()[0].name
             release = provider.exec(node, ["uname", "-r"]).stdout.strip()
             os_release = provider.exec(node, ["cat", "/etc/os-release"]).stdout
@@ -427,6 +448,10 @@ class ProviderTarget(Target):
                 fh.write(os_release)
             verdicts = run_preflights(plan.profiles, out, progress,
                                       ["--os-release", os_file, "--kernel-release", release])
+            if deployed.rc != 0 and verdicts.get("default", True):
+                return EntryRun(error=f"{self.name}: deploy failed although preflight "
+                                f"accepts {release}: {'; '.join(deployed.failed_tasks)}",
+                                seconds=time.monotonic() - started)
             if plan.suites and verdicts.get("default", True):
                 env = {"CNI_HARNESS_PROVIDER": self.name, ENTRY_ENV: entry.name,
                        "CNI_HARNESS_INVENTORY": provider.inventory_path()}

@@ -111,11 +111,46 @@ def _load(args: argparse.Namespace):
     return None
 
 
+def _check_time_scale() -> None:
+    from .timescale import time_scale
+
+    try:
+        time_scale()
+    except ValueError as exc:
+        raise MatrixUsageError(str(exc)) from None
+
+
+def _matrix_dry_run(args: argparse.Namespace) -> int:
+    """`matrix run --dry-run`: the plan without booting anything. Only Vagrant has a plan
+    worth showing before it runs (boxes, nodes, playbook steps, preflight's verdict on the
+    target kernel); the qemu and local runs are their own plan (one entry job per kernel)."""
+    if args.provider != "vagrant":
+        return _usage(f"--dry-run plans the Vagrant VMs of the OS entries: use it with "
+                      f"--provider vagrant (the {args.provider} provider has no plan to "
+                      "show before it runs: run it without --dry-run)")
+    if args.kernel:
+        return _usage("--kernel PATH boots an image: it needs --provider qemu")
+    profiles = _split(args.profiles)
+    if len(profiles) > 1:
+        return _usage("--dry-run judges one preflight profile; give at most one in --profiles")
+    from .vagrant_cli import matrix_dry_run
+
+    status, text = matrix_dry_run(_split(args.entries), matrix=args.matrix,
+                                  vagrant_provider=args.vagrant_provider,
+                                  profile=profiles[0] if profiles else "default",
+                                  as_json=args.json)
+    print(text, file=sys.stdout if status == EXIT_OK else sys.stderr)
+    return status
+
+
 def cmd_matrix_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _matrix_dry_run(args)
     matrix = _load(args)
     if matrix is None:
         return EXIT_USAGE
     try:
+        _check_time_scale()
         suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
             known_suites()
         target = target_for(args.provider)
@@ -139,6 +174,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     if matrix is None:
         return EXIT_USAGE
     try:
+        _check_time_scale()
         suites = parse_suite_list(args.suite, known_suites())
         if len(suites) != 1:
             raise SuiteUsageError("repro runs one suite; give one --suite")
@@ -207,6 +243,11 @@ def add_matrix_run_parser(matrix_sub) -> None:
                      help="also boot this kernel image (qemu); alone unless --entries is given")
     run.add_argument("--refresh-kernels", action="store_true",
                      help="resolve and download the kernels again even if cached")
+    run.add_argument("--dry-run", action="store_true",
+                     help="vagrant: print each OS entry's plan (box, nodes, playbook steps, "
+                     "preflight verdict) and boot nothing")
+    run.add_argument("--vagrant-provider", choices=("libvirt", "virtualbox"),
+                     default="libvirt", help="Vagrant backend for --dry-run (default libvirt)")
     _common_run_options(run)
     run.set_defaults(func=cmd_matrix_run)
 

@@ -37,7 +37,9 @@ from cni_harness.lab import (
     deployed_lab,
     node,
     pod,
+    progress_log,
 )
+from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -134,8 +136,10 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
 
+    results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
+    progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
     try:
-        lab, created = deployed_lab(CLUSTER, CONFIG)
+        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
     except LabUnavailable as exc:
         pytest.skip(str(exc))
     for rec in lab.pods.list():          # a reused cluster: start from our own pods only
@@ -171,6 +175,7 @@ def cluster():
                         ("iperf", 1)):
         lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
     lab.wait_programmed("default/solo-local")
+    progress("pods and services ready")
     world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
                               "--port", "8080"], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
@@ -491,7 +496,7 @@ def test_removed_uplink_filter_is_restored_within_2s(cluster, record_property):
     evidence(record_property, restored_seconds=round(restored_s, 3),
              self_heals=[before, status["selfHeals"]], last=status["lastSelfHeal"],
              log=log.stdout.strip().splitlines()[-1:], metric=metric)
-    assert restored_s < 2.0
+    assert restored_s < scaled(2.0)           # 2 s at native speed (emulated guests: more)
     assert status["selfHeals"] == before + 1 and metric == status["selfHeals"]
     assert status["lastSelfHeal"]["device"] == "eth0"
     assert status["lastSelfHeal"]["direction"] == "ingress"

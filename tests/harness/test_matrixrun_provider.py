@@ -1,6 +1,7 @@
 """The matrix runner over a cluster `Provider` (the path vagrant takes), with the real local
-provider standing in for VMs: nodes up, node facts read through `Provider.exec`, preflight
-rules per profile, a suite run against the entry, everything torn down."""
+provider standing in for VMs: nodes up, playbooks/site.yml deployed, node facts read through
+`Provider.exec`, preflight rules per profile, a suite run against the entry, everything torn
+down."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def test_provider_target_runs_an_entry_end_to_end(tmp_path):
         judged = json.load(fh)
     assert judged["liveProbes"] is False and judged["kernelRelease"] == os.uname().release
     assert any("bringing up host" in line for line in lines)
+    with open(tmp_path / "host" / "deploy.json", encoding="utf-8") as fh:
+        deployed = json.load(fh)
+    assert deployed["rc"] == 0 and deployed["stats"]["ok"].keys() == {"node1", "node2"}
+    assert any("[site.yml] Wait for the agent's status" in line for line in lines)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           check=True).stdout
     assert f"{CLUSTER}-" not in left                                   # torn down

@@ -51,6 +51,7 @@ from ..netns import (
 )
 from ..nodeinit import BASE_ENV
 from ..state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
+from ..timescale import scaled, time_scale
 from .base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
 from .localnode import (
     SUPERVISOR_MODULE,
@@ -189,7 +190,7 @@ class LocalProvider(Provider):
             self.journal.record("supervisor", node=node.name)
             self._spawn_supervisor(node.name)
         self._write_access_files(plan, host_keys)
-        self._wait_running([n.name for n in plan.nodes], {}, UP_TIMEOUT)
+        self._wait_running([n.name for n in plan.nodes], {}, scaled(UP_TIMEOUT))
         self.journal.record("up_complete")
 
     def _spawn_supervisor(self, node: str) -> None:
@@ -301,7 +302,7 @@ class LocalProvider(Provider):
              timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
         data = input.encode() if isinstance(input, str) else input
         res = subprocess.run(self.exec_command(node, argv), input=data, capture_output=True,
-                             timeout=timeout, check=False)
+                             timeout=None if timeout is None else scaled(timeout), check=False)
         out = res.stdout.decode(errors="replace")
         err = res.stderr.decode(errors="replace")
         if check and res.returncode != 0:
@@ -327,7 +328,7 @@ class LocalProvider(Provider):
     def wait_booted(self, node: str, after_generation: int, timeout: float = REBOOT_TIMEOUT
                     ) -> None:
         """Wait until a reboot (by any means, e.g. `nodectl reboot` inside) has completed."""
-        self._wait_running([node], {node: after_generation}, timeout)
+        self._wait_running([node], {node: after_generation}, scaled(timeout))
 
     def reboot(self, node: str, hard: bool = False) -> None:
         """Reboot a node: its processes are killed, its namespaces rebuilt from its disk,
@@ -395,6 +396,7 @@ class LocalProvider(Provider):
             "cni_cilium_manage_packages": False,   # the host's /usr (scripts/setup.sh)
             "cni_reboot_command": "/usr/local/sbin/nodectl reboot",
             "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
+            "cni_time_scale": time_scale(),
         }
         host_vars = {n.name: {"ansible_host": n.netns} for n in plan.nodes}
         nodes = [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in plan.nodes]
