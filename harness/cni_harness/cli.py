@@ -7,11 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
 from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
-from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser
+from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser, default_out
 from .suites import known_suites, run_suites
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -64,8 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"==> {title} failed (exit {rc})", file=sys.stderr)
             return EXIT_FAIL
     names = [name for name in DEMO_SUITES if name in known_suites()]
-    out = os.path.abspath(args.out or os.path.join(
-        PROJECT_ROOT, "results", f"demo-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = os.path.abspath(args.out or default_out("demo"))
     print(f"==> suites {', '.join(names)} (output {out})", flush=True)
     _results, summary = run_suites(
         names, out, progress=lambda message: print(message, flush=True),

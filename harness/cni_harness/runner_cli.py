@@ -35,7 +35,8 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
-def _default_out(kind: str) -> str:
+def default_out(kind: str) -> str:
+    """results/KIND-TIMESTAMP below the current directory, as an absolute path."""
     return os.path.abspath(os.path.join("results", f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
@@ -55,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         names = parse_suite_list(args.suite, known)
     except SuiteUsageError as exc:
         return _usage(str(exc))
-    out = os.path.abspath(args.out or _default_out("run"))
+    out = os.path.abspath(args.out or default_out("run"))
     progress = _progress_to(sys.stderr if args.json else sys.stdout)
     results, summary = run_suites(names, out, k=args.k, progress=progress,
                                   facts={"kernel": os.uname().release})
@@ -162,7 +163,7 @@ def cmd_matrix_run(args: argparse.Namespace) -> int:
                 raise MatrixUsageError(f"--kernel {args.kernel}: no such file")
             entries = ([] if not args.entries else entries) + [custom_kernel_entry(args.kernel)]
         plan = RunPlan(suites=suites, profiles=_profiles(matrix, _split(args.profiles)),
-                       out=os.path.abspath(args.out or _default_out("matrix")), k=args.k,
+                       out=os.path.abspath(args.out or default_out("matrix")), k=args.k,
                        timeout=args.timeout, refresh_kernels=args.refresh_kernels)
     except (SuiteUsageError, MatrixUsageError) as exc:
         return _usage(str(exc))
@@ -184,7 +185,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
             provider = "local" if args.kernel == "host" else "qemu"
             entries = select(target_for(provider).entries(matrix), [args.kernel])
         plan = RunPlan(suites=suites, profiles=_profiles(matrix, ["default"]),
-                       out=os.path.abspath(args.out or _default_out(f"repro-{entries[0].name}")),
+                       out=os.path.abspath(args.out or default_out(f"repro-{entries[0].name}")),
                        k=args.k, timeout=args.timeout, shell=args.shell)
     except (SuiteUsageError, MatrixUsageError) as exc:
         return _usage(str(exc))
