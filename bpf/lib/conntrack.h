@@ -65,7 +65,10 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, u3
 	if (e->expires != expires)
 		e->expires = expires;
 	__sync_fetch_and_add(&e->packets, 1);
-	__sync_fetch_and_add(&e->bytes, len);
+	/* Not for a constant 0 length: LLVM turns an atomic add of 0 into an atomic OR, which
+	 * kernels before 5.12 refuse ("BPF_STX uses reserved fields"). */
+	if (len)
+		__sync_fetch_and_add(&e->bytes, len);
 }
 
 static __always_inline void ct_entry_init(struct ct_entry *e, const struct pkt *p,

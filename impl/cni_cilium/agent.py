@@ -818,9 +818,15 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         log.error("cannot start: %s", exc)
         print(f"error: {exc}", flush=True)
         desired.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(paths.AGENT_PID)
+        # No agent runs: no status, but the reason, so a waiting installer stops at once.
+        for stale in (paths.AGENT_PID, paths.AGENT_STATUS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        write_json_atomic(paths.AGENT_START_ERROR, {"error": str(exc), "node": node_name,
+                                                    "time": time.time()})
         return 1
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.AGENT_START_ERROR)
 
     def stop(signum, _frame):
         log.info("signal %d: stopping (the datapath stays in place)", signum)
@@ -834,6 +840,8 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         agent.run()
     finally:
         agent.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(paths.AGENT_PID)
+        # The status describes a running agent: a restart's waiters must see the new one's.
+        for stale in (paths.AGENT_PID, paths.AGENT_STATUS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
     return 0

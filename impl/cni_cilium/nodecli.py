@@ -1,4 +1,4 @@
-"""Node commands of `cni-cilium`: status, service list, bpf ct list, bpf remove."""
+"""Node commands of `cni-cilium`: status, wait-ready, service list, bpf ct list, bpf remove."""
 
 from __future__ import annotations
 
@@ -192,11 +192,35 @@ def cmd_bpf_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_wait_ready(args: argparse.Namespace) -> int:
+    """Exit 0 once the agent runs, 1 with the reason when its start failed or timed out."""
+    from . import readiness
+
+    if args.timeout < 0:
+        print(f"error: --timeout {args.timeout}: must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    seen = readiness.wait(args.since, args.timeout)
+    if args.json:
+        print(json.dumps({"state": seen.state, "reason": seen.reason}, sort_keys=True))
+    else:
+        print(seen.state + (f": {seen.reason}" if seen.reason else ""))
+    return EXIT_OK if seen.state == readiness.RUNNING else EXIT_FAIL
+
+
 def register(sub) -> None:
     """Add the node commands to `cni-cilium`'s subcommand parser."""
     status = sub.add_parser("status", help="the agent's state on this node")
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
     status.set_defaults(func=cmd_status)
+
+    ready = sub.add_parser(
+        "wait-ready", help="wait until the agent runs; fail with the reason its start failed")
+    ready.add_argument("--since", type=float, default=0.0, metavar="EPOCH",
+                       help="ignore start errors recorded before this time (default: none)")
+    ready.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                       help="give up after this long (default 180)")
+    ready.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    ready.set_defaults(func=cmd_wait_ready)
 
     service = sub.add_parser("service", help="services as programmed on this node")
     service_sub = service.add_subparsers(dest="service_command", metavar="SUBCOMMAND")

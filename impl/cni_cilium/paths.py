@@ -28,6 +28,8 @@ ENDPOINT_DIR = os.path.join(RUN_DIR, "endpoints")
 AGENT_SOCKET = os.path.join(RUN_DIR, "agent.sock")
 AGENT_PID = os.path.join(RUN_DIR, "agent.pid")
 AGENT_STATUS = os.path.join(RUN_DIR, "status.json")
+# Why the last start failed (the datapath did not load...), for installers waiting on it.
+AGENT_START_ERROR = os.path.join(RUN_DIR, "start-error.json")
 # The tunnel mode in effect since boot and the pod MTU, for the CNI plugin (agent-written).
 NETWORK_STATE = os.path.join(RUN_DIR, "network.json")
 LOG_DIR = _p("var", "log", "cni-cilium")

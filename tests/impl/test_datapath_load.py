@@ -84,3 +84,18 @@ def test_a_second_load_reuses_the_pinned_maps(loaded, bpffs):
     assert again.pin_dir == loaded.pin_dir
     with again.open_map("ct4") as ct:
         assert ct.lookup(key) is not None
+
+
+def test_atomics_are_plain_adds_that_kernels_before_5_12_accept(loaded):
+    # 5.10's verifier refuses any atomic but a result-less add ("BPF_STX uses reserved
+    # fields"); clang turns an atomic add of a constant 0 into an atomic OR. Found by the
+    # qemu matrix: the agents never started in 5.10 guests.
+    import struct
+
+    bpf_stx, bpf_atomic = 0x03, 0xc0
+    for name in loaded.prog_fds:
+        insns = loaded.bpf.dump_func(name.encode())
+        for index in range(len(insns) // 8):
+            code, _regs, _off, imm = struct.unpack_from("<BBhi", insns, index * 8)
+            if code & 0x07 == bpf_stx and code & 0xe0 == bpf_atomic:
+                assert imm == 0, f"{name} insn {index}: atomic op {imm:#x} needs kernel 5.12+"

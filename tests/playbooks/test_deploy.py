@@ -152,3 +152,38 @@ def test_the_project_sources_are_installed_on_every_node(deployed_cluster):
         assert got == want
         version = sh(deployed_cluster, node, "/opt/cni-cilium/venv/bin/cni-cilium --version")
         assert "0.1.0" in version
+
+
+def test_an_agent_that_cannot_load_its_datapath_stops_the_deploy_with_the_reason(
+        deployed_cluster, tmp_path):
+    # A copy of the project whose BPF program does not compile: every agent fails to start.
+    broken = tmp_path / "project"
+    broken.mkdir()
+    for name in ("pyproject.toml", "README.md", "impl", "bpf"):
+        src = os.path.join(PROJECT_ROOT, name)
+        subprocess.run(["cp", "-r", src, str(broken / name)], check=True)
+    with open(broken / "bpf" / "cni_cilium.c", "a", encoding="utf-8") as fh:
+        fh.write("\nthis is not C;\n")
+    try:
+        failed = run_playbook(deployed_cluster,
+                              extravars={"cni_cilium_project_root": str(broken)})
+        assert failed.rc != 0
+        # Judged from the agent's own start error, not a wait that ran out.
+        assert len(failed.failed_tasks) == 3, failed.failed_tasks
+        for line in failed.failed_tasks:
+            assert "Stop when the agent is not running" in line, line
+            assert "the agent could not start: bcc could not compile/load" in line, line
+        for node in ("node1", "node2", "node3"):
+            error = json.loads(sh(deployed_cluster, node,
+                                  "cat /run/cni-cilium/start-error.json"))
+            assert error["node"] == node and "could not compile" in error["error"]
+            assert sh(deployed_cluster, node,
+                      "test -e /run/cni-cilium/status.json && echo stale; true") == ""
+    finally:
+        restored = run_playbook(deployed_cluster)
+    assert restored.rc == 0, restored.failed_tasks
+    for node in ("node1", "node2", "node3"):
+        assert sh(deployed_cluster, node, "ls /run/cni-cilium").split().count(
+            "status.json") == 1
+        assert sh(deployed_cluster, node,
+                  "test -e /run/cni-cilium/start-error.json && echo left; true") == ""
