@@ -19,7 +19,6 @@
 static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
-	struct bpf_redir_neigh nh = {};
 	struct tunnel_endpoint *ep;
 	long ret;
 
@@ -44,10 +43,11 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt 
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		nh.nh_family = 2;
-		nh.ipv4_nh = fib.ipv4_dst;
+		/* No next-hop parameters: kernel 5.10's helper takes (ifindex, flags) only and
+		 * would read them as non-zero flags and drop the packet; without them every
+		 * kernel routes the packet's destination out of fib.ifindex itself. */
 		stat_inc(STAT_FIB_REDIRECT);
-		return redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		return redirect_neigh(fib.ifindex, NULL, 0, 0);
 	}
 drop:
 	stat_inc(STAT_DROP_FIB);

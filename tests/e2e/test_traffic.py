@@ -292,6 +292,19 @@ def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_pr
              peers={n: sorted({a["peer"] for a in v["tcp"]}) for n, v in seen.items()})
 
 
+def test_nodeport_to_a_remote_backend_right_after_the_neighbours_are_flushed(
+        cluster, record_property):
+    """With no neighbour entry the FIB lookup says NO_NEIGH and the packet leaves through
+    bpf_redirect_neigh (5.10's takes two arguments: next-hop parameters made it drop)."""
+    lab = cluster.lab
+    rounds = []
+    for _ in range(3):
+        lab.run(node("node1"), ["ip", "neigh", "flush", "all"], check=True)
+        rounds += lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
+    evidence(record_property, answers=rounds)
+    assert [a.get("name") for a in rounds] == ["solo"] * 3, rounds
+
+
 def test_bulk_tcp_through_clusterip_and_nodeport_with_iperf3(cluster, record_property):
     """Large (GSO) segments through every translation, SNAT and FIB redirect: a transfer
     that stalls (as one did when the FIB lookup refused GSO sizes) fails here."""
