@@ -44,7 +44,7 @@ def test_provider_target_runs_an_entry_end_to_end(tmp_path):
     with open(tmp_path / "host" / "deploy.json", encoding="utf-8") as fh:
         deployed = json.load(fh)
     assert deployed["rc"] == 0 and deployed["stats"]["ok"].keys() == {"node1", "node2"}
-    assert any("[site.yml] Wait for the agent's status" in line for line in lines)
+    assert any("[site.yml] Wait until the agent runs" in line for line in lines)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           check=True).stdout
     assert f"{CLUSTER}-" not in left                                   # torn down
