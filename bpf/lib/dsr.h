@@ -21,11 +21,11 @@
 
 #include "lib/conntrack.h"
 #include "lib/fib.h"
+#include "lib/ipopt.h"
 
 #define DSR_OPT_TYPE 0x9a   /* copied flag set, class 0, number 26 (Cilium's choice) */
-#define DSR_OPT_LEN 8
-#define IPV4_BASE_HLEN 20
-#define DSR_OPT_OFF (ETH_HLEN + IPV4_BASE_HLEN)
+#define DSR_OPT_LEN IPV4_OPT_LEN
+#define DSR_OPT_OFF IPV4_OPT_OFF
 
 struct dsr_opt4 {
 	u8 type;
@@ -33,38 +33,6 @@ struct dsr_opt4 {
 	__be16 port;    /* the frontend the client addressed */
 	__be32 addr;
 };
-
-/* The first four bytes of the IPv4 header: version/IHL, TOS, total length. */
-struct ip_head {
-	u8 ver_ihl;
-	u8 tos;
-	__be16 tot_len;
-};
-
-/* Grow (delta > 0) or shrink the IPv4 header length and total length by `delta` bytes,
- * fixing the header checksum for them and for the option words added or removed. */
-static __always_inline int dsr_fix_header(struct __sk_buff *skb, int delta,
-					  struct dsr_opt4 *opt)
-{
-	struct ip_head old, new;
-	__s64 sum;
-
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &old, sizeof(old)) < 0)
-		return -1;
-	new = old;
-	new.ver_ihl = old.ver_ihl + delta / 4;
-	new.tot_len = htons(ntohs(old.tot_len) + delta);
-	sum = bpf_csum_diff((__be32 *)&old, sizeof(old), (__be32 *)&new, sizeof(new), 0);
-	if (sum < 0)
-		return -1;
-	sum = delta > 0 ? bpf_csum_diff(0, 0, (__be32 *)opt, sizeof(*opt), sum)
-			: bpf_csum_diff((__be32 *)opt, sizeof(*opt), 0, 0, sum);
-	if (sum < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &new, sizeof(new), 0) < 0)
-		return -1;
-	return bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, sum, 0) < 0 ? -1 : 0;
-}
 
 /* Whether the packet still fits the route's MTU with the option added. GSO packets always
  * do: the kernel lowers their segment size by the added header length. */
@@ -109,9 +77,7 @@ static __always_inline int dsr_forward(struct __sk_buff *skb, struct pkt *p,
 		opt.len = DSR_OPT_LEN;
 		opt.port = frontend->port;
 		opt.addr = frontend->addr;
-		if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, DSR_OPT_OFF, &opt, sizeof(opt), 0) < 0 ||
-		    dsr_fix_header(skb, DSR_OPT_LEN, &opt) < 0) {
+		if (ipv4_opt_insert(skb, &opt) < 0) {
 			stat_inc(STAT_DROP_DSR_OPTION);
 			return TC_ACT_SHOT;
 		}
@@ -157,8 +123,7 @@ static __always_inline int dsr_receive(struct __sk_buff *skb, struct pkt *p,
 	if (opt.type != DSR_OPT_TYPE || opt.len != DSR_OPT_LEN)
 		return 0;
 	dsr_record_reply(p, &opt);
-	if (dsr_fix_header(skb, -DSR_OPT_LEN, &opt) < 0 ||
-	    bpf_skb_adjust_room(skb, -DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) < 0) {
+	if (ipv4_opt_strip(skb, &opt) < 0) {
 		stat_inc(STAT_DROP_DSR_OPTION);
 		return -1;
 	}
