@@ -26,6 +26,7 @@ TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
 MODULE_CONFIG = "/etc/cni-cilium/config.yaml"   # docs/architecture.md, files on a node
 PEER_PORT = 8080
+DATAPATH_METRICS = "cni_cilium_datapath_"   # the agent's datapath_{events,drops}_total
 
 
 class LabError(RuntimeError):
@@ -64,6 +65,16 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     lab = Lab(provider, progress=progress)
     lab.install_tools()
     return lab, created
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {sample name with its labels: value}."""
+    samples = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            samples[sample] = float(value)
+    return samples
 
 
 @dataclass(frozen=True)
@@ -223,15 +234,22 @@ class Lab:
                        check=True)
         return json.loads(res.stdout)
 
-    def metric(self, node_name: str, sample: str) -> float:
-        """One sample of a node agent's Prometheus metrics (0 when absent)."""
+    def metrics(self, node_name: str) -> dict[str, float]:
+        """Every sample of a node agent's Prometheus metrics: {sample with labels: value}."""
         res = self.run(node(node_name), [
             "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
             "http://agent/metrics"], check=True)
-        for line in res.stdout.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return parse_samples(res.stdout)
+
+    def metric(self, node_name: str, sample: str) -> float:
+        """One sample of a node agent's Prometheus metrics (0 when absent)."""
+        return self.metrics(node_name).get(sample, 0.0)
+
+    def datapath_counters(self) -> dict[str, dict[str, float]]:
+        """Per node, the datapath's non-zero counters (events and drops by reason)."""
+        return {info.name: {sample: value for sample, value in self.metrics(info.name).items()
+                            if sample.startswith(DATAPATH_METRICS) and value}
+                for info in self.provider.nodes()}
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
                  interval: float = 0.2) -> Any:

@@ -19,6 +19,13 @@ static __always_inline void count(int what)
         __sync_fetch_and_add(n, 1);
 }
 
+/* Count the outcome of one operation; a packet it failed on goes no further. */
+static __always_inline int tally(int rc, int done, int failed)
+{
+    count(rc < 0 ? failed : done);
+    return rc < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 struct udp_ports {
     __be16 sport;
     __be16 dport;
@@ -34,12 +41,7 @@ int insert_option(struct __sk_buff *skb) {
         bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), &ports, sizeof(ports)) < 0 ||
         ports.dport != htons(TEST_PORT))
         return TC_ACT_OK;
-    if (ipv4_opt_insert(skb, opt) < 0) {
-        count(INSERT_FAILED);
-        return TC_ACT_SHOT;
-    }
-    count(INSERTED);
-    return TC_ACT_OK;
+    return tally(ipv4_opt_insert(skb, opt), INSERTED, INSERT_FAILED);
 }
 
 int strip_option(struct __sk_buff *skb) {
@@ -51,10 +53,5 @@ int strip_option(struct __sk_buff *skb) {
         bpf_skb_load_bytes(skb, IPV4_OPT_OFF, opt, sizeof(opt)) < 0 ||
         opt[0] != TEST_OPT_TYPE)
         return TC_ACT_OK;
-    if (ipv4_opt_strip(skb, opt) < 0) {
-        count(STRIP_FAILED);
-        return TC_ACT_SHOT;
-    }
-    count(STRIPPED);
-    return TC_ACT_OK;
+    return tally(ipv4_opt_strip(skb, opt), STRIPPED, STRIP_FAILED);
 }

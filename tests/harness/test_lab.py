@@ -1,0 +1,25 @@
+"""The lab's reading of an agent's metrics (pure parsing; the rest runs in the e2e suites)."""
+
+import pytest
+
+from cni_harness.lab import parse_samples
+
+pytestmark = pytest.mark.unit
+
+EXPOSITION = """# HELP cni_cilium_datapath_drops_total Packets dropped, by reason.
+# TYPE cni_cilium_datapath_drops_total counter
+cni_cilium_datapath_drops_total{reason="dsr_option"} 5
+cni_cilium_datapath_drops_total{reason="fib"} 0
+cni_cilium_endpoints 3
+"""
+
+
+def test_samples_keep_their_labels_and_values():
+    assert parse_samples(EXPOSITION) == {
+        'cni_cilium_datapath_drops_total{reason="dsr_option"}': 5.0,
+        'cni_cilium_datapath_drops_total{reason="fib"}': 0.0,
+        "cni_cilium_endpoints": 3.0}
+
+
+def test_an_empty_exposition_has_no_samples():
+    assert parse_samples("") == {}
