@@ -80,6 +80,11 @@ def names(answers: list[dict]) -> Counter:
     return Counter(a.get("name", "error") for a in answers)
 
 
+def peers(answers: list[dict]) -> list[str]:
+    """The distinct source addresses the servers saw ("error" for a failed try)."""
+    return sorted({a.get("peer", "error") for a in answers})
+
+
 def errors(answers: list[dict]) -> list[str]:
     return [a["error"] for a in answers if "error" in a]
 
@@ -237,7 +242,7 @@ def test_clusterip_from_pods_reaches_local_and_remote_backends(cluster, record_p
     udp = lab.probe(pod("cl-1"), "udp", vip, 53, count=TRIES)
     remote = lab.probe(pod("cl-3"), "tcp", vip, 80, count=TRIES)
     evidence(record_property, clusterip=vip, tcp=names(tcp), udp=names(udp),
-             from_node3=names(remote), peers=sorted({a.get("peer", "error") for a in tcp + remote}))
+             from_node3=names(remote), peers=peers(tcp + remote))
     assert not errors(tcp + udp + remote)
     assert set(names(tcp)) == set(names(udp)) == set(names(remote)) == {"web-1", "web-2"}
     assert {a["peer"] for a in tcp + udp} == {cluster.pods["cl-1"].ip}
@@ -289,7 +294,7 @@ def test_nodeport_through_every_node_snat_for_remote_backends(cluster, record_pr
                 assert answer["peer"] == expected, (n, protocol, answer)
         assert set(names(tcp)) == {"web-1", "web-2"}, n
     evidence(record_property, **{n: {p: names(a) for p, a in v.items()} for n, v in seen.items()},
-             peers={n: sorted({a["peer"] for a in v["tcp"]}) for n, v in seen.items()})
+             peers={n: peers(v["tcp"]) for n, v in seen.items()})
 
 
 def test_nodeport_to_a_remote_backend_right_after_the_neighbours_are_flushed(
@@ -341,7 +346,7 @@ def test_loadbalancer_ip_routed_to_a_node(cluster, record_property):
         _route_lb_ip(cluster, ip, via)
         observed[via] = lab.probe(CLIENT, "tcp", ip, 80, count=TRIES)
     evidence(record_property, lb_ip=ip, **{v: names(a) for v, a in observed.items()},
-             peers={v: sorted({a.get("peer", "error") for a in a_}) for v, a_ in observed.items()})
+             peers={v: peers(a) for v, a in observed.items()})
     assert not errors(observed["node3"] + observed["node1"])
     assert set(names(observed["node3"])) == {"web-1", "web-2"}
     # node3 has no local backend
