@@ -3,9 +3,9 @@
  * Free of the datapath's maps on purpose: the kernel suite compiles this exact code alone
  * and runs it on every kernel of the matrix (tests/e2e/bpf/ip_option.c).
  *
- * bpf_csum_diff's result is a 32-bit sum. Kernels before 6.12 (x86) hand it back
- * sign-extended, so a negative value there is a valid sum, not an error: only its low 32
- * bits are used. With the constant, word-multiple sizes passed here the helper cannot fail.
+ * bpf_csum_diff's result is a 32-bit sum. 5.10 and 6.1 hand it back sign-extended (seen in
+ * the qemu matrix; 6.18 folds it to 16 bits), so a negative value there is a valid sum, not
+ * an error: only its low 32 bits are used. With the constant, word-multiple sizes passed here the helper cannot fail.
  */
 #ifndef CNIC_IPOPT_H
 #define CNIC_IPOPT_H
