@@ -80,6 +80,8 @@ struct ct_key {
 #define CT_F_REPLIED 0x20  /* a packet was seen in the reply direction */
 #define CT_F_LOCAL_BACKEND 0x40 /* SERVICE: the chosen backend runs on this node */
 #define CT_F_HAIRPIN 0x80  /* REPLY: a pod reached itself through a service */
+#define CT_F_FIN_ORIG 0x100  /* NAT_IN: the translated side (client) sent FIN (or RST) */
+#define CT_F_FIN_REPLY 0x200 /* NAT_IN: the peer (backend, world) sent FIN (or RST) */
 
 /* Source of hairpin connections (a pod reaching itself through a service): a link-local
  * address, so the pod answers through its gateway and the reply meets the datapath. */

@@ -48,6 +48,8 @@ CT_F_HOST = 0x08
 CT_F_REPLIED = 0x20
 CT_F_LOCAL_BACKEND = 0x40
 CT_F_HAIRPIN = 0x80
+CT_F_FIN_ORIG = 0x100
+CT_F_FIN_REPLY = 0x200
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
     CT_F_DSR: "dsr",
@@ -56,6 +58,8 @@ CT_FLAG_NAMES = {
     CT_F_REPLIED: "replied",
     CT_F_LOCAL_BACKEND: "local-backend",
     CT_F_HAIRPIN: "hairpin",
+    CT_F_FIN_ORIG: "fin-orig",
+    CT_F_FIN_REPLY: "fin-reply",
 }
 
 CFG_F_MASQUERADE = 0x01

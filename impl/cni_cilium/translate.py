@@ -39,9 +39,11 @@ from .tunnel import VXLAN_VNI, uses_overlay
 
 DEFAULT_CLUSTER_CIDR = "10.100.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
-# Outside the kernel's default ephemeral range (32768-60999) and the NodePort range, so
-# translated ports never collide with the node's own connections or services.
-DEFAULT_NAT_PORTS = (61000, 65535)
+# Source ports of SNAT and masquerade (bpf/lib/nat.h): below the NodePort range
+# (30000-32767) and the kernel's default ephemeral range (32768-60999), so a translated
+# tuple never collides with a connection the node opens itself; 28,976 ports, more than a
+# Linux client's ephemeral range, so each of one client's ports has a NAT port of its own.
+DEFAULT_NAT_PORTS = (1024, 29999)
 MAX_BACKENDS = 65535
 
 # What this datapath implements; anything else asked for falls back with a warning.

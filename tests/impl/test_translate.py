@@ -354,7 +354,7 @@ def test_health_check_port_conflict_is_refused():
 def test_node_config_and_no_masquerade_destinations():
     tr = run()
     assert tr.maps["node_cfg"] == {index_key(0): NodeConfig(
-        "10.99.0.11", "10.100.1.0/24", 61000, 65535, True).encode()}
+        "10.99.0.11", "10.100.1.0/24", 1024, 29999, True).encode()}
     assert set(tr.maps["no_masq"]) == {lpm_key(c) for c in (
         "10.100.0.0/16", "10.100.1.0/24", "10.100.2.0/24", "10.99.0.11/32", "10.99.0.12/32")}
 

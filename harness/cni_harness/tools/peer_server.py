@@ -76,6 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     threading.Thread(target=serve_udp, args=(args.name, args.port), daemon=True).start()
     ThreadingHTTPServer.daemon_threads = True
+    # socketserver's default listen backlog of 5 overflows under a burst of connections:
+    # the kernel then drops SYNs, which would look like a datapath that loses them.
+    ThreadingHTTPServer.request_queue_size = 1024
     ThreadingHTTPServer(("0.0.0.0", args.port), make_handler(args.name)).serve_forever()
 
 
