@@ -24,6 +24,9 @@ esac
 PACKAGES=(
   python3 python3-venv python3-pip python3-wheel python3-bpfcc bpfcc-tools python3-pyroute2 python3-yaml
   "$HEADERS_META" iproute2 iptables nftables tcpdump iperf3 curl netcat-openbsd socat
+  # wrk: the load generator of `cni-harness bench datapath` and the NodePort burst test;
+  # nginx: the HTTP server the benchmark measures against (fast enough not to be the limit)
+  wrk nginx
   openssh-server openssh-client util-linux procps psmisc kmod ca-certificates make gcc
   # vagrant-libvirt: without it `vagrant validate` cannot check the libvirt block of vms/
   vagrant vagrant-libvirt
@@ -40,6 +43,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx only ever runs inside benchmark pods: no server on this host's own port 80.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  fi
 else
   log "packages: all present"
 fi
