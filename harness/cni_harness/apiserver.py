@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
-import yaml
-
-from cni_cilium.manifests import Pod, Service, parse_documents
+from cni_cilium.manifests import Pod, Service, dump_document, load_documents, parse_documents
 
 from .controller import (
     MANAGED_BY,
@@ -157,14 +155,15 @@ class ApiServer:
             if not name.endswith(".yaml"):
                 continue
             with open(os.path.join(self.object_dir, name), encoding="utf-8") as fh:
-                doc = yaml.safe_load(fh)
+                docs = load_documents(fh.read())
+            doc = docs[0] if docs else None
             key = doc_key(doc)
             if key:
                 out[key] = doc
         return out
 
     def _store(self, key: Key, doc: dict) -> None:
-        write_atomic(self._path(key), yaml.safe_dump(doc, sort_keys=False))
+        write_atomic(self._path(key), dump_document(doc))
 
     def _unstore(self, key: Key) -> bool:
         try:
@@ -180,6 +179,7 @@ class ApiServer:
         report = ApplyReport()
         with cluster_lock(self.cluster):
             stored = self.objects()
+            used = used_by(d for k, d in stored.items() if k[0] == "Service")
             for index, doc in enumerate(_flatten(docs)):
                 key = doc_key(doc)
                 if key is None:
@@ -192,15 +192,19 @@ class ApiServer:
                     continue
                 candidate = _normalise(doc, key)
                 problems: list[str] = []
+                previous = stored.get(key)
                 if key[0] == "Service":
-                    others = [d for k, d in stored.items() if k[0] == "Service" and k != key]
-                    candidate, problems = allocate_service(candidate, stored.get(key),
-                                                           used_by(others))
+                    if previous is not None:
+                        used.remove(previous)       # what the other Services hold
+                    candidate, problems = allocate_service(candidate, previous, used)
                 problems += parse_documents([candidate], source)[1]
+                kept = previous if problems else candidate
+                if key[0] == "Service" and kept is not None:
+                    used.add(kept)
                 if problems:
                     report.problems.extend(problems)
                     continue
-                if stored.get(key) == candidate:
+                if previous == candidate:
                     report.unchanged.append(describe(key))
                     continue
                 stored[key] = candidate
@@ -258,8 +262,7 @@ class ApiServer:
                         == MANAGED_BY)}
         for slice_doc in endpoint_slices(services, pods):
             docs[doc_key(slice_doc)] = slice_doc
-        return {manifest_filename(k): yaml.safe_dump(d, sort_keys=False)
-                for k, d in sorted(docs.items())}
+        return {manifest_filename(k): dump_document(d) for k, d in sorted(docs.items())}
 
     def sync(self, nodes: Sequence[str] | None = None) -> dict[str, dict]:
         """Hand the desired files to the nodes (all, or the ones named)."""

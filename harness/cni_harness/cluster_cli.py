@@ -258,6 +258,8 @@ def cmd_pod_logs(args: argparse.Namespace) -> int:
 
 def _read_docs(files: list[str]) -> tuple[list[tuple[str, list]], list[str]]:
     import yaml
+
+    from cni_cilium.manifests import load_documents
     out, problems = [], []
     for path in files:
         try:
@@ -266,7 +268,7 @@ def _read_docs(files: list[str]) -> tuple[list[tuple[str, list]], list[str]]:
             else:
                 with open(path, encoding="utf-8") as fh:
                     text = fh.read()
-            out.append((path, list(yaml.safe_load_all(text))))
+            out.append((path, load_documents(text)))
         except OSError as exc:
             problems.append(f"{path}: cannot read: {exc.strerror}")
         except yaml.YAMLError as exc:

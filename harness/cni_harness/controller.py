@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any, Iterable
 
 from cni_cilium.manifests import Pod, Service
@@ -60,43 +60,77 @@ def manifest_filename(key: Key) -> str:
     return f"{kind.lower()}-{ns}-{name}.yaml" if ns else f"{kind.lower()}-{name}.yaml"
 
 
-@dataclass
 class Used:
-    """Addresses and ports other Services hold."""
+    """Addresses and ports other Services hold, counted (a conflicting store may hold one
+    twice), with the next free ClusterIP and LB address found from a cursor: applying N
+    services costs O(N), not the O(N^2) of scanning the range from its start each time."""
 
-    cluster_ips: set[str] = field(default_factory=set)
-    node_ports: set[tuple[int, str]] = field(default_factory=set)
-    lb_ips: set[str] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.cluster_ips: Counter[str] = Counter()
+        self.node_ports: Counter[tuple[int, str]] = Counter()
+        self.lb_ips: Counter[str] = Counter()
+        self._cursor = {"cluster_ips": 0, "lb_ips": 0}
+
+    def _fields(self, doc: dict) -> dict[str, list]:
+        spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+        out: dict[str, list] = {"cluster_ips": [], "node_ports": [], "lb_ips": []}
+        if spec.get("clusterIP"):
+            out["cluster_ips"].append(str(spec["clusterIP"]))
+        for port in spec.get("ports") or []:
+            if isinstance(port, dict) and isinstance(port.get("nodePort"), int):
+                out["node_ports"].append((port["nodePort"], port.get("protocol", "TCP")))
+        if isinstance(spec.get("healthCheckNodePort"), int):
+            out["node_ports"].append((spec["healthCheckNodePort"], "TCP"))
+        status = doc.get("status") if isinstance(doc.get("status"), dict) else {}
+        lb = status.get("loadBalancer") if isinstance(status.get("loadBalancer"), dict) else {}
+        for ing in lb.get("ingress") or []:
+            if isinstance(ing, dict) and ing.get("ip"):
+                out["lb_ips"].append(str(ing["ip"]))
+        return out
+
+    def add(self, doc: dict) -> None:
+        """Count what a Service holds."""
+        for name, values in self._fields(doc).items():
+            getattr(self, name).update(values)
+
+    def remove(self, doc: dict) -> None:
+        """Forget what a Service held (it is being replaced); freed addresses below a
+        cursor move the cursor back, so the lowest free address is still found first."""
+        for name, values in self._fields(doc).items():
+            counter = getattr(self, name)
+            for value in values:
+                counter[value] -= 1
+                if counter[value] <= 0:
+                    del counter[value]
+                    if name in self._cursor:
+                        self._cursor[name] = 0
+
+    def first_free(self, name: str, cidr: str, skip: int = 0) -> str | None:
+        """The lowest address of `cidr` (after `skip` hosts) that no Service holds."""
+        taken = getattr(self, name)
+        net = ipaddress.IPv4Network(cidr)
+        first = int(net.network_address) + 1 + skip
+        hosts = net.num_addresses - 2 - skip
+        for offset in range(self._cursor[name], hosts):
+            addr = str(ipaddress.IPv4Address(first + offset))
+            if addr not in taken:
+                self._cursor[name] = offset
+                return addr
+        return None
 
 
 def used_by(services: Iterable[dict]) -> Used:
     used = Used()
     for doc in services:
-        spec = doc.get("spec") or {}
-        if spec.get("clusterIP"):
-            used.cluster_ips.add(str(spec["clusterIP"]))
-        for port in spec.get("ports") or []:
-            if isinstance(port, dict) and isinstance(port.get("nodePort"), int):
-                used.node_ports.add((port["nodePort"], port.get("protocol", "TCP")))
-        if isinstance(spec.get("healthCheckNodePort"), int):
-            used.node_ports.add((spec["healthCheckNodePort"], "TCP"))
-        for ing in ((doc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-            if isinstance(ing, dict) and ing.get("ip"):
-                used.lb_ips.add(str(ing["ip"]))
+        used.add(doc)
     return used
 
 
-def _first_free(candidates: Iterable[Any], taken: set) -> Any:
+def _first_free(candidates: Iterable[Any], taken: Any) -> Any:
     for item in candidates:
         if item not in taken:
             return item
     return None
-
-
-def _hosts(cidr: str, skip: int = 0) -> Iterable[str]:
-    for i, host in enumerate(ipaddress.IPv4Network(cidr).hosts()):
-        if i >= skip:
-            yield str(host)
 
 
 def _port_match(old: dict, new: dict) -> bool:
@@ -121,8 +155,8 @@ def allocate_service(doc: dict, previous: dict | None, used: Used) -> tuple[dict
 
     ip = spec.get("clusterIP")
     if ip in (None, ""):
-        ip = prev_spec.get("clusterIP") or _first_free(
-            _hosts(SERVICE_CIDR, RESERVED_CLUSTER_IPS), used.cluster_ips)
+        ip = prev_spec.get("clusterIP") or used.first_free(
+            "cluster_ips", SERVICE_CIDR, RESERVED_CLUSTER_IPS)
         if ip is None:
             problems.append(f"{label}: spec.clusterIP: the service range {SERVICE_CIDR} is full")
         spec["clusterIP"] = ip
@@ -180,8 +214,7 @@ def allocate_service(doc: dict, previous: dict | None, used: Used) -> tuple[dict
         if not lb.get("ingress") and not spec.get("loadBalancerIP"):
             prev_ing = (((previous or {}).get("status") or {}).get("loadBalancer") or {}
                         ).get("ingress")
-            lb_ip = prev_ing[0].get("ip") if prev_ing else _first_free(
-                _hosts(LB_POOL), used.lb_ips)
+            lb_ip = prev_ing[0].get("ip") if prev_ing else used.first_free("lb_ips", LB_POOL)
             if lb_ip is None:
                 problems.append(f"{label}: status.loadBalancer.ingress: the pool {LB_POOL} "
                                 "is full")

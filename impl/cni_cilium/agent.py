@@ -41,7 +41,7 @@ from .datapath import loader, routes, tc, vxlan
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
-from .manifests import parse_documents
+from .manifests import load_documents, parse_documents
 from .metrics import render_metrics
 from .sources import DesiredStateSource
 from .translate import (
@@ -72,12 +72,6 @@ TICK_SECONDS = 0.25
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
 IFF_NOARP = 0x80
-
-try:  # the C loader parses large manifest sets several times faster
-    _YamlLoader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML without libyaml
-    _YamlLoader = yaml.SafeLoader
-
 
 def write_json_atomic(path: str, doc: dict) -> None:
     """Write JSON so readers never see a half-written file."""
@@ -136,7 +130,7 @@ class ManifestReader:
     def _parse(self, name: str) -> tuple[list, list[str]]:
         try:
             with open(os.path.join(self.directory, name), encoding="utf-8") as fh:
-                docs = list(yaml.load_all(fh.read(), Loader=_YamlLoader))
+                docs = load_documents(fh.read())
         except (OSError, yaml.YAMLError) as exc:
             return [], [f"{name}: cannot read: {exc}".replace("\n", " ")]
         found, bad = parse_documents(docs, name)

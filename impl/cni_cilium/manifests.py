@@ -8,6 +8,7 @@ An invalid object is refused on its own; every valid object in the same file is 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -493,10 +494,31 @@ def parse_documents(docs: list[Any], source: str = "<input>"
     return objects, problems
 
 
+# libyaml's loader parses several times faster than the pure-Python one.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_documents(text: str) -> list[Any]:
+    """The documents of a manifest text. A file that is one JSON object (what the harness
+    writes: JSON is YAML, and a JSON parser reads it ~30x faster than a YAML one) is read
+    as JSON; anything else as (multi-document) YAML. Raises yaml.YAMLError."""
+    if text.lstrip().startswith("{"):
+        try:
+            return [json.loads(text)]
+        except ValueError:
+            pass                     # YAML flow style, not JSON: the YAML parser decides
+    return list(yaml.load_all(text, Loader=_YAML_LOADER))
+
+
+def dump_document(doc: Any) -> str:
+    """One object as manifest text (JSON, which every YAML reader reads too)."""
+    return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
 def parse_yaml(text: str, source: str = "<input>") -> tuple[list[KubeObject], list[str]]:
     """Parse a (multi-document) YAML text: (valid objects, problems)."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = load_documents(text)
     except yaml.YAMLError as exc:
         return [], [f"{source}: not valid YAML: {exc}".replace("\n", " ")]
     return parse_documents(docs, source)
