@@ -15,11 +15,13 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 
@@ -162,92 +164,377 @@ def format_program_results(compile_s: float, results: Sequence[ProgramResult]) -
 
 TRAFFIC_CONFIG = "bpfLBMode: SNAT\n"
 IPERF_PORT = 5201
+HTTP_PORT = 8080
+CLIENT_CPU, SERVER_CPU = 0, 1         # wrk / iperf3 client and nginx / iperf3 server
+WRK_CONNECTIONS = 50
+AGENT_UNIT = "cni-cilium-agent.service"
+NODECTL = "/usr/local/sbin/nodectl"
+NGINX_CONF = "/srv/bench/nginx.conf"
+# nginx, one worker pinned to its own CPU: answers a small body, no logs, long keep-alive.
+NGINX_CONFIG = """worker_processes 1;
+daemon off;
+pid /tmp/nginx-bench.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {
+    listen %d reuseport backlog=4096;
+    location / { return 200 "ok\\n"; }
+  }
+}
+"""
+MODES = {"SNAT": {"TCP": "SNAT", "UDP": "SNAT"}, "DSR": {"TCP": "DSR", "UDP": "DSR"},
+         "Hybrid": {"TCP": "DSR", "UDP": "SNAT"}}
+DIRECT = "pod->pod direct"
+METRICS = (("conn", "new conn/s"), ("keepalive", "keep-alive req/s"), ("gbps", "iperf3 Gb/s"))
 
 
 def _median(values: Sequence[float]) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return 0.0
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
+def parse_wrk(text: str) -> dict:
+    """wrk's summary: requests, requests/s, socket errors, non-2xx answers."""
+    def number(pattern: str) -> float:
+        m = re.search(pattern, text)
+        return float(m.group(1)) if m else 0.0
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {"requests": int(number(r"(\d+) requests in")),
+            "rps": number(r"Requests/sec:\s+([\d.]+)"),
+            "socketErrors": errors.group(1).strip() if errors else "",
+            "non2xx": int(number(r"Non-2xx or 3xx responses: (\d+)"))}
+
+
+def child_cpu_seconds(stat_line: str, ticks: int = 100) -> float:
+    """CPU time of the reaped children of a process, from its /proc/PID/stat line."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / ticks      # cutime, cstime
+
+
+def process_cpu_seconds(stat_line: str, ticks: int = 100) -> float:
+    """A process's own CPU time from its /proc/PID/stat line."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks      # utime, stime
+
+
+@dataclass(frozen=True)
+class Path:
+    """Where the generator runs and what it connects to."""
+
+    label: str
+    where: Any                  # lab.Where
+    http: tuple[str, int]
+    iperf: tuple[str, int]
+
+
+class TrafficBench:
+    """The paths of one cluster measured with wrk and iperf3 (see `traffic_benchmark`)."""
+
+    def __init__(self, lab, seconds: float, progress: Callable[[str], None]):
+        self.lab = lab
+        self.seconds = seconds
+        self.progress = progress
+        self.server_pid = ""
+
+    # ---------------------------------------------------------------- generators
+    def wrk(self, where, host: str, port: int, close: bool) -> dict:
+        """wrk pinned to the client CPU; its own CPU share and the server's."""
+        header = ["-H", "Connection: close"] if close else []
+        script = (f"taskset -c {CLIENT_CPU} wrk -t1 -c{WRK_CONNECTIONS} "
+                  f'-d{max(1, round(self.seconds))}s --timeout 3s "$@"; cat /proc/$$/stat')
+        server_before = self.server_cpu()
+        res = self.lab.run(where, ["sh", "-c", script, "wrk", *header,
+                                   f"http://{host}:{port}/"],
+                           timeout=self.seconds + 60, check=True)
+        server = self.server_cpu() - server_before
+        out = parse_wrk(res.stdout)
+        out["clientCpu"] = round(child_cpu_seconds(res.stdout.strip().splitlines()[-1])
+                                 / self.seconds, 2)
+        out["serverCpu"] = round(server / self.seconds, 2)
+        return out
+
+    def iperf(self, where, host: str, port: int) -> float:
+        res = self.lab.run(where, ["iperf3", "-c", host, "-p", str(port), "-A", str(CLIENT_CPU),
+                                   "-t", str(max(1, round(self.seconds))), "-J"],
+                           timeout=self.seconds + 60, check=True)
+        return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    def server_cpu(self) -> float:
+        """CPU seconds the nginx worker used so far (0 when it cannot be read)."""
+        from .lab import node
+
+        if not self.server_pid:
+            found = self.lab.run(node("node2"), ["pgrep", "-f", "nginx: worker"]).stdout
+            self.server_pid = found.split()[0] if found.split() else ""
+        res = self.lab.run(node("node2"), ["cat", f"/proc/{self.server_pid}/stat"])
+        return process_cpu_seconds(res.stdout) if res.returncode == 0 and res.stdout else 0.0
+
+    def measure(self, path: Path, into: dict) -> None:
+        """One round of the three figures of a path, appended to into[label]."""
+        self.progress(f"  {path.label}")
+        samples = into.setdefault(path.label, {"conn": [], "keepalive": [], "gbps": [],
+                                               "runs": []})
+        close = self.wrk(path.where, *path.http, close=True)
+        keep = self.wrk(path.where, *path.http, close=False)
+        samples["conn"].append(close["rps"])
+        samples["keepalive"].append(keep["rps"])
+        samples["gbps"].append(self.iperf(path.where, *path.iperf))
+        samples["runs"].append({"close": close, "keepalive": keep})
+
+
+def _summarise(samples: dict) -> dict:
+    return {label: {**{m: _median(s[m]) for m, _ in METRICS}, "samples": s}
+            for label, s in samples.items()}
+
+
+def _peer_setup(lab, progress) -> None:
+    """Detach the module: agents stopped and `cni-cilium bpf remove` (filters, routes,
+    maps) on every node; static routes to the other nodes' pod CIDRs instead."""
+    from .lab import AGENT_CLI, node
+
+    infos = list(lab.provider.nodes())
+    for info in infos:
+        progress(f"kube-proxy peer: detaching cni-cilium on {info.name}")
+        lab.run(node(info.name), [NODECTL, "stop", AGENT_UNIT], check=True)
+        lab.run(node(info.name), [AGENT_CLI, "bpf", "remove"], check=True)
+        for other in infos:
+            if other.name != info.name:
+                lab.run(node(info.name), ["ip", "route", "replace", other.pod_cidr, "via",
+                                          other.ip, "proto", "static"], check=True)
+
+
+def _peer_program(lab, text: str) -> None:
+    """kube-proxy's nat table on every node (its KUBE-* chains first removed)."""
+    from .lab import AGENT_CLI, node
+
+    for info in lab.provider.nodes():
+        lab.run(node(info.name), [AGENT_CLI, "kube-proxy", "cleanup"], check=True)
+        lab.run(node(info.name), ["iptables-restore", "--noflush"], input=text, timeout=300,
+                check=True)
+
+
+def _peer_teardown(lab, progress) -> None:
+    """KUBE-* chains and the static routes gone, the nat table removed when nothing else
+    is in it (so netfilter stops tracking connections), agents started again."""
+    from .lab import AGENT_CLI, node
+
+    infos = list(lab.provider.nodes())
+    for info in infos:
+        where = node(info.name)
+        lab.run(where, [AGENT_CLI, "kube-proxy", "cleanup"])
+        if "-A " not in lab.run(where, ["iptables-save", "-t", "nat"]).stdout:
+            lab.run(where, ["nft", "delete", "table", "ip", "nat"])
+        for other in infos:
+            if other.name != info.name:
+                lab.run(where, ["ip", "route", "del", other.pod_cidr, "proto", "static"])
+        lab.run(where, [NODECTL, "start", AGENT_UNIT], check=True)
+    for info in infos:
+        progress(f"kube-proxy peer: cni-cilium back on {info.name}")
+        lab.wait_for(f"{info.name}'s agent", lambda n=info.name: lab.agent(
+            n, "status")["state"] == "running" and all(
+            d["ok"] for d in lab.agent(n, "status")["devices"].values()), timeout=120)
+
+
+def _extra_services(first: int, last: int) -> list[dict]:
+    """Services extra-<first..last-1>: ClusterIP, selecting the nginx pod (real services
+    with a backend, programmed on every node)."""
+    return [{"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": f"extra-{i}", "namespace": "bench"},
+             "spec": {"selector": {"app": "bench-http"},
+                      "ports": [{"name": "http", "port": 80, "targetPort": HTTP_PORT}]}}
+            for i in range(first, last)]
+
+
+def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
+                      counts: Sequence[int] = (1, 1000, 10000), peer: str = "",
                       progress: Callable[[str], None] = print) -> dict:
-    """Throughput and request rate to one backend pod on node2: pod to pod, through a
-    ClusterIP, and from the external client through node1's NodePort in SNAT and then, with
-    the agents switched to DSR, by direct server return."""
-    from .lab import CLIENT, PEER_PORT, pod
+    """New connections/s (wrk, `Connection: close`), keep-alive requests/s (wrk) and
+    iperf3 throughput to nginx and iperf3 pods on node2: pod->pod direct and pod->ClusterIP
+    from a pod on node1, client->NodePort and client->LoadBalancer IP through node1 in
+    SNAT, DSR and Hybrid; at each service count in `counts` (the extra services are real
+    ClusterIP services of the same pod); with peer "kube-proxy", the same paths through
+    kube-proxy's iptables rules for the same services on the same nodes, the module
+    detached. Medians of `rounds` rounds, paths interleaved in each round."""
+    from cni_cilium.manifests import EndpointSlice, Service, parse_documents
+
+    from .kubeproxy_rules import iptables_restore_text, service_ports
+    from .lab import CLIENT, node, pod
 
     progress("starting benchmark pods and services ...")
     docs = [{"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": name, "namespace": "default"},
-             "spec": {"type": "NodePort", "selector": {"app": name},
+             "spec": {"type": "LoadBalancer", "selector": {"app": name},
                       "ports": [{"name": "tcp", "port": port, "targetPort": target,
                                  "protocol": "TCP"}]}}
             for name, port, target in (("bench-iperf", IPERF_PORT, IPERF_PORT),
-                                       ("bench-http", 80, PEER_PORT))]
+                                       ("bench-http", 80, HTTP_PORT))]
     for name in ("bench-iperf", "bench-http", "bench-cli"):
         if lab.pods.get("default", name):
             lab.pods.delete(name)
-    iperf = lab.pods.run("node2", "bench-iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
-                         labels={"app": "bench-iperf"})
-    http = lab.start_peer_pod("node2", "bench-http", {"app": "bench-http"})
-    lab.start_peer_pod("node1", "bench-cli", {"app": "bench-cli"})
+    lab.provider.put_file("node2", NGINX_CONF, (NGINX_CONFIG % HTTP_PORT).encode())
+    iperf = lab.pods.run("node2", "bench-iperf", ["iperf3", "-s", "-p", str(IPERF_PORT), "-A",
+                                                  str(SERVER_CPU)], labels={"app": "bench-iperf"})
+    http = lab.pods.run("node2", "bench-http", ["taskset", "-c", str(SERVER_CPU), "nginx", "-c",
+                                                NGINX_CONF, "-p", "/tmp"],
+                        labels={"app": "bench-http"},
+                        ports=[{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}])
+    lab.pods.run("node1", "bench-cli", ["sleep", "infinity"], labels={"app": "bench-cli"})
     lab.apply(docs)
+    bench = TrafficBench(lab, seconds, progress)
+    applied = 1
+    cilium: dict[int, dict] = {}
+    proxy: dict[int, dict] = {}
+    applies: dict[int, float] = {}
     try:
-        lab.wait_programmed("default/bench-iperf", {"ClusterIP": 1})
-        lab.wait_programmed("default/bench-http", {"ClusterIP": 1})
+        for name in ("bench-iperf", "bench-http"):
+            lab.wait_programmed(f"default/{name}", {"ClusterIP": 1})
         node1 = lab.provider.node("node1").ip
-        svc_iperf, svc_http = lab.service("bench-iperf"), lab.service("bench-http")
-        paths = {
-            "pod->pod direct": (pod("bench-cli"), (iperf.ip, IPERF_PORT), (http.ip, PEER_PORT)),
-            "pod->ClusterIP": (pod("bench-cli"), (svc_iperf["spec"]["clusterIP"], IPERF_PORT),
-                               (svc_http["spec"]["clusterIP"], 80)),
-            "client->NodePort (SNAT)": (CLIENT, (node1, svc_iperf["spec"]["ports"][0]["nodePort"]),
-                                 (node1, svc_http["spec"]["ports"][0]["nodePort"])),
-        }
-        samples: dict[str, dict[str, list[float]]] = {
-            p: {"gbps": [], "rps": []} for p in paths}
-        lab.wait_for("iperf3 server", lambda: lab.run(pod("bench-iperf"), [
-            "ss", "-ltn", f"sport = :{IPERF_PORT}"]).stdout.count("LISTEN"), timeout=10)
+        svc = {n: lab.service(n) for n in ("bench-iperf", "bench-http")}
 
-        def measure(label: str, where, ihost: str, iport: int, hhost: str, hport: int) -> None:
-            res = lab.run(where, ["iperf3", "-c", ihost, "-p", str(iport), "-t",
-                                  str(seconds), "-J"], timeout=seconds + 30, check=True)
-            bps = json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"]
-            samples.setdefault(label, {"gbps": [], "rps": []})["gbps"].append(bps / 1e9)
-            res = lab.run(where, ["python3", lab.tool(where, "probe.py"), "rate", hhost,
-                                  str(hport), "--seconds", str(seconds)],
-                          timeout=seconds + 30, check=True)
-            samples[label]["rps"].append(json.loads(res.stdout)["rate"])
+        def frontends(kind: str) -> tuple[tuple[str, int], tuple[str, int]]:
+            out = []
+            for name in ("bench-http", "bench-iperf"):
+                spec = svc[name]["spec"]
+                out.append({"ClusterIP": (spec["clusterIP"], spec["ports"][0]["port"]),
+                            "NodePort": (node1, spec["ports"][0]["nodePort"]),
+                            "LoadBalancer": (svc[name]["status"]["loadBalancer"]["ingress"][0][
+                                "ip"], spec["ports"][0]["port"])}[kind])
+            return out[0], out[1]
 
-        for r in range(rounds):
-            for label, (where, (ihost, iport), (hhost, hport)) in paths.items():
-                progress(f"round {r + 1}/{rounds}: {label}")
-                measure(label, where, ihost, iport, hhost, hport)
-        lab.set_module_config("bpfLBMode: DSR\n", {"TCP": "DSR", "UDP": "DSR"})
-        where, (ihost, iport), (hhost, hport) = paths["client->NodePort (SNAT)"]
-        for r in range(rounds):
-            progress(f"round {r + 1}/{rounds}: client->NodePort (DSR)")
-            measure("client->NodePort (DSR)", where, ihost, iport, hhost, hport)
+        direct = Path(DIRECT, pod("bench-cli"), (http.ip, HTTP_PORT), (iperf.ip, IPERF_PORT))
+        clusterip = Path("pod->ClusterIP", pod("bench-cli"), *frontends("ClusterIP"))
+
+        def external(mode: str) -> list[Path]:
+            suffix = f" ({mode})" if mode else ""
+            return [Path(f"client->NodePort{suffix}", CLIENT, *frontends("NodePort")),
+                    Path(f"client->LoadBalancer{suffix}", CLIENT, *frontends("LoadBalancer"))]
+
+        lab.wait_for("iperf3 and nginx", lambda: all(
+            "LISTEN" in lab.run(pod(p), ["ss", "-ltn", f"sport = :{port}"]).stdout
+            for p, port in (("bench-iperf", IPERF_PORT), ("bench-http", HTTP_PORT))),
+            timeout=20)
+        for count in counts:
+            if count - 1 > applied - 1:
+                progress(f"applying services up to {count} ...")
+                started = time.monotonic()
+                lab.apply(_extra_services(applied - 1, count - 1))
+                applied = count
+                for info in lab.provider.nodes():
+                    lab.wait_for(f"{count} services on {info.name}",
+                                 lambda n=info.name, want=count + 1: lab.agent(
+                                     n, "status")["services"]["services"] >= want, timeout=600)
+                applies[count] = round(time.monotonic() - started, 1)
+                progress(f"  {count} services programmed on every node in "
+                         f"{applies[count]} s")
+            samples: dict = {}
+            for mode in MODES:
+                lab.set_module_config(f"bpfLBMode: {mode}\n", MODES[mode], timeout=120)
+                for r in range(rounds):
+                    progress(f"cni-cilium, {count} services, {mode}, round {r + 1}/{rounds}")
+                    paths = [direct, clusterip] if mode == "SNAT" else []
+                    for path in [*paths, *external(mode)]:
+                        bench.measure(path, samples)
+            cilium[count] = _summarise(samples)
+        if peer == "kube-proxy":
+            objects, _problems = parse_documents(
+                [d for text in lab.api.desired_files().values() for d in [json.loads(text)]],
+                "store")
+            ports = service_ports([o for o in objects if isinstance(o, Service)],
+                                  [o for o in objects if isinstance(o, EndpointSlice)])
+            measured = [p for p in ports if p.service in ("default/bench-http",
+                                                          "default/bench-iperf")]
+            extras = [p for p in ports if p.service.startswith("bench/extra-")]
+            _peer_setup(lab, progress)
+            try:
+                for count in counts:
+                    text = iptables_restore_text(extras[:count - 1] + measured, "10.100.0.0/16")
+                    started = time.monotonic()
+                    _peer_program(lab, text)
+                    progress(f"kube-proxy: {count} services ({text.count(chr(10))} lines) "
+                             f"programmed on every node in {time.monotonic() - started:.1f} s")
+                    samples = {}
+                    for r in range(rounds):
+                        progress(f"kube-proxy, {count} services, round {r + 1}/{rounds}")
+                        for path in [direct, clusterip, *external("")]:
+                            bench.measure(path, samples)
+                    proxy[count] = _summarise(samples)
+            finally:
+                _peer_teardown(lab, progress)
     finally:
         lab.set_module_config(TRAFFIC_CONFIG)
-        lab.delete(docs)
+        lab.delete(docs + _extra_services(0, applied - 1))
         for name in ("bench-iperf", "bench-http", "bench-cli"):
             lab.pods.delete(name)
-    direct = samples["pod->pod direct"]
-    return {label: {"gbps": _median(s["gbps"]), "rps": _median(s["rps"]),
-                    "gbps_ratio": _median(s["gbps"]) / _median(direct["gbps"]),
-                    "rps_ratio": _median(s["rps"]) / _median(direct["rps"]),
-                    "samples": s} for label, s in samples.items()}
+        lab.run(node("node2"), ["rm", "-f", NGINX_CONF])
+    return {"counts": list(counts), "rounds": rounds, "seconds": seconds, "cilium": cilium,
+            "kubeProxy": proxy, "applySeconds": applies}
 
 
-def format_traffic_results(results: dict, seconds: float, rounds: int) -> str:
-    lines = [f"TCP, one backend pod on node2; median of {rounds} rounds of {seconds:g} s each",
-             f"{'path':24} {'throughput':>12} {'ratio':>6} {'requests/s':>11} {'ratio':>6}"]
-    for label, r in results.items():
-        lines.append(f"{label:24} {r['gbps']:>8.2f} Gb/s {r['gbps_ratio']:>6.2f} "
-                     f"{r['rps']:>11.0f} {r['rps_ratio']:>6.2f}")
+def format_apply_results(results: dict) -> str:
+    """The control path a user waits for: `apply` of the extra services until every
+    node's agent lists them."""
+    lines = ["apply (ApiServer.apply, one call) until every node's agent has the services:"]
+    previous = 1
+    for count, seconds in sorted(results.get("applySeconds", {}).items()):
+        lines.append(f"  {count - previous:>6} services added ({count} in all): {seconds:.1f} s")
+        previous = count
     return "\n".join(lines)
+
+
+def _cell(value: float, base: float, digits: int) -> str:
+    if not value:
+        return "-"
+    ratio = f" ({value / base:.2f})" if base else ""
+    return f"{value:,.{digits}f}{ratio}"
+
+
+def format_traffic_results(results: dict) -> str:
+    """One table: path and service count x (cni-cilium, kube-proxy), each figure with its
+    ratio to pod->pod direct through cni-cilium at the same service count."""
+    head = ["path", "services"]
+    for _key, name in METRICS:
+        head += [f"{name} cni-cilium", f"{name} kube-proxy"]
+    rows = [head]
+    for count in results["counts"]:
+        ours = results["cilium"].get(count, {})
+        theirs = results["kubeProxy"].get(count, {})
+        base = ours.get(DIRECT, {})
+        for label in ours:
+            peer_label = re.sub(r" \((SNAT)\)$", "", label)
+            other = theirs.get(peer_label, {}) if peer_label != label or label in (
+                DIRECT, "pod->ClusterIP") else {}
+            row = [label, f"{count:,}"]
+            for key, _name in METRICS:
+                digits = 1 if key == "gbps" else 0
+                row += [_cell(ours[label][key], base.get(key, 0), digits),
+                        _cell(other.get(key, 0), base.get(key, 0), digits)]
+            rows.append(row)
+    lines = [f"wrk -t1 -c{WRK_CONNECTIONS} (CPU {CLIENT_CPU}) and iperf3 against nginx / iperf3 "
+             f"on node2 (CPU {SERVER_CPU}); medians of {results['rounds']} rounds of "
+             f"{results['seconds']:g} s; (ratio to pod->pod direct, cni-cilium, same count); "
+             "kube-proxy's NodePort/LoadBalancer figures are on the SNAT rows (it masquerades)",
+             "| " + " | ".join(rows[0]) + " |",
+             "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def parse_counts(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive service counts; ValueError names the option."""
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(f"{option}: {text!r}: expected positive integers separated by commas")
+    return counts
 
 
 def cmd_bench(args) -> int:
@@ -257,11 +544,19 @@ def cmd_bench(args) -> int:
     def progress(message: str) -> None:
         print(f"==> {message}", flush=True)
 
-    counts = [int(c) for c in args.services.split(",") if c]
-    compile_s, results = program_benchmark(counts, progress=progress)
-    report: dict = {"compileSeconds": compile_s,
-                    "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]}
-    text = [format_program_results(compile_s, results)]
+    try:
+        counts = parse_counts(args.services, "--services")
+        traffic_counts = sorted(set(parse_counts(args.traffic_services, "--traffic-services")))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report: dict = {}
+    text = []
+    if not args.no_programming:
+        compile_s, results = program_benchmark(counts, progress=progress)
+        report.update({"compileSeconds": compile_s,
+                       "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]})
+        text.append(format_program_results(compile_s, results))
     if not args.no_traffic:
         try:
             lab, created = deployed_lab(args.name, TRAFFIC_CONFIG, progress=progress)
@@ -269,12 +564,14 @@ def cmd_bench(args) -> int:
             print(f"error: traffic benchmark: {exc}")
             return 1
         try:
-            traffic = traffic_benchmark(lab, args.seconds, args.rounds, progress)
+            traffic = traffic_benchmark(lab, args.seconds, args.rounds, traffic_counts,
+                                        args.peer or "", progress)
         finally:
             if created:
                 lab.provider.down()
         report["traffic"] = traffic
-        text.append(format_traffic_results(traffic, args.seconds, args.rounds))
+        text.append(format_apply_results(traffic))
+        text.append(format_traffic_results(traffic))
     print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
     return 0
 
@@ -284,8 +581,14 @@ def add_arguments(bench) -> None:
     `--name`: created and removed unless it already runs)."""
     bench.add_argument("--services", default="1000,10000",
                        help="service counts to program (10 backends each; default %(default)s)")
+    bench.add_argument("--no-programming", action="store_true",
+                       help="skip the map programming figures")
     bench.add_argument("--no-traffic", action="store_true",
                        help="only the map programming figures (no cluster needed)")
+    bench.add_argument("--traffic-services", default="1,1000,10000",
+                       help="service counts the traffic paths are measured at "
+                            "(default %(default)s)")
+    bench.add_argument("--peer", choices=["kube-proxy"],
+                       help="also measure the same paths through kube-proxy's iptables rules")
     bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    bench.add_argument("--rounds", type=int, default=3, help="rounds per path (median)")
-
+    bench.add_argument("--rounds", type=int, default=2, help="rounds per path (median)")
