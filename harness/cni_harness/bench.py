@@ -346,7 +346,7 @@ def _extra_services(first: int, last: int) -> list[dict]:
     """Services extra-<first..last-1>: ClusterIP, selecting the nginx pod (real services
     with a backend, programmed on every node)."""
     return [{"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": f"extra-{i}", "namespace": "bench"},
+             "metadata": {"name": f"extra-{i}", "namespace": "default"},
              "spec": {"selector": {"app": "bench-http"},
                       "ports": [{"name": "http", "port": 80, "targetPort": HTTP_PORT}]}}
             for i in range(first, last)]
@@ -450,7 +450,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                                   [o for o in objects if isinstance(o, EndpointSlice)])
             measured = [p for p in ports if p.service in ("default/bench-http",
                                                           "default/bench-iperf")]
-            extras = [p for p in ports if p.service.startswith("bench/extra-")]
+            extras = [p for p in ports if p.service.startswith("default/extra-")]
             _peer_setup(lab, progress)
             try:
                 for count in counts:

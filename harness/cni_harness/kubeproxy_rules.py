@@ -14,6 +14,8 @@ follows kube-proxy's iptables proxier:
         KUBE-SEP-<hash> (the last one unconditional)
     KUBE-SEP-<hash>: hairpin source -> KUBE-MARK-MASQ; DNAT to the endpoint
     POSTROUTING -> KUBE-POSTROUTING: marked packets are masqueraded (--random-fully)
+    filter KUBE-SERVICES (FORWARD/OUTPUT, new connections): a service port without
+        endpoints is rejected
 
 Chain names hash the service port name and protocol (and the endpoint) like kube-proxy's
 (sha256, base32, 16 characters). Services are written in the order given: the caller
@@ -106,16 +108,16 @@ def iptables_restore_text(ports: Sequence[PeerServicePort], cluster_cidr: str) -
         '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring '
         'SNAT" -j MASQUERADE --random-fully',
     ]
-    service_rules, nodeport_rules, chain_rules = [], [], []
+    service_rules, nodeport_rules, chain_rules, reject_rules = [], [], [], []
     for sp in ports:
         proto = sp.protocol.lower()
         svc_chain = _chain("KUBE-SVC", sp.name, sp.protocol)
         ext_chain = _chain("KUBE-EXT", sp.name, sp.protocol)
         comment = f'-m comment --comment "{sp.name}'
         if not sp.endpoints:
-            service_rules.append(f"-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {proto} "
-                                 f'{comment} has no endpoints" -m {proto} --dport {sp.port} '
-                                 "-j REJECT")
+            reject_rules.append(f"-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {proto} "
+                                f'{comment} has no endpoints" -m {proto} --dport {sp.port} '
+                                "-j REJECT --reject-with icmp-port-unreachable")
             continue
         chains.append(svc_chain)
         service_rules.append(f"-A KUBE-SERVICES -d {sp.cluster_ip}/32 -p {proto} "
@@ -151,5 +153,13 @@ def iptables_restore_text(ports: Sequence[PeerServicePort], cluster_cidr: str) -
                          'nodeports; NOTE: this must be the last rule in this chain" '
                          "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
     lines = ["*nat", *(f":{c} - [0:0]" for c in chains), *rules, *service_rules,
-             *nodeport_rules, *chain_rules, "COMMIT", ""]
-    return "\n".join(lines)
+             *nodeport_rules, *chain_rules, "COMMIT"]
+    if reject_rules:
+        # REJECT exists in the filter table only: kube-proxy's filter KUBE-SERVICES, for
+        # new connections being forwarded or sent by the node.
+        lines += ["*filter", ":KUBE-SERVICES - [0:0]",
+                  *(f"-A {hook} -m conntrack --ctstate NEW -m comment --comment "
+                    f'"kubernetes service portals" -j KUBE-SERVICES'
+                    for hook in ("FORWARD", "OUTPUT")),
+                  *reject_rules, "COMMIT"]
+    return "\n".join([*lines, ""])

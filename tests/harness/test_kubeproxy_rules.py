@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -46,7 +47,7 @@ def test_service_ports_carry_frontends_and_ready_endpoints_only():
 def test_ruleset_has_kube_proxys_chains_probabilities_and_masquerade():
     text = iptables_restore_text(ports(), "10.100.0.0/16")
     lines = text.splitlines()
-    assert lines[0] == "*nat" and lines[-1] == "COMMIT"
+    assert lines[0] == "*nat" and lines[-1] == "COMMIT" and lines.count("COMMIT") == 2
     svc = re.search(r"-j (KUBE-SVC-[A-Z2-7]{16})", text).group(1)
     ext = re.search(r"-j (KUBE-EXT-[A-Z2-7]{16})", text).group(1)
     jumps = [ln for ln in lines if ln.startswith(f"-A {svc} ") and "KUBE-SEP" in ln]
@@ -62,18 +63,23 @@ def test_ruleset_has_kube_proxys_chains_probabilities_and_masquerade():
     assert f"-A {svc} ! -s 10.100.0.0/16 -d 10.96.0.5/32" in text
     # The NodePort jump is the last rule of KUBE-SERVICES; a service without endpoints
     # rejects; every chain used is declared once.
-    services = [ln for ln in lines if ln.startswith("-A KUBE-SERVICES")]
+    services = [ln for ln in text.split("*filter")[0].splitlines()
+                if ln.startswith("-A KUBE-SERVICES")]
     assert "--dst-type LOCAL -j KUBE-NODEPORTS" in services[-1]
-    assert any("10.96.0.6/32 -p udp" in ln and ln.endswith("-j REJECT") for ln in services)
-    declared = [ln[1:].split()[0] for ln in lines if ln.startswith(":")]
-    assert len(declared) == len(set(declared))
-    used = set(re.findall(r"-[AjJ] (KUBE-[A-Z-]+[A-Z2-7]*)", text))
-    assert used <= set(declared)
+    nat, filt = text.split("*filter")
+    assert "REJECT" not in nat               # the nat table has no REJECT target
+    assert "-A KUBE-SERVICES -d 10.96.0.6/32 -p udp" in filt and "-j REJECT" in filt
+    assert "-A FORWARD -m conntrack --ctstate NEW" in filt
+    for table in (nat, filt):
+        declared = [ln[1:].split()[0] for ln in table.splitlines() if ln.startswith(":")]
+        assert len(declared) == len(set(declared))
+        assert set(re.findall(r"-[AjJ] (KUBE-[A-Z-]+[A-Z2-7]*)", table)) <= set(declared)
 
 
 def test_services_keep_the_order_given_so_the_measured_one_can_go_last():
-    web, empty = ports()
-    text = iptables_restore_text([web, empty], "10.100.0.0/16")
-    flipped = iptables_restore_text([empty, web], "10.100.0.0/16")
-    assert text.index("10.96.0.5/32") < text.index("10.96.0.6/32")
-    assert flipped.index("10.96.0.6/32") < flipped.index("10.96.0.5/32")
+    web, _empty = ports()
+    other = dataclasses.replace(web, service="default/other", cluster_ip="10.96.0.7")
+    text = iptables_restore_text([web, other], "10.100.0.0/16")
+    flipped = iptables_restore_text([other, web], "10.100.0.0/16")
+    assert text.index("-d 10.96.0.5/32") < text.index("-d 10.96.0.7/32")
+    assert flipped.index("-d 10.96.0.7/32") < flipped.index("-d 10.96.0.5/32")
