@@ -5,9 +5,8 @@
 prints one JSON list: for each try either the server's answer ({"name", "peer", ...};
 UDP answers add "replyFrom", the source the answer came from) or {"error": "..."}. Every
 try is a new
-connection (TCP) or a new socket (UDP), so each one is load-balanced afresh.
-`probe.py rate HOST PORT [--seconds S]` sends TCP requests one after the other, each on a
-new connection, for a bounded time and prints {"requests", "errors", "seconds", "rate"}.
+connection (TCP) or a new socket (UDP), so each one is load-balanced afresh. (Rates are
+measured with wrk: `cni-harness bench datapath`.)
 Standalone: it runs with the system Python in pods and namespaces.
 """
 
@@ -17,10 +16,8 @@ import argparse
 import json
 import socket
 import sys
-import time
 
 MAX_COUNT = 500
-MAX_SECONDS = 30.0
 
 
 def tcp_once(host: str, port: int, timeout: float, sport: int = 0) -> dict:
@@ -56,38 +53,18 @@ def udp_once(host: str, port: int, timeout: float, size: int = 3, sport: int = 0
     return answer
 
 
-def request_rate(host: str, port: int, seconds: float, timeout: float) -> dict:
-    ok = failed = 0
-    start = time.monotonic()
-    while time.monotonic() - start < min(seconds, MAX_SECONDS):
-        try:
-            if "error" in tcp_once(host, port, timeout):
-                failed += 1
-            else:
-                ok += 1
-        except (OSError, ValueError):
-            failed += 1
-    elapsed = time.monotonic() - start
-    return {"requests": ok, "errors": failed, "seconds": round(elapsed, 3),
-            "rate": round(ok / elapsed, 1)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("tcp", "udp", "rate"))
+    parser.add_argument("mode", choices=("tcp", "udp"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--count", type=int, default=1, help="tries (tcp, udp)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration (rate)")
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--size", type=int, default=3, help="UDP payload bytes (udp)")
     parser.add_argument("--sport", type=int, default=0,
                         help="source port of the first try, the next ones count up (default: "
                              "the kernel's choice); fresh tuples never meet old conntrack state")
     args = parser.parse_args()
-    if args.mode == "rate":
-        print(json.dumps(request_rate(args.host, args.port, args.seconds, args.timeout)))
-        return 0
     results = []
     for i in range(min(args.count, MAX_COUNT)):
         sport = args.sport + i if args.sport else 0
