@@ -7,6 +7,7 @@ An invalid object is refused on its own; every valid object in the same file is 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -206,12 +207,21 @@ def _enum(ctx: _Ctx, value: Any, path: str, allowed: tuple[str, ...], default: s
     return value
 
 
-def _ipv4(ctx: _Ctx, value: Any, path: str) -> str | None:
+@functools.lru_cache(maxsize=65536)
+def _canonical_ipv4(value: str | int) -> str | None:
+    """An address in dotted form, None when invalid. Cached: the same pod and node
+    addresses come back in thousands of endpoints, and ipaddress is slow to parse."""
     try:
         return str(ipaddress.IPv4Address(value))
     except (ipaddress.AddressValueError, ValueError, TypeError):
-        ctx.err(path, f"invalid IPv4 address {value!r}")
         return None
+
+
+def _ipv4(ctx: _Ctx, value: Any, path: str) -> str | None:
+    canonical = _canonical_ipv4(value) if isinstance(value, (str, int)) else None
+    if canonical is None:
+        ctx.err(path, f"invalid IPv4 address {value!r}")
+    return canonical
 
 
 def _cidr(ctx: _Ctx, value: Any, path: str) -> str | None:
