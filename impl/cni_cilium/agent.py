@@ -69,6 +69,8 @@ from .tunnel import (
 log = logging.getLogger("cni-cilium.agent")
 
 TICK_SECONDS = 0.25
+SETTLE_SECONDS = 0.3        # the manifest directory must be this quiet before a reconcile
+SETTLE_MAX_SECONDS = 5.0    # ... unless it keeps changing for longer
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
 IFF_NOARP = 0x80
@@ -222,6 +224,8 @@ class Agent:
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
+        self._manifests_seen: tuple = ()
+        self._manifests_seen_at = self._settling_since = 0.0
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -678,6 +682,18 @@ class Agent:
         return (_file_signature(self.config_path), self.source.quick_signature(),
                 _file_signature(paths.ENDPOINT_DIR))
 
+    def _manifests_settling(self, now: float) -> bool:
+        """Whether the manifest directory changed less than SETTLE_SECONDS ago (and has
+        not kept changing for SETTLE_MAX_SECONDS): a sync of thousands of files is then
+        reconciled once, whole, instead of several times half-written."""
+        current = self.source.quick_signature()
+        if current != self._manifests_seen:
+            if self._manifests_seen_at + SETTLE_SECONDS < now:
+                self._settling_since = now
+            self._manifests_seen, self._manifests_seen_at = current, now
+        return (now - self._manifests_seen_at < SETTLE_SECONDS
+                and now - self._settling_since < SETTLE_MAX_SECONDS)
+
     def run(self) -> None:
         next_check = next_status = next_scan = 0.0
         quick: tuple = ()
@@ -685,6 +701,9 @@ class Agent:
             # A full scan stats every file (edits in place); with many files it runs less
             # often, so polling stays under ~5% of a CPU. Directory changes are seen at once.
             now = time.monotonic()
+            if self._manifests_settling(now) and not self._retry:
+                self.stop_event.wait(TICK_SECONDS / 2)
+                continue
             if now >= next_scan or self._quick_signature() != quick or self._retry:
                 quick = self._quick_signature()
                 signature = self._inputs_signature()
