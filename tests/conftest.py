@@ -44,7 +44,7 @@ def local_cluster():
 def deployed_cluster():
     """A 3-node local cluster named `lcd` with the module deployed (agent running).
     `deployed_cluster.first_deploy` is the result of that first deploy."""
-    from cni_harness.deploy import run_playbook
+    from cni_harness.deploy.playbook import run_playbook
     from cni_harness.testing import fresh_local_cluster as make
 
     with make("lcd") as provider:

@@ -175,7 +175,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
     """Throughput and request rate to one backend pod on node2: pod to pod, through a
     ClusterIP, and from the external client through node1's NodePort in SNAT and then, with
     the agents switched to DSR, by direct server return."""
-    from .lab import CLIENT, PEER_PORT, pod
+    from .suites.lab import CLIENT, PEER_PORT, pod
 
     progress("starting benchmark pods and services ...")
     docs = [{"apiVersion": "v1", "kind": "Service",
@@ -252,7 +252,7 @@ def format_traffic_results(results: dict, seconds: float, rounds: int) -> str:
 
 def cmd_bench(args) -> int:
     """`cni-harness bench datapath`: print the datapath figures of this machine."""
-    from .lab import LabError, deployed_lab
+    from .suites.lab import LabError, deployed_lab
 
     def progress(message: str) -> None:
         print(f"==> {message}", flush=True)

@@ -12,7 +12,7 @@ import json
 import subprocess
 from typing import Iterator
 
-from .providers.local import LocalProvider
+from .providers.local.provider import LocalProvider
 
 # Link attributes that change on their own (counters, timestamps) are left out.
 _LINK_KEYS = ("ifname", "ifindex", "link_type", "address", "flags", "mtu", "master")

@@ -7,7 +7,7 @@ tcpdump captures in node1, node2, the client and the fabric. The agents' mode is
 by rewriting the module config file every node's agent reads (what `deploy --config`
 writes); each agent picks it up live and the suite waits until every status shows it.
 
-Asserted from the captures and the answers (`cni_harness.asymmetry`): in DSR, replies
+Asserted from the captures and the answers (`cni_harness.evidence.asymmetry`): in DSR, replies
 leave node2's uplink straight to the client with node1's address and port, none crosses
 node1's uplink, the backend saw the client's address and the first packets carried the DSR
 option; in SNAT, replies pass node1 and the backend saw node1's address. Hybrid is TCP as
@@ -26,13 +26,14 @@ import time
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.addressing import CLIENT_IP
-from cni_harness.asymmetry import Flow, Observation, check_dsr, check_snat
-from cni_harness.evidence import Captures
-from cni_harness.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
-from cni_harness.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from cni_harness.evidence.asymmetry import Flow, Observation, check_dsr, check_snat
+from cni_harness.evidence.capture import Captures
+from cni_harness.providers.local.addressing import CLIENT_IP
+from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

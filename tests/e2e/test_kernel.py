@@ -27,8 +27,8 @@ import time
 import pytest
 import yaml
 
-from cni_harness.entryjob import ENTRY_ENV
-from cni_harness.matrix import KernelEntry, load_matrix
+from cni_harness.matrix.entryjob import ENTRY_ENV
+from cni_harness.matrix.matrix import KernelEntry, load_matrix
 
 pytestmark = pytest.mark.e2e
 

@@ -34,11 +34,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.capture import summarize_pcap
-from cni_harness.deploy import REBOOT, SITE, run_playbook
-from cni_harness.lab import LabUnavailable, deployed_lab, node, pod
+from cni_harness.deploy.playbook import REBOOT, SITE, run_playbook
+from cni_harness.evidence.pcap import summarize_pcap
+from cni_harness.suites.lab import LabUnavailable, deployed_lab, node, pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

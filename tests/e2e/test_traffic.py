@@ -25,11 +25,12 @@ from collections import Counter
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_cilium.hostdev import gateway_of
-from cni_harness.addressing import CLIENT_IP, WORLD_IP
-from cni_harness.lab import (
+from cni_cilium.datapath.hostdev import gateway_of
+from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
     WORLD,

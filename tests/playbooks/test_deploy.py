@@ -11,7 +11,7 @@ import pytest
 
 from cni_cilium.cni import conflist
 from cni_harness import PROJECT_ROOT
-from cni_harness.deploy import run_playbook
+from cni_harness.deploy.playbook import run_playbook
 from cni_harness.testing import fresh_local_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-from .addressing import DEFAULT_CLUSTER, DEFAULT_NODES, PlanError
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, NodeDown, ProviderUnavailable
-from .providers.local import ClusterError, LocalProvider
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, NodeDown, ProviderUnavailable
+from ..providers.local.addressing import DEFAULT_CLUSTER, DEFAULT_NODES, PlanError
+from ..providers.local.provider import ClusterError, LocalProvider
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -73,7 +73,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.source_guard is not None:
         provider.set_source_guard(args.source_guard)
     if args.config:
-        from .deploy import record_config
+        from ..deploy.playbook import record_config
         record_config(provider.state_dir, args.config)
     status = provider.status()
     if args.json:
@@ -134,7 +134,7 @@ def cmd_node_reboot(args: argparse.Namespace) -> int:
     before = provider.boot_id(args.node)
     started = time.monotonic()
     provider.reboot(args.node, hard=args.hard)
-    from .pods import restart_node_pods
+    from ..cluster.pods import restart_node_pods
     restart_node_pods(provider, args.node, progress=progress)
     print(f"{args.node} rebooted in {time.monotonic() - started:.2f} s: boot id {before} -> "
           f"{provider.boot_id(args.node)}")
@@ -161,7 +161,7 @@ def _require_up(provider: LocalProvider) -> None:
 
 
 def _pod_runtime(args: argparse.Namespace):
-    from .pods import PodRuntime
+    from ..cluster.pods import PodRuntime
     provider = provider_for(args)
     _require_up(provider)
     return PodRuntime(provider, progress=progress)
@@ -169,8 +169,8 @@ def _pod_runtime(args: argparse.Namespace):
 
 def _pod_guard(handler):
     def run(args: argparse.Namespace) -> int:
-        from .cniruntime import CniCallError
-        from .pods import PodError
+        from ..cluster.cniruntime import CniCallError
+        from ..cluster.pods import PodError
         try:
             return handler(args)
         except (PodError, CniCallError) as exc:
@@ -184,7 +184,7 @@ def _pod_guard(handler):
 
 @_pod_guard
 def cmd_pod_run(args: argparse.Namespace) -> int:
-    from .pods import PodError, parse_labels, parse_port
+    from ..cluster.pods import PodError, parse_labels, parse_port
     argv = list(args.argv)
     try:
         labels = parse_labels(args.label)
@@ -275,7 +275,7 @@ def _read_docs(files: list[str]) -> tuple[list[tuple[str, list]], list[str]]:
 
 
 def _apply_or_delete(args: argparse.Namespace, deleting: bool) -> int:
-    from .apiserver import ApiServer
+    from ..cluster.apiserver import ApiServer
     provider = provider_for(args)
     _require_up(provider)
     sources, problems = _read_docs(args.filename)
@@ -340,7 +340,7 @@ def _print_recap(result) -> None:
 
 @guarded
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import run_playbook
+    from ..deploy.playbook import run_playbook
     if args.config and not _config_is_valid(args.config):
         return EXIT_USAGE
     provider = provider_for(args)
@@ -360,7 +360,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 @guarded
 def cmd_check(args: argparse.Namespace) -> int:
     """testinfra node checks (tests/infra) against the cluster's inventory."""
-    from . import PROJECT_ROOT
+    from .. import PROJECT_ROOT
     provider = provider_for(args)
     _require_up(provider)
     venv_bin = os.path.dirname(sys.executable)
@@ -375,7 +375,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time `cluster up` and `down` for each size (measured here; no assertion on time)."""
     if args.what == "datapath":
-        from .bench import cmd_bench as bench_datapath
+        from ..bench import cmd_bench as bench_datapath
         return bench_datapath(args)
     rows = []
     for count in args.nodes:
@@ -515,7 +515,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--name", default="bench", help="cluster name to use (default bench)")
     bench.add_argument("--nodes", type=int, nargs="+", default=[3, 10], metavar="N")
     bench.add_argument("--json", action="store_true")
-    from .bench import add_arguments as add_datapath_bench_arguments
+    from ..bench import add_arguments as add_datapath_bench_arguments
     add_datapath_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 

@@ -8,9 +8,8 @@ import sys
 
 import yaml
 
-from .provider_check import print_check, refuse
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
-from .providers.kind import (
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
+from ..providers.kind import (
     DEFAULT_CLUSTER,
     DEFAULT_IMAGE,
     KindProvider,
@@ -20,6 +19,7 @@ from .providers.kind import (
     config_problems,
     manifest_problems,
 )
+from .provider_check import print_check, refuse
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

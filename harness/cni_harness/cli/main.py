@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 
-from . import PROJECT_ROOT, __version__, kind_cli, vagrant_cli
-from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
-from .runner_cli import add_matrix_run_parser, add_repro_parser, add_run_parser, default_out
-from .suites import known_suites, run_suites
+from .. import PROJECT_ROOT, __version__
+from ..matrix.matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+from ..suites.runner import known_suites, run_suites
+from . import kind as kind_cli
+from . import vagrant as vagrant_cli
+from .run import add_matrix_run_parser, add_repro_parser, add_run_parser, default_out
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_repro_parser(sub)
 
-    from .cluster_cli import register as register_cluster_commands
+    from .cluster import register as register_cluster_commands
     register_cluster_commands(sub)
     vagrant_cli.register(sub)
     kind_cli.register(sub)

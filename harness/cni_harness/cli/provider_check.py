@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
 
 
 def print_check(label: str, available: Availability, as_json: bool,

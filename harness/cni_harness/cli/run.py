@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from .matrix import DEFAULT_MATRIX, MatrixError, load_matrix
-from .matrixrun import (
+from ..matrix.matrix import DEFAULT_MATRIX, MatrixError, load_matrix
+from ..matrix.run import (
     PROVIDERS,
     Entry,
     MatrixUsageError,
@@ -24,8 +24,8 @@ from .matrixrun import (
     select,
     target_for,
 )
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE
-from .suites import SuiteUsageError, known_suites, parse_suite_list, run_suites
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE
+from ..suites.runner import SuiteUsageError, known_suites, parse_suite_list, run_suites
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -113,7 +113,7 @@ def _load(args: argparse.Namespace):
 
 
 def _check_time_scale() -> None:
-    from .timescale import time_scale
+    from ..timescale import time_scale
 
     try:
         time_scale()
@@ -134,7 +134,7 @@ def _matrix_dry_run(args: argparse.Namespace) -> int:
     profiles = _split(args.profiles)
     if len(profiles) > 1:
         return _usage("--dry-run judges one preflight profile; give at most one in --profiles")
-    from .vagrant_cli import matrix_dry_run
+    from .vagrant import matrix_dry_run
 
     status, text = matrix_dry_run(_split(args.entries), matrix=args.matrix,
                                   vagrant_provider=args.vagrant_provider,

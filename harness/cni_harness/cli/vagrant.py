@@ -9,10 +9,9 @@ import shutil
 import sys
 import tempfile
 
-from .matrix import DEFAULT_MATRIX, VAGRANT_PROVIDERS, MatrixError, load_matrix
-from .provider_check import print_check, refuse
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
-from .providers.vagrant import (
+from ..matrix.matrix import DEFAULT_MATRIX, VAGRANT_PROVIDERS, MatrixError, load_matrix
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
+from ..providers.vagrant import (
     DEFAULT_WORKDIR,
     EntryPlan,
     PlanError,
@@ -23,6 +22,7 @@ from .providers.vagrant import (
     validate_definitions,
     write_definition,
 )
+from .provider_check import print_check, refuse
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -161,7 +161,7 @@ def _drive(action: str):
             elif action == "inventory":
                 print(provider.inventory_path())
             elif action == "deploy":
-                from .deploy import run_playbook
+                from ..deploy.playbook import run_playbook
 
                 result = run_playbook(provider, config=args.config,
                                       progress=lambda line: print(line, file=sys.stderr))

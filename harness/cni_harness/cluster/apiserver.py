@@ -22,6 +22,7 @@ import yaml
 
 from cni_cilium.manifests import Pod, Service, parse_documents
 
+from ..state import cluster_lock, write_atomic
 from .controller import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -34,7 +35,6 @@ from .controller import (
     manifest_filename,
     used_by,
 )
-from .state import cluster_lock, write_atomic
 
 NODE_MANIFEST_DIR = "/etc/cni-cilium/manifests"   # cni_cilium.paths.MANIFEST_DIR on a node
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from cni_cilium.manifests import Pod, Service
 
-from .addressing import LB_POOL, NODE_PORT_RANGE, SERVICE_CIDR
+from ..providers.local.addressing import LB_POOL, NODE_PORT_RANGE, SERVICE_CIDR
 
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "cni-harness"

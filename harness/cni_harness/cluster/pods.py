@@ -18,10 +18,10 @@ from typing import Any, Callable, Sequence
 
 from cni_cilium.manifests import parse_documents
 
+from ..providers.base import NodeDown
+from ..state import cluster_lock, read_json, write_atomic
 from .apiserver import ApiServer
 from .cniruntime import CniCallError, Network, invoke, load_network
-from .providers.base import NodeDown
-from .state import cluster_lock, read_json, write_atomic
 
 POD_IFNAME = "eth0"
 POD_LOG_DIR = "/var/log/pods"

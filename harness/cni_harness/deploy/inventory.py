@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .providers.base import NodeInfo
+from ..providers.base import NodeInfo
 
 CONTROL_PLANE_GROUP = "control_plane"
 WORKER_GROUP = "workers"

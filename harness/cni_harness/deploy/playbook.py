@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import PROJECT_ROOT
-from .timescale import scaled
+from .. import PROJECT_ROOT
+from ..timescale import scaled
 
 PLAYBOOK_DIR = os.path.join(PROJECT_ROOT, "playbooks")
 SITE = "site.yml"

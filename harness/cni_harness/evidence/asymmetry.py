@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from .evidence import Packet, counts, parse_tcpdump
-from .sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from ..providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from .capture import Packet, counts, parse_tcpdump
 
 REQUEST, REPLY = "request", "reply"
 

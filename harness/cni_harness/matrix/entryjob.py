@@ -1,7 +1,7 @@
 """The job run for one matrix entry, where the entry's kernel runs.
 
 Inside a qemu guest (or directly on this host for the `local` provider):
-`python -m cni_harness.entryjob SPEC.json`. It prepares what the local cluster provider
+`python -m cni_harness.matrix.entryjob SPEC.json`. It prepares what the local cluster provider
 needs in a guest (bpffs, kernel headers links, writable state dirs), records what the
 kernel says about itself, runs live preflight once per matrix profile, then the suites.
 Everything goes to the spec's `out` directory (shared with the host for a guest):
@@ -146,7 +146,7 @@ def prepare_guest(spec: JobSpec, log: Callable[[str], None]) -> dict[str, str]:
             raise RuntimeError(f"{path} is not writable in the guest")
     # Local-provider node disks are overlays; overlayfs refuses the guest's own overlay
     # root as their upper layer, so cluster state lives on a tmpfs (gone with the guest).
-    from .state import state_root
+    from ..state import state_root
 
     root = state_root()
     if not _mounted(root, "tmpfs"):
@@ -203,8 +203,8 @@ def run_preflights(profiles: dict[str, dict], out: str, log: Callable[[str], Non
 
 
 def run(spec: JobSpec) -> int:
-    from .suites import run_suites
-    from .timescale import ENV as TIME_SCALE_ENV
+    from ..suites.runner import run_suites
+    from ..timescale import ENV as TIME_SCALE_ENV
 
     os.makedirs(spec.out, exist_ok=True)
     log = JobLog(os.path.join(spec.out, "job.log"))
@@ -242,7 +242,7 @@ def run(spec: JobSpec) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m cni_harness.entryjob SPEC.json", file=sys.stderr)
+        print("usage: python -m cni_harness.matrix.entryjob SPEC.json", file=sys.stderr)
         return 2
     spec = JobSpec.load(args[0])
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from . import PROJECT_ROOT
+from .. import PROJECT_ROOT
 
 DEFAULT_MATRIX = os.path.join(PROJECT_ROOT, "matrix.yaml")
 VERDICTS = ("supported", "unsupported")

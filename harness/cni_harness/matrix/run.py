@@ -1,7 +1,7 @@
 """`cni-harness matrix run` and `repro`: suites over matrix entries, judged against matrix.yaml.
 
 For every selected entry a *target* (qemu, local, or any `Provider` such as vagrant) runs
-the entry job (`cni_harness.entryjob`) where the entry's kernel runs and leaves its files in
+the entry job (`cni_harness.matrix.entryjob`) where the entry's kernel runs and leaves its files in
 `OUT/<entry>/`. The host then reads them and judges each entry x column:
 
 - `preflight:<profile>`: live preflight with that profile's settings against the matrix's
@@ -25,11 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from . import PROJECT_ROOT
-from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
-from .matrix import KernelEntry, Matrix, OsEntry
-from .providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
-from .report import (
+from .. import PROJECT_ROOT
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
+from ..report.report import (
     EXPECTED,
     FAIL,
     PASS,
@@ -43,9 +41,12 @@ from .report import (
     render_matrix_html,
     render_matrix_markdown,
 )
+from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
+from .matrix import KernelEntry, Matrix, OsEntry
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
 PREFLIGHT = "preflight"
+ENTRY_MODULE = "cni_harness.matrix.entryjob"    # `python -m` it, in the guest or here
 Progress = Callable[[str], None]
 
 
@@ -270,7 +271,7 @@ def _headers() -> list[str]:
 def entry_time_scale(accel: str, environ: Mapping[str, str] | None = None) -> float:
     """The waits' stretch factor for an entry job: the user's CNI_HARNESS_TIME_SCALE when
     set, else TCG_SCALE for an emulated (TCG) guest, else 1."""
-    from .timescale import ENV, TCG_SCALE, time_scale
+    from ..timescale import ENV, TCG_SCALE, time_scale
 
     environ = os.environ if environ is None else environ
     if environ.get(ENV, "").strip():
@@ -315,7 +316,7 @@ class QemuTarget(Target):
     name = "qemu"
 
     def availability(self) -> Availability:
-        from .providers import qemu
+        from ..providers.qemu import provider as qemu
 
         return qemu.availability()
 
@@ -324,8 +325,8 @@ class QemuTarget(Target):
 
     def run_entry(self, entry: Entry, plan: RunPlan, entry_dir: str, progress: Progress
                   ) -> EntryRun:
+        from ..providers.qemu import provider as qemu
         from .kernels import KernelFetchError, fetch_kernel
-        from .providers import qemu
 
         facts: dict[str, str] = {}
         if entry.image:
@@ -345,7 +346,7 @@ class QemuTarget(Target):
         progress(f"booting {os.path.basename(image)} with {accel} ({why})")
         spec_path = _write_spec(entry, plan, entry_dir, guest=True, accel=accel)
         command = qemu.guest_command(
-            [sys.executable, "-m", "cni_harness.entryjob", spec_path],
+            [sys.executable, "-m", ENTRY_MODULE, spec_path],
             {"PATH": os.pathsep.join([os.path.dirname(sys.executable), qemu.GUEST_PATH]),
              "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"})
         guest = qemu.GuestSpec(image=image, command=command, job_dir=entry_dir, kvm=kvm,
@@ -379,7 +380,7 @@ class LocalTarget(Target):
         spec_path = _write_spec(entry, plan, entry_dir, guest=False, accel="none (host)")
         started = time.monotonic()
         with open(os.path.join(entry_dir, "console.log"), "w", encoding="utf-8") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "cni_harness.entryjob", spec_path],
+            proc = subprocess.Popen([sys.executable, "-m", ENTRY_MODULE, spec_path],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, errors="replace")
             assert proc.stdout is not None
@@ -421,8 +422,8 @@ class ProviderTarget(Target):
 
     def run_entry(self, entry: Entry, plan: RunPlan, entry_dir: str, progress: Progress
                   ) -> EntryRun:
-        from .deploy import run_playbook
-        from .suites import run_suites
+        from ..deploy.playbook import run_playbook
+        from ..suites.runner import run_suites
 
         _cls, factory = self._load()
         provider = factory(entry)
@@ -466,7 +467,7 @@ class ProviderTarget(Target):
 
 
 def _vagrant_loader():
-    from .providers.vagrant import VagrantProvider, plan  # issue 9's provider
+    from ..providers.vagrant import VagrantProvider, plan  # issue 9's provider
 
     return VagrantProvider, lambda entry: VagrantProvider(plan(entry.os_entry, entry.index))
 

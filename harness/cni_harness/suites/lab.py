@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .timescale import scaled
+from ..timescale import scaled
 
 TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
@@ -43,8 +43,8 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     was created here (then the caller removes it). A cluster that already runs is reused."""
     import tempfile
 
-    from .deploy import run_playbook
-    from .providers.local import LocalProvider
+    from ..deploy.playbook import run_playbook
+    from ..providers.local.provider import LocalProvider
 
     available = LocalProvider.availability()
     if not available.ok:
@@ -118,7 +118,7 @@ class Lab:
     """Commands, pods and objects on one provider's cluster."""
 
     def __init__(self, provider: Any, progress: Callable[[str], None] = lambda _m: None):
-        from .pods import PodRuntime
+        from ..cluster.pods import PodRuntime
 
         self.provider = provider
         self.plan = provider.plan()
@@ -187,7 +187,7 @@ class Lab:
 
     def capture(self, where: Where, bpf_filter: str = "", label: str | None = None):
         """A packet capture on every interface at `where` (not started yet)."""
-        from .evidence import Capture
+        from ..evidence.capture import Capture
 
         return Capture(label or where.name or where.kind,
                        lambda argv: self.run(where, argv, timeout=60), bpf_filter)

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from . import PROJECT_ROOT
-from .report import (
+from .. import PROJECT_ROOT
+from ..report.report import (
     FAIL,
     SuiteResult,
     merge_junit,

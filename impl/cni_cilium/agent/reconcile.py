@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from . import api, paths
-from .bpfabi import (
+from .. import api, paths
+from ..bpfabi import (
     MAP_CAPACITY,
     STAT_NAMES,
     STATE_RESTARTS,
@@ -35,16 +35,16 @@ from .bpfabi import (
     U64,
     index_key,
 )
-from .config import ConfigError, Settings, load_settings_file, replace
-from .ctgc import live_backends, stale_service_keys
-from .datapath import loader, routes, tc, vxlan
-from .datapath.bpfsys import PinnedMap
-from .datapath.writer import write_ops
-from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
-from .manifests import parse_documents
-from .metrics import render_metrics
-from .sources import DesiredStateSource
-from .translate import (
+from ..config import ConfigError, Settings, load_settings_file, replace
+from ..ctgc import live_backends, stale_service_keys
+from ..datapath import loader, routes, tc, vxlan
+from ..datapath.bpfsys import PinnedMap
+from ..datapath.hostdev import HOST_DEV, ensure_host_devices, gateway_of
+from ..datapath.writer import write_ops
+from ..manifests import parse_documents
+from ..metrics import render_metrics
+from ..sources import DesiredStateSource
+from ..translate import (
     DEFAULT_CLUSTER_CIDR,
     DEFAULT_SERVICE_CIDR,
     MANAGED_MAPS,
@@ -57,7 +57,7 @@ from .translate import (
     owners,
     translate,
 )
-from .tunnel import (
+from ..tunnel import (
     DEFAULT_UPLINK_MTU,
     VXLAN_DEVICE,
     VXLAN_PORT,
@@ -233,7 +233,7 @@ class Agent:
     def start(self) -> None:
         from pyroute2 import IPRoute
 
-        from .healthcheck import HealthCheckServer
+        from ..healthcheck import HealthCheckServer
 
         self._ipr = IPRoute()
         self.datapath = loader.load(self.bpf_dir)
@@ -758,7 +758,7 @@ def _open_source(source: str, kubeconfig: str | None) -> DesiredStateSource | No
     remove services that are simply not read yet."""
     if source == "manifests":
         return ManifestReader(paths.MANIFEST_DIR)
-    from .sources.kube import KubeSource, load_api_client
+    from ..sources.kube import KubeSource, load_api_client
 
     try:
         kube = KubeSource(load_api_client(kubeconfig)).start()

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from cni_harness.matrix import DEFAULT_MATRIX
+from cni_harness.matrix.matrix import DEFAULT_MATRIX
 
 DEMO_SUITE = '''
 import json

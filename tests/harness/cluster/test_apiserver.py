@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from cni_harness.apiserver import NODE_MANIFEST_DIR
+from cni_harness.cluster.apiserver import NODE_MANIFEST_DIR
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cni_cilium.cni import conflist
-from cni_harness.cniruntime import CniCallError, plugin_calls
+from cni_harness.cluster.cniruntime import CniCallError, plugin_calls
 
 pytestmark = pytest.mark.unit
 

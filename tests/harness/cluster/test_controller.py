@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cni_cilium.manifests import parse_documents
-from cni_harness.controller import (
+from cni_harness.cluster.controller import (
     allocate_service,
     doc_key,
     endpoint_slices,

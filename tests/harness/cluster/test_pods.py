@@ -12,8 +12,8 @@ import time
 import pytest
 import yaml
 
-from cni_harness.apiserver import NODE_MANIFEST_DIR, ApiServer
-from cni_harness.pods import PodRuntime
+from cni_harness.cluster.apiserver import NODE_MANIFEST_DIR, ApiServer
+from cni_harness.cluster.pods import PodRuntime
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cni_harness import deploy
+from cni_harness.deploy import playbook as deploy
 
 pytestmark = pytest.mark.unit
 

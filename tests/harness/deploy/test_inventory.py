@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cni_harness.inventory import render_inventory
+from cni_harness.deploy.inventory import render_inventory
 from cni_harness.providers.base import NodeInfo
 
 pytestmark = pytest.mark.unit

@@ -14,10 +14,10 @@ import os
 
 import pytest
 
-from cni_harness import sourceguard
-from cni_harness.addressing import plan_cluster
-from cni_harness.asymmetry import Observation, check_dsr, check_snat, diagnose
-from cni_harness.evidence import counts, parse_tcpdump
+from cni_harness.evidence.asymmetry import Observation, check_dsr, check_snat, diagnose
+from cni_harness.evidence.capture import counts, parse_tcpdump
+from cni_harness.providers.local import sourceguard
+from cni_harness.providers.local.addressing import plan_cluster
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from cni_harness.capture import CaptureError, decode, read_pcap, summarize_pcap
+from cni_harness.evidence.pcap import CaptureError, decode, read_pcap, summarize_pcap
 
 pytestmark = pytest.mark.unit
 

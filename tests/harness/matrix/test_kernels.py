@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cni_harness.kernels import (
+from cni_harness.matrix.kernels import (
     AptSource,
     KernelFetchError,
     debian_mirror,

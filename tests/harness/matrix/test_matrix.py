@@ -10,7 +10,7 @@ import yaml
 
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.preflight import evaluate, parse_os_release
-from cni_harness.matrix import DEFAULT_MATRIX, MatrixError, load_matrix, parse_matrix
+from cni_harness.matrix.matrix import DEFAULT_MATRIX, MatrixError, load_matrix, parse_matrix
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cni_harness.matrix import load_matrix
+from cni_harness.matrix.matrix import load_matrix
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from cni_harness import PROJECT_ROOT
-from cni_harness.matrix import load_matrix
-from cni_harness.matrixrun import (
+from cni_harness.matrix.matrix import load_matrix
+from cni_harness.matrix.run import (
     Entry,
     MatrixUsageError,
     Observation,
@@ -22,7 +22,7 @@ from cni_harness.matrixrun import (
     synthetic_cases,
     target_for,
 )
-from cni_harness.report import (
+from cni_harness.report.report import (
     EXPECTED,
     FAIL,
     PASS,
@@ -124,7 +124,7 @@ def test_entries_by_provider_and_selection():
 
 
 def test_exit_status_is_nonzero_on_any_unexpected_cell():
-    from cni_harness.report import Cell
+    from cni_harness.report.report import Cell
 
     good = MatrixReport("qemu", ("a",), (MatrixRow("e", cells={"a": Cell(EXPECTED)}),))
     bad = MatrixReport("qemu", ("a", "b"), (MatrixRow("e", cells={"a": Cell(SKIP),
@@ -153,7 +153,7 @@ def test_every_kernel_entry_states_every_probed_bpf_feature():
 
 
 def test_a_rerun_clears_only_the_files_an_entry_job_writes(tmp_path):
-    from cni_harness.entryjob import clear_outputs
+    from cni_harness.matrix.entryjob import clear_outputs
 
     (tmp_path / "suites" / "kernel").mkdir(parents=True)
     (tmp_path / "suites" / "kernel" / "junit.xml").write_text("<testsuite/>")

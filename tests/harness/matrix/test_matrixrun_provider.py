@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from cni_harness.matrix import load_matrix
-from cni_harness.matrixrun import LocalTarget, ProviderTarget, RunPlan, run_matrix
-from cni_harness.providers.local import LocalProvider
+from cni_harness.matrix.matrix import load_matrix
+from cni_harness.matrix.run import LocalTarget, ProviderTarget, RunPlan, run_matrix
+from cni_harness.providers.local.provider import LocalProvider
 
 pytestmark = pytest.mark.e2e
 

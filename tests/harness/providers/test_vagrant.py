@@ -13,7 +13,7 @@ import tarfile
 import pytest
 import yaml
 
-from cni_harness.matrix import load_matrix
+from cni_harness.matrix.matrix import load_matrix
 from cni_harness.providers.vagrant import (
     TUNNEL_ROLE_STEPS,
     VAGRANTFILE,
@@ -388,7 +388,7 @@ def test_generated_inventory_is_valid_ansible_inventory(tmp_path, venv_bin):
 
 @pytest.mark.unit
 def test_matrix_dry_run_entry_point_for_the_runner():
-    from cni_harness.vagrant_cli import matrix_dry_run
+    from cni_harness.cli.vagrant import matrix_dry_run
 
     status, text = matrix_dry_run(["centos-7-elrepo"], vagrant_provider="virtualbox")
     assert status == 0

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from cni_harness.report import (
+from cni_harness.report.report import (
     EXPECTED,
     FAIL,
     PASS,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cni_harness.lab import parse_samples
+from cni_harness.suites.lab import parse_samples
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cni_cilium.agent import ManifestReader
+from cni_cilium.agent.reconcile import ManifestReader
 
 pytestmark = pytest.mark.unit
 

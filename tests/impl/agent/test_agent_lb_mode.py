@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cni_cilium.agent import Agent
+from cni_cilium.agent.reconcile import Agent
 from cni_cilium.config import settings_from_mapping
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """Namespace nodes of the local provider: wiring, disks, and the per-node supervisor.
 
-The supervisor (`python -m cni_harness.providers.localnode --state DIR --node NAME`) is
+The supervisor (`python -m cni_harness.providers.local.node --state DIR --node NAME`) is
 a node's "hypervisor": it builds the node's network namespace and uplink from the
 addressing plan, starts `nodeinit` as PID 1 of fresh mount/UTS/IPC/PID namespaces, and
 waits. When the node reboots (nodeinit exits asking for it, the harness sends SIGUSR1, or
@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 
-from ..addressing import (
+from ...state import read_json, write_atomic
+from .addressing import (
     CLIENT_IP,
     LB_POOL,
     ROUTER_IP,
@@ -32,7 +33,7 @@ from ..addressing import (
     NodePlan,
     plan_cluster,
 )
-from ..netns import (
+from .netns import (
     IP,
     add_netns,
     delete_netns,
@@ -43,10 +44,10 @@ from ..netns import (
     start_time,
     sysctl,
 )
-from ..nodeinit import OVERLAY_DIRS, REBOOT_EXIT
-from ..state import read_json, write_atomic
+from .nodeinit import OVERLAY_DIRS, REBOOT_EXIT
 
-SUPERVISOR_MODULE = "cni_harness.providers.localnode"
+SUPERVISOR_MODULE = "cni_harness.providers.local.node"
+INIT_MODULE = "cni_harness.providers.local.nodeinit"
 BOOT_TIMEOUT = 60.0
 NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
@@ -85,7 +86,7 @@ NODECTL = """\
 # nodectl: control units of this namespace node (written by cni-harness)
 import sys
 
-from cni_harness.nodeinit import ctl_main
+from cni_harness.providers.local.nodeinit import ctl_main
 
 sys.exit(ctl_main())
 """
@@ -266,7 +267,7 @@ class Supervisor:
         argv = ["nsenter", f"--net=/run/netns/{self.node.netns}", "--",
                 "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
                 "--propagation", "private", "--",
-                sys.executable, "-m", "cni_harness.nodeinit", "--hostname", self.node.name,
+                sys.executable, "-m", INIT_MODULE, "--hostname", self.node.name,
                 "--disk", disk_dir(self.state_dir, self.node.name),
                 "--report-fd", str(write_fd)]
         with open(self.console, "ab") as log:

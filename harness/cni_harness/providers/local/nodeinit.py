@@ -9,7 +9,7 @@ see a reboot). Then it runs the boot sequence: sshd first (waiting until it list
 every enabled unit in name order, and supervises them (Restart=). Killing this process
 kills the whole PID namespace, so nothing of the node survives a reboot.
 
-Units are a subset of systemd unit files (`cni_harness.units`) kept in
+Units are a subset of systemd unit files (`cni_harness.providers.local.units`) kept in
 /etc/nodeinit/units/, enabled by a link in /etc/nodeinit/enabled/. `nodectl` talks to
 the init over a unix socket: start, stop, restart, enable, disable, status, reboot, poweroff.
 """
@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 
-from . import PROJECT_ROOT
+from ... import PROJECT_ROOT
 from .units import Unit, UnitError, parse_unit
 
 UNIT_DIR = "/etc/nodeinit/units"

@@ -1,6 +1,6 @@
 """The local provider: a cluster of namespace nodes on this kernel, no VMs.
 
-What `up` builds (names from `cni_harness.addressing`):
+What `up` builds (names from `cni_harness.providers.local.addressing`):
 
 - `<cluster>-fabric`: a bridge `br0` routing the node network 10.99.0.0/24 and the world
   subnet; every other namespace hangs off it by a veth;
@@ -28,8 +28,12 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .. import sourceguard
-from ..addressing import (
+from ...deploy.inventory import render_inventory
+from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
+from ...timescale import scaled, time_scale
+from ..base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
+from . import sourceguard
+from .addressing import (
     CLIENT_IP,
     DEFAULT_CLUSTER,
     DEFAULT_NODES,
@@ -38,8 +42,7 @@ from ..addressing import (
     ClusterPlan,
     plan_cluster,
 )
-from ..inventory import render_inventory
-from ..netns import (
+from .netns import (
     CommandError,
     delete_netns,
     find_processes,
@@ -49,11 +52,7 @@ from ..netns import (
     pid_alive,
     start_time,
 )
-from ..nodeinit import BASE_ENV
-from ..state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
-from ..timescale import scaled, time_scale
-from .base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
-from .localnode import (
+from .node import (
     SUPERVISOR_MODULE,
     build_client,
     build_fabric,
@@ -62,6 +61,7 @@ from .localnode import (
     prepare_disk,
     runtime_path,
 )
+from .nodeinit import BASE_ENV
 
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setsid", "sysctl", "sshd", "ssh", "ssh-keygen",
                   "nc")
@@ -346,7 +346,7 @@ class LocalProvider(Provider):
     # ------------------------------------------------------------ fabric source guard
 
     def set_source_guard(self, enabled: bool) -> None:
-        """Turn the fabric's anti-spoofing on or off (see `cni_harness.sourceguard`)."""
+        """Turn the fabric's anti-spoofing on or off (see `sourceguard`)."""
         plan = self.plan()
         if plan.fabric_netns not in list_netns():
             raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .base import Availability
+from ..base import Availability
 from .virtiofsd_shim import C_DAEMON
 
 QEMU = "qemu-system-x86_64"
@@ -190,7 +190,7 @@ def prepare_tool_dir(path: str, busybox: str) -> None:
     shim = os.path.join(path, "virtiofsd")
     with open(shim, "w", encoding="utf-8") as fh:
         fh.write(f"#!{sys.executable}\n"
-                 "from cni_harness.providers.virtiofsd_shim import main\n"
+                 "from cni_harness.providers.qemu.virtiofsd_shim import main\n"
                  "raise SystemExit(main())\n")
     os.chmod(shim, 0o755)
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from cni_harness.addressing import (
+from cni_harness.providers.local.addressing import (
     CLIENT_IP,
     CLUSTER_POD_CIDR,
     CONTROL_PLANE_LABEL,
@@ -60,7 +60,7 @@ def test_bad_node_counts_are_refused(count):
 
 @pytest.mark.unit
 def test_node_uplink_mac_is_fixed_by_its_ip_and_locally_administered():
-    from cni_harness.providers.localnode import uplink_mac
+    from cni_harness.providers.local.node import uplink_mac
 
     assert uplink_mac("10.99.0.11") == "02:00:0a:63:00:0b"
     assert uplink_mac("10.99.0.12") != uplink_mac("10.99.0.11")

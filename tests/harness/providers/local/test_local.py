@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from cni_harness.netns import find_processes, list_netns
-from cni_harness.providers.local import LocalProvider
+from cni_harness.providers.local.netns import find_processes, list_netns
+from cni_harness.providers.local.provider import LocalProvider
 from cni_harness.state import Journal, cluster_dir
 from cni_harness.testing import root_netns_snapshot
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cni_harness.nodeinit import carried_paths, overlay_order
+from cni_harness.providers.local.nodeinit import carried_paths, overlay_order
 
 pytestmark = pytest.mark.unit
 

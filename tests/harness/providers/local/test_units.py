@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cni_harness.units import UnitError, parse_unit
+from cni_harness.providers.local.units import UnitError, parse_unit
 
 pytestmark = pytest.mark.unit
 

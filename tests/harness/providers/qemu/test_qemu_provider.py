@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from cni_harness.providers import qemu
-from cni_harness.providers.virtiofsd_shim import ShimUsage, translate
+from cni_harness.providers.qemu import provider as qemu
+from cni_harness.providers.qemu.virtiofsd_shim import ShimUsage, translate
 
 unit = pytest.mark.unit
 
@@ -115,7 +115,7 @@ def test_vng_command_line_tcg_and_kvm():
 
 @unit
 def test_guest_command_quotes_and_optionally_keeps_a_shell():
-    line = qemu.guest_command(["/venv/bin/python", "-m", "cni_harness.entryjob",
+    line = qemu.guest_command(["/venv/bin/python", "-m", "cni_harness.matrix.entryjob",
                                "/out/my dir/spec.json"], {"PATH": "/a:/b", "X": "it's"})
     assert shlex.split(line.split(";")[0]) == ["export", "PATH=/a:/b", "X=it's"]
     assert "'/out/my dir/spec.json'" in line

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from cni_harness.providers import qemu
+from cni_harness.providers.qemu import provider as qemu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,0 +1,1 @@
+"""The node agent: desired state in, datapath programmed, kept attached, reported."""
