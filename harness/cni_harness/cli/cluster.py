@@ -1,7 +1,7 @@
 """`cni-harness` subcommands for clusters: cluster, node, pod, apply/delete, deploy, bench.
 
-Handlers only: parse, call the provider or the harness modules, print, map errors to the
-exit statuses of docs/architecture.md (0 ok, 1 failed, 2 bad input, 3 provider unavailable).
+Handlers only: parse, call the provider or the harness modules, print; the harness's
+expected errors become `CliError`s with the exit statuses of docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import subprocess
 import sys
 import time
 
-from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, NodeDown, ProviderUnavailable
+from ..providers.base import NodeDown, ProviderUnavailable
 from ..providers.local.addressing import DEFAULT_CLUSTER, DEFAULT_NODES, PlanError
 from ..providers.local.provider import ClusterError, LocalProvider
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_PROVIDER_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    usage_error,
+)
 
 
 def progress(message: str) -> None:
@@ -28,46 +34,38 @@ def provider_for(args: argparse.Namespace) -> LocalProvider:
     return LocalProvider(args.name, getattr(args, "nodes", DEFAULT_NODES), progress=progress)
 
 
-def _fail(message: str, status: int = EXIT_FAIL) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return status
-
-
 def guarded(handler):
-    """Map the harness's expected errors to one-line messages and exit statuses."""
+    """Turn the harness's expected errors into `CliError`s with their exit statuses."""
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
         except PlanError as exc:
-            return _fail(str(exc), EXIT_USAGE)
+            raise usage_error(str(exc)) from exc
         except ProviderUnavailable as exc:
-            return _fail(str(exc), EXIT_PROVIDER_UNAVAILABLE)
+            raise CliError(str(exc), EXIT_PROVIDER_UNAVAILABLE) from exc
         except KeyError as exc:
-            return _fail(str(exc.args[0]) if exc.args else str(exc), EXIT_USAGE)
+            raise usage_error(str(exc.args[0]) if exc.args else str(exc)) from exc
         except (ClusterError, NodeDown) as exc:
-            return _fail(str(exc))
+            raise CliError(str(exc)) from exc
     run.__doc__ = handler.__doc__
     return run
 
 
-def _config_is_valid(path: str) -> bool:
-    """Validate a ModuleConfig before anything is done with it; print its problems."""
+def _check_config(path: str) -> None:
+    """Validate a ModuleConfig before anything is done with it (exit 2 naming each problem)."""
     from cni_cilium.config import ConfigError, load_settings_file
     try:
         load_settings_file(path)
     except ConfigError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return False
-    return True
+        raise usage_error(exc.problems) from exc
 
 
 # ---------------------------------------------------------------- cluster
 
 @guarded
 def cmd_cluster_up(args: argparse.Namespace) -> int:
-    if args.config and not _config_is_valid(args.config):
-        return EXIT_USAGE
+    if args.config:
+        _check_config(args.config)
     provider = provider_for(args)
     provider.up()
     if args.source_guard is not None:
@@ -123,7 +121,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 def cmd_node_exec(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if not argv:
-        return _fail("node exec: give a command after --", EXIT_USAGE)
+        raise usage_error("node exec: give a command after --")
     cmd = provider_for(args).exec_command(args.node, argv)   # NodeDown: exit 1 (guarded)
     return subprocess.run(cmd, check=False).returncode
 
@@ -146,7 +144,7 @@ def cmd_node_ssh(args: argparse.Namespace) -> int:
     provider = provider_for(args)
     provider.plan().node(args.node)
     if not os.path.exists(provider.ssh_config_path):
-        return _fail(f"cluster {args.name} is not up (no {provider.ssh_config_path})")
+        raise CliError(f"cluster {args.name} is not up (no {provider.ssh_config_path})")
     argv = ["ssh", "-F", provider.ssh_config_path, args.node, *list(args.argv)]
     os.execvp("ssh", argv)
     return EXIT_FAIL  # not reached
@@ -177,7 +175,7 @@ def _pod_guard(handler):
             err = getattr(exc, "error", None)
             if err:
                 print(json.dumps(err, indent=2), file=sys.stderr)
-            return _fail(str(exc))
+            raise CliError(str(exc)) from exc
     run.__doc__ = handler.__doc__
     return guarded(run)
 
@@ -190,15 +188,15 @@ def cmd_pod_run(args: argparse.Namespace) -> int:
         labels = parse_labels(args.label)
         ports = [parse_port(p) for p in args.port]
     except PodError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        raise usage_error(str(exc)) from exc
     if not argv:
-        return _fail("pod run: give the pod's command after --", EXIT_USAGE)
+        raise usage_error("pod run: give the pod's command after --")
     runtime = _pod_runtime(args)
     try:
         rec = runtime.run(args.node, args.pod, argv, namespace=args.namespace, labels=labels,
                           ports=ports, host_network=args.host_network)
     except PodError as exc:
-        return _fail(str(exc), EXIT_USAGE if "invalid" in str(exc) else EXIT_FAIL)
+        raise CliError(str(exc), EXIT_USAGE if "invalid" in str(exc) else EXIT_FAIL) from exc
     if args.json:
         from dataclasses import asdict
         print(json.dumps(asdict(rec), indent=2))
@@ -237,7 +235,7 @@ def cmd_pod_list(args: argparse.Namespace) -> int:
 def cmd_pod_exec(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if not argv:
-        return _fail("pod exec: give a command after --", EXIT_USAGE)
+        raise usage_error("pod exec: give a command after --")
     runtime = _pod_runtime(args)
     node, inner = runtime.exec_argv(args.pod, argv, args.namespace)
     return subprocess.run(runtime.provider.exec_command(node, inner), check=False).returncode
@@ -248,7 +246,7 @@ def cmd_pod_logs(args: argparse.Namespace) -> int:
     runtime = _pod_runtime(args)
     rec = runtime.get(args.namespace, args.pod)
     if rec is None:
-        return _fail(f"no pod {args.namespace}/{args.pod}")
+        raise CliError(f"no pod {args.namespace}/{args.pod}")
     res = runtime.provider.exec(rec.node, ["cat", rec.log_path], check=False)
     sys.stdout.write(res.stdout)
     return EXIT_OK
@@ -341,8 +339,8 @@ def _print_recap(result) -> None:
 @guarded
 def cmd_deploy(args: argparse.Namespace) -> int:
     from ..deploy.playbook import run_playbook
-    if args.config and not _config_is_valid(args.config):
-        return EXIT_USAGE
+    if args.config:
+        _check_config(args.config)
     provider = provider_for(args)
     _require_up(provider)
     result = run_playbook(provider, config=args.config, verbose=args.verbose,
@@ -375,8 +373,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time `cluster up` and `down` for each size (measured here; no assertion on time)."""
     if args.what == "datapath":
-        from ..bench import cmd_bench as bench_datapath
-        return bench_datapath(args)
+        return _bench_datapath(args)
     rows = []
     for count in args.nodes:
         provider = LocalProvider(args.name, count)
@@ -397,6 +394,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['nodes']:>5}  {row['upSeconds']:>8.3f}  {row['downSeconds']:>8.3f}  "
               f"{1000 * row['upSeconds'] / row['nodes']:>16.1f}")
+    return EXIT_OK
+
+
+def _bench_datapath(args: argparse.Namespace) -> int:
+    """`cni-harness bench datapath`: print the datapath figures of this machine."""
+    from .. import bench
+    from ..suites.lab import LabError, deployed_lab
+
+    def progress(message: str) -> None:
+        print(f"==> {message}", flush=True)
+
+    counts = [int(c) for c in args.services.split(",") if c]
+    compile_s, results = bench.program_benchmark(counts, progress=progress)
+    report: dict = {"compileSeconds": compile_s,
+                    "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]}
+    text = [bench.format_program_results(compile_s, results)]
+    if not args.no_traffic:
+        try:
+            lab, created = deployed_lab(args.name, bench.TRAFFIC_CONFIG, progress=progress)
+        except LabError as exc:
+            raise CliError(f"traffic benchmark: {exc}") from exc
+        try:
+            traffic = bench.traffic_benchmark(lab, args.seconds, args.rounds, progress)
+        finally:
+            if created:
+                lab.provider.down()
+        report["traffic"] = traffic
+        text.append(bench.format_traffic_results(traffic, args.seconds, args.rounds))
+    print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
     return EXIT_OK
 
 
@@ -515,8 +541,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--name", default="bench", help="cluster name to use (default bench)")
     bench.add_argument("--nodes", type=int, nargs="+", default=[3, 10], metavar="N")
     bench.add_argument("--json", action="store_true")
-    from ..bench import add_arguments as add_datapath_bench_arguments
-    add_datapath_bench_arguments(bench)
+    # `bench datapath`: the cluster for the traffic figures is --name (created and removed
+    # unless it already runs).
+    bench.add_argument("--services", default="1000,10000",
+                       help="service counts to program (10 backends each; default %(default)s)")
+    bench.add_argument("--no-traffic", action="store_true",
+                       help="only the map programming figures (no cluster needed)")
+    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    bench.add_argument("--rounds", type=int, default=3, help="rounds per path (median)")
     bench.set_defaults(func=cmd_bench)
 
     chk = sub.add_parser("check", help="testinfra checks of every deployed node (tests/infra)",

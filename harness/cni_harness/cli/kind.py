@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import yaml
 
-from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
+from ..providers.base import ProviderUnavailable
 from ..providers.kind import (
     DEFAULT_CLUSTER,
     DEFAULT_IMAGE,
@@ -19,9 +18,15 @@ from ..providers.kind import (
     config_problems,
     manifest_problems,
 )
-from .provider_check import print_check, refuse
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_PROVIDER_UNAVAILABLE,
+    CliError,
+    print_check,
+    unavailable,
+    usage_error,
+)
 
 
 def _load_docs(path: str) -> list:
@@ -51,8 +56,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             args.name, args.nodes)
         docs = _load_docs(args.manifests) if args.manifests else agent_manifests(args.image)
     except (OSError, yaml.YAMLError, IndexError) as exc:
-        print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
-        return EXIT_USAGE
+        raise usage_error(str(exc).replace("\n", " ")) from exc
     problems = [f"kind config: {p}" for p in config_problems(config)]
     problems += [f"manifests: {p}" for p in manifest_problems(docs)]
     if args.json:
@@ -60,8 +64,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                           "objects": [f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
                                       for d in docs if isinstance(d, dict)]}, indent=2))
     elif problems:
-        for line in problems:
-            print(f"error: {line}", file=sys.stderr)
+        raise CliError(problems)
     else:
         print(f"kind config valid (kind.x-k8s.io/v1alpha4 Cluster); {len(docs)} manifests "
               "valid against the Kubernetes API schema")
@@ -79,7 +82,7 @@ def _drive(action: str):
         if action != "status":
             available = check_host()
             if not available.ok:
-                return refuse("kind", available)
+                raise unavailable("kind", available)
         try:
             if action == "up":
                 provider.up()
@@ -89,8 +92,7 @@ def _drive(action: str):
             else:
                 print(json.dumps(provider.status(), indent=2))
         except ProviderUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_PROVIDER_UNAVAILABLE
+            raise CliError(str(exc), EXIT_PROVIDER_UNAVAILABLE) from exc
         return EXIT_OK
     return handler
 

@@ -1,4 +1,4 @@
-"""Handlers of `cni-harness run`, `cni-harness matrix run` and `cni-harness repro`.
+"""`cni-harness run`, `matrix validate|run`, `repro` and `demo`: suites, matrix runs, reports.
 
 Exit statuses (docs/architecture.md): 0 all as expected, 1 a suite failed or a matrix cell
 is unexpected, 2 bad arguments, 3 the provider cannot run on this host.
@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
+from .. import PROJECT_ROOT
 from ..matrix.matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 from ..matrix.run import (
     PROVIDERS,
@@ -24,15 +26,8 @@ from ..matrix.run import (
     select,
     target_for,
 )
-from ..providers.base import EXIT_PROVIDER_UNAVAILABLE
 from ..suites.runner import SuiteUsageError, known_suites, parse_suite_list, run_suites
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _usage(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+from .common import EXIT_FAIL, EXIT_OK, EXIT_PROVIDER_UNAVAILABLE, CliError, usage_error
 
 
 def default_out(kind: str) -> str:
@@ -55,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         names = parse_suite_list(args.suite, known)
     except SuiteUsageError as exc:
-        return _usage(str(exc))
+        raise usage_error(str(exc)) from exc
     out = os.path.abspath(args.out or default_out("run"))
     progress = _progress_to(sys.stderr if args.json else sys.stdout)
     results, summary = run_suites(names, out, k=args.k, progress=progress,
@@ -84,9 +79,8 @@ def _execute(args: argparse.Namespace, provider: str, entries: list[Entry], plan
     target = target_for(provider)
     available = target.availability()
     if not available.ok:
-        print(f"error: provider {provider} cannot run here: {available.reason()}",
-              file=sys.stderr)
-        return EXIT_PROVIDER_UNAVAILABLE
+        raise CliError(f"provider {provider} cannot run here: {available.reason()}",
+                       EXIT_PROVIDER_UNAVAILABLE)
     progress = _progress_to(sys.stderr if args.json else sys.stdout)
     progress(f"{title}: provider {provider}, entries {', '.join(e.name for e in entries)}, "
              f"suites {', '.join(plan.suites) or 'none'}; output {plan.out}")
@@ -101,15 +95,30 @@ def _execute(args: argparse.Namespace, provider: str, entries: list[Entry], plan
     return exit_status(report)
 
 
-def _load(args: argparse.Namespace):
+def _load(path: str):
+    """The matrix file, or a usage error naming each problem."""
     try:
-        return load_matrix(args.matrix)
+        return load_matrix(path)
     except MatrixError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
+        raise usage_error(exc.problems) from exc
     except OSError as exc:
-        print(f"error: {args.matrix}: {exc.strerror}", file=sys.stderr)
-    return None
+        raise usage_error(f"{path}: {exc.strerror}") from exc
+
+
+def cmd_matrix_validate(args: argparse.Namespace) -> int:
+    matrix = _load(args.file)
+    summary = {
+        "file": args.file,
+        "profiles": sorted(matrix.profiles),
+        "os_entries": [e.name for e in matrix.os_entries],
+        "kernel_entries": [e.name for e in matrix.kernel_entries],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.file}: valid; {len(matrix.os_entries)} OS entries, "
+              f"{len(matrix.kernel_entries)} kernel entries, profiles {summary['profiles']}")
+    return EXIT_OK
 
 
 def _check_time_scale() -> None:
@@ -126,14 +135,15 @@ def _matrix_dry_run(args: argparse.Namespace) -> int:
     worth showing before it runs (boxes, nodes, playbook steps, preflight's verdict on the
     target kernel); the qemu and local runs are their own plan (one entry job per kernel)."""
     if args.provider != "vagrant":
-        return _usage(f"--dry-run plans the Vagrant VMs of the OS entries: use it with "
+        raise usage_error(f"--dry-run plans the Vagrant VMs of the OS entries: use it with "
                       f"--provider vagrant (the {args.provider} provider has no plan to "
                       "show before it runs: run it without --dry-run)")
     if args.kernel:
-        return _usage("--kernel PATH boots an image: it needs --provider qemu")
+        raise usage_error("--kernel PATH boots an image: it needs --provider qemu")
     profiles = _split(args.profiles)
     if len(profiles) > 1:
-        return _usage("--dry-run judges one preflight profile; give at most one in --profiles")
+        raise usage_error("--dry-run judges one preflight profile; give at most one in "
+                          "--profiles")
     from .vagrant import matrix_dry_run
 
     status, text = matrix_dry_run(_split(args.entries), matrix=args.matrix,
@@ -147,9 +157,7 @@ def _matrix_dry_run(args: argparse.Namespace) -> int:
 def cmd_matrix_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _matrix_dry_run(args)
-    matrix = _load(args)
-    if matrix is None:
-        return EXIT_USAGE
+    matrix = _load(args.matrix)
     try:
         _check_time_scale()
         suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
@@ -166,14 +174,12 @@ def cmd_matrix_run(args: argparse.Namespace) -> int:
                        out=os.path.abspath(args.out or default_out("matrix")), k=args.k,
                        timeout=args.timeout, refresh_kernels=args.refresh_kernels)
     except (SuiteUsageError, MatrixUsageError) as exc:
-        return _usage(str(exc))
+        raise usage_error(str(exc)) from exc
     return _execute(args, args.provider, entries, plan, "cni-harness matrix")
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    matrix = _load(args)
-    if matrix is None:
-        return EXIT_USAGE
+    matrix = _load(args.matrix)
     try:
         _check_time_scale()
         suites = parse_suite_list(args.suite, known_suites())
@@ -188,9 +194,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
                        out=os.path.abspath(args.out or default_out(f"repro-{entries[0].name}")),
                        k=args.k, timeout=args.timeout, shell=args.shell)
     except (SuiteUsageError, MatrixUsageError) as exc:
-        return _usage(str(exc))
+        raise usage_error(str(exc)) from exc
     if args.shell and provider != "qemu":
-        return _usage("--shell drops into a qemu guest; the host kernel needs no guest")
+        raise usage_error("--shell drops into a qemu guest; the host kernel needs no guest")
     rc = _execute(args, provider, entries, plan, f"cni-harness repro {args.kernel}")
     entry_dir = os.path.join(plan.out, entries[0].name)
     suite_dir = os.path.join(entry_dir, "suites", suites[0])
@@ -202,7 +208,57 @@ def cmd_repro(args: argparse.Namespace) -> int:
     return rc
 
 
-def add_run_parser(sub) -> None:
+# The suites `make demo` runs, in order, when the project has them.
+DEMO_SUITES = ("traffic", "dsr", "reboot")
+
+
+def _venv_bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: preflight of this host, the unit suite, then the e2e suites (each
+    brings up its local cluster and deploys it with Ansible) and one report of them all."""
+    steps = [
+        ("preflight", [_venv_bin("cni-cilium"), "preflight"]),
+        ("unit suite", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-m", "unit", os.path.join(PROJECT_ROOT, "tests")]),
+    ]
+    for title, argv in steps:
+        print(f"==> {title}: {' '.join(argv)}", flush=True)
+        rc = subprocess.run(argv, cwd=PROJECT_ROOT, check=False).returncode
+        if rc != 0:
+            raise CliError(f"{title} failed (exit {rc})")
+    names = [name for name in DEMO_SUITES if name in known_suites()]
+    out = os.path.abspath(args.out or default_out("demo"))
+    print(f"==> suites {', '.join(names)} (output {out})", flush=True)
+    _results, summary = run_suites(
+        names, out, progress=lambda message: print(message, flush=True),
+        title="cni-harness demo", facts={"kernel": os.uname().release})
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as fh:
+        print(fh.read())
+    print(f"report: {out}/report.md, {out}/report.html; JUnit: {out}/junit.xml")
+    return EXIT_OK if summary["ok"] else EXIT_FAIL
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `matrix validate|run`, `run`, `repro` and `demo` to the cni-harness parser."""
+    matrix = sub.add_parser("matrix", help="the OS/kernel matrix")
+    matrix_sub = matrix.add_subparsers(dest="matrix_command", metavar="SUBCOMMAND")
+    matrix_sub.required = True
+    validate = matrix_sub.add_parser("validate", help="check matrix.yaml against its schema")
+    validate.add_argument("file", nargs="?", default=DEFAULT_MATRIX)
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(func=cmd_matrix_validate)
+    _add_matrix_run_parser(matrix_sub)
+    _add_run_parser(sub)
+    _add_repro_parser(sub)
+    demo = sub.add_parser("demo", help="the main job: cluster, deploy, suites, report")
+    demo.add_argument("--out", help="output directory (default results/demo-TIMESTAMP)")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _add_run_parser(sub) -> None:
     run = sub.add_parser(
         "run", help="run suites (tests/e2e/test_NAME.py) with JUnit and a report",
         description="Run suites with pytest; writes OUT/junit.xml, OUT/report.md and "
@@ -225,7 +281,7 @@ def _common_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def add_matrix_run_parser(matrix_sub) -> None:
+def _add_matrix_run_parser(matrix_sub) -> None:
     run = matrix_sub.add_parser(
         "run", help="run suites on every matrix entry and judge them against matrix.yaml",
         description="Run the suites on each entry of the matrix (qemu: kernel entries, one "
@@ -253,7 +309,7 @@ def add_matrix_run_parser(matrix_sub) -> None:
     run.set_defaults(func=cmd_matrix_run)
 
 
-def add_repro_parser(sub) -> None:
+def _add_repro_parser(sub) -> None:
     repro = sub.add_parser(
         "repro", help="one command: boot a kernel, build the cluster, run one suite or test",
         description="Boot the matrix kernel (a version such as 5.10, an entry name, `host` "

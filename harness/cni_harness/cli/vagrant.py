@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from ..matrix.matrix import DEFAULT_MATRIX, VAGRANT_PROVIDERS, MatrixError, load_matrix
-from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, ProviderUnavailable
+from ..providers.base import ProviderUnavailable
 from ..providers.vagrant import (
     DEFAULT_WORKDIR,
     EntryPlan,
@@ -22,13 +22,16 @@ from ..providers.vagrant import (
     validate_definitions,
     write_definition,
 )
-from .provider_check import print_check, refuse
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_PROVIDER_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    print_check,
+    unavailable,
+    usage_error,
+)
 
 
 def plans_from_args(args: argparse.Namespace) -> list[EntryPlan]:
@@ -50,12 +53,9 @@ def _with_plans(handler):
         try:
             plans = plans_from_args(args)
         except MatrixError as exc:
-            for line in exc.problems:
-                _err(line)
-            return EXIT_USAGE
+            raise usage_error(exc.problems) from exc
         except (PlanError, OSError) as exc:
-            _err(str(exc))
-            return EXIT_USAGE
+            raise usage_error(str(exc)) from exc
         return handler(args, plans)
     return wrapped
 
@@ -105,9 +105,8 @@ def cmd_generate(args: argparse.Namespace, plans: list[EntryPlan]) -> int:
 
 def cmd_validate(args: argparse.Namespace, plans: list[EntryPlan]) -> int:
     if shutil.which("vagrant") is None:
-        _err("cannot validate: vagrant is not installed (apt-get install vagrant "
-             "vagrant-libvirt)")
-        return EXIT_PROVIDER_UNAVAILABLE
+        raise CliError("cannot validate: vagrant is not installed (apt-get install vagrant "
+                       "vagrant-libvirt)", EXIT_PROVIDER_UNAVAILABLE)
     out_dir = args.out or tempfile.mkdtemp(prefix="cni-vagrant-validate.")
     results = validate_definitions(plans, out_dir)
     ok = all(r["validate"] and r["status_ok"] is not False for r in results)
@@ -147,13 +146,12 @@ def _drive(action: str):
         try:
             provider = _one_provider(args, plans)
         except PlanError as exc:
-            _err(str(exc))
-            return EXIT_USAGE
+            raise usage_error(str(exc)) from exc
         if action != "status":
             available = provider.check() if action == "up" else check_host(
                 provider.entry_plan.provider)
             if not available.ok:
-                return refuse(f"vagrant ({provider.entry_plan.provider})", available)
+                raise unavailable(f"vagrant ({provider.entry_plan.provider})", available)
         try:
             if action == "up":
                 provider.up()
@@ -168,17 +166,16 @@ def _drive(action: str):
                 print(json.dumps(result.to_dict(), indent=2) if args.json else
                       f"deploy {result.status}: {result.changed} changed in "
                       f"{result.seconds:.0f} s")
-                for line in result.failed_tasks:
-                    _err(line)
-                return EXIT_OK if result.rc == 0 else EXIT_FAIL
+                if result.rc != 0:
+                    raise CliError(result.failed_tasks or [f"deploy {result.status}"])
+                return EXIT_OK
             elif action == "status":
                 print(json.dumps(provider.status(), indent=2))
             else:
                 {"halt": provider.halt, "reload": provider.reload,
                  "destroy": provider.down}[action]()
         except ProviderUnavailable as exc:
-            _err(str(exc))
-            return EXIT_PROVIDER_UNAVAILABLE
+            raise CliError(str(exc), EXIT_PROVIDER_UNAVAILABLE) from exc
         return EXIT_OK
     return handler
 
