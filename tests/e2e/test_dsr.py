@@ -123,8 +123,7 @@ class Bed:
         after = self.guard_drops()
         drops = ({n: c - (before or {}).get(n, 0) for n, c in after.items()}
                  if after is not None else {})
-        texts = {label: cap.text for label, cap in running.by_label.items()}
-        obs = Observation.from_captures(flow, texts, answers, drops)
+        obs = Observation(flow, running.packets(), answers, drops)
         if self.results_dir:
             prefix = f"{self.case}-{protocol}-{sport}-{int(time.time() * 1000) % 100000}"
             obs.files = running.save(self.results_dir, prefix)

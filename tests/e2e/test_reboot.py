@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -38,8 +39,9 @@ pytest.importorskip("cni_harness.providers.local.provider",
                     reason="needs the local cluster provider")
 
 from cni_harness.deploy.playbook import REBOOT, SITE, run_playbook
-from cni_harness.evidence.pcap import summarize_pcap
-from cni_harness.suites.lab import LabUnavailable, deployed_lab, node, pod
+from cni_harness.evidence.capture import Captures
+from cni_harness.evidence.pcap import summarize
+from cni_harness.suites.lab import FABRIC, LabUnavailable, deployed_lab, node, pod
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -138,13 +140,14 @@ class Rig:
 
     def captured_mesh(self, label: str) -> tuple[dict, dict]:
         """The mesh while tcpdump watches the fabric: (mesh, capture summary)."""
-        with self.lab.capture_fabric(CAPTURE_FILTER) as cap:
+        # On every port of the fabric: a capture on the bridge itself would miss what it
+        # forwards between ports.
+        with Captures([self.lab.capture(FABRIC, CAPTURE_FILTER)]) as caps:
             mesh = self.mesh()
+            time.sleep(0.3)                        # let the last packets reach the capture
         if RESULTS_DIR:
-            os.makedirs(RESULTS_DIR, exist_ok=True)
-            with open(os.path.join(RESULTS_DIR, f"reboot-{label}.pcap"), "wb") as fh:
-                fh.write(cap["pcap"])
-        return mesh, summarize_pcap(cap["pcap"], POD_CIDR)
+            caps.save(RESULTS_DIR, f"reboot-{label}")
+        return mesh, summarize(caps.packets()["fabric"], POD_CIDR)
 
     def generations(self) -> dict[str, int]:
         return {n: self.provider.generation(n) for n in NODES}

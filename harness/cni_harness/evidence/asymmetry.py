@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from ..providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
-from .capture import Packet, counts, parse_tcpdump
+from .pcap import Packet, counts
 
 REQUEST, REPLY = "request", "reply"
 
@@ -62,31 +62,23 @@ class Observation:
     answers: Sequence[dict]
     guard_drops: dict[str, int] = field(default_factory=dict)   # per node, during the exchange
     files: list[str] = field(default_factory=list)                # the captures, as saved
-    texts: dict[str, str] = field(default_factory=dict)           # tcpdump's text per label
-
-    @classmethod
-    def from_captures(cls, flow: Flow, texts: dict[str, str], answers: Sequence[dict],
-                      guard_drops: dict[str, int] | None = None,
-                      files: Sequence[str] = ()) -> Observation:
-        """An observation from tcpdump's decoding (`tcpdump -r -nn -v`) per capture label."""
-        return cls(flow, {label: parse_tcpdump(text) for label, text in texts.items()},
-                   list(answers), dict(guard_drops or {}), list(files), dict(texts))
 
     def to_record(self) -> dict:
         """Everything needed to judge this observation again (`from_record`): the flow, the
-        answers, the guard's drops and the captures' text without payload lines."""
-        texts = {label: "\n".join(line for line in text.splitlines()
-                                  if not line.startswith("\t"))
-                 for label, text in self.texts.items()}
+        answers, the guard's drops and each capture's decoded packets."""
         return {"flow": asdict(self.flow), "answers": list(self.answers),
-                "guardDrops": self.guard_drops, "captures": texts}
+                "guardDrops": self.guard_drops,
+                "captures": {label: [p.to_dict() for p in packets]
+                             for label, packets in self.packets.items()}}
 
     @classmethod
     def from_record(cls, record: dict) -> Observation:
         flow = dict(record["flow"])
         flow["frontend"], flow["backend"] = tuple(flow["frontend"]), tuple(flow["backend"])
-        return cls.from_captures(Flow(**flow), record["captures"], record["answers"],
-                                 record.get("guardDrops"))
+        packets = {label: [Packet.from_dict(p) for p in docs]
+                   for label, docs in record["captures"].items()}
+        return cls(Flow(**flow), packets, list(record["answers"]),
+                   dict(record.get("guardDrops") or {}))
 
     def _uplink(self, label: str) -> list[Packet]:
         iface = self.flow.uplink

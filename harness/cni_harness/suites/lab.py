@@ -8,10 +8,8 @@ the nodes (any provider), used in place for the client and world namespaces.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -41,7 +39,6 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
                  progress: Callable[[str], None] = lambda _m: None) -> tuple[Lab, bool]:
     """A running local cluster with the module deployed with `config_text`, and whether it
     was created here (then the caller removes it). A cluster that already runs is reused."""
-    import tempfile
 
     from ..deploy.playbook import run_playbook
     from ..providers.local.provider import LocalProvider
@@ -186,45 +183,12 @@ class Lab:
         return json.loads(res.stdout)
 
     def capture(self, where: Where, bpf_filter: str = "", label: str | None = None):
-        """A packet capture on every interface at `where` (not started yet)."""
+        """A packet capture on every interface at `where` (not started yet; `Captures`
+        starts and stops several together)."""
         from ..evidence.capture import Capture
 
         return Capture(label or where.name or where.kind,
                        lambda argv: self.run(where, argv, timeout=60), bpf_filter)
-
-    @contextlib.contextmanager
-    def capture_fabric(self, bpf_filter: str = "ip", snaplen: int = 256):
-        """tcpdump on every interface of the fabric (each node's uplink port: a capture on
-        the bridge itself would miss what it forwards between ports) while the block runs;
-        yields a dict whose "pcap" holds the capture's bytes once the block ends."""
-        result: dict = {"pcap": b""}
-        with tempfile.TemporaryDirectory(prefix="cni-capture-") as tmp:
-            path = os.path.join(tmp, "fabric.pcap")
-            dump = subprocess.Popen(
-                ["ip", "netns", "exec", self.plan.fabric_netns, "tcpdump", "-i", "any", "-n",
-                 "--immediate-mode", "-U", "-s", str(snaplen), "-w", path, bpf_filter],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            try:
-                said = []                          # "listening on any ..." once it captures
-                while not (said and "listening" in said[-1]):
-                    line = dump.stderr.readline()
-                    if not line:
-                        raise LabError("tcpdump on the fabric did not start: "
-                                       + " ".join(s.strip() for s in said))
-                    said.append(line)
-                yield result
-            finally:
-                time.sleep(0.3)                    # let the last packets reach the file
-                dump.send_signal(signal.SIGINT)
-                try:
-                    dump.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    dump.kill()
-                    dump.wait()
-                dump.stderr.close()
-                if os.path.exists(path):
-                    with open(path, "rb") as fh:
-                        result["pcap"] = fh.read()
 
     # ------------------------------------------------------------ the agent on a node
 

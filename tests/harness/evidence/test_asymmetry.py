@@ -3,19 +3,22 @@
 The records in data/dsr/ were written by the DSR suite (`tests/e2e/test_dsr.py` with
 CNI_HARNESS_RESULTS_DIR set) on a 3-node local cluster: the external client 10.99.0.100
 talked to node1's NodePort of a service whose only backend runs on node2, while tcpdump
-captured in node1, node2, the client and the fabric (payload lines dropped). They are what
-the wire showed, so each check here is tried against real SNAT- and DSR-shaped traffic.
+captured in node1, node2, the client and the fabric. They hold each capture's packets as
+the decoder (`evidence.pcap`) gives them: what the wire showed, so each check here is tried
+against real SNAT- and DSR-shaped traffic.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import struct
 
 import pytest
 
 from cni_harness.evidence.asymmetry import Observation, check_dsr, check_snat, diagnose
-from cni_harness.evidence.capture import counts, parse_tcpdump
+from cni_harness.evidence.pcap import counts, read_pcap
 from cni_harness.providers.local import sourceguard
 from cni_harness.providers.local.addressing import plan_cluster
 
@@ -109,16 +112,31 @@ def test_records_round_trip():
     assert again.table() == obs.table() and again.flow == obs.flow
 
 
-def test_parse_tcpdump_reads_interface_direction_and_options():
-    text = (
-        "03:28:51.915916 eth0  In  IP (tos 0x0, ttl 64, id 38413, offset 0, flags [DF], "
-        "proto TCP (6), length 68, options (unknown 154))\n"
-        "    10.99.0.100.25150 > 10.100.2.5.8080: Flags [S], cksum 0x175e, length 0\n"
-        "03:28:51.915957 eth0  Out IP (tos 0x0, ttl 64, id 0, offset 0, flags [DF], "
-        "proto UDP (17), length 60)\n"
-        "    10.99.0.11.30001 > 10.99.0.100.25150: UDP, length 32\n"
-        "\tpayload line\n")
-    syn, reply = parse_tcpdump(text)
+def _sll2(ifindex: int, pkttype: int, ip: bytes) -> bytes:
+    """One packet as `tcpdump -i any -y LINUX_SLL2` records it."""
+    return (struct.pack("!HHIHBB", 0x0800, 0, ifindex, 1, pkttype, 6) + b"\x02" * 6
+            + b"\x00\x00" + ip)
+
+
+def _ipv4(src: str, dst: str, proto: int, l4: bytes, options: bytes = b"") -> bytes:
+    ihl = 5 + len(options) // 4
+    return (struct.pack("!BBHHHBBH", 0x40 | ihl, 0, ihl * 4 + len(l4), 0, 0x4000, 64, proto, 0)
+            + ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+            + options + l4)
+
+
+def test_the_decoder_reads_interface_direction_and_options():
+    dsr_option = bytes([0x9A, 8]) + struct.pack("!H", 30000) + bytes([10, 99, 0, 11])
+    syn = _ipv4("10.99.0.100", "10.100.2.5", 6,
+                struct.pack("!HHIIBBHHH", 25150, 8080, 1, 0, 0xA0, 0x02, 64240, 0, 0)
+                + b"\x01" * 20,                     # TCP options (no-ops), as a SYN has
+                dsr_option)
+    reply = _ipv4("10.99.0.11", "10.99.0.100", 17,
+                  struct.pack("!HHHH", 30001, 25150, 40, 0) + b"x" * 32)
+    frames = [_sll2(2, 0, syn), _sll2(2, 4, reply)]
+    data = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 256, 276) + b"".join(
+        struct.pack("<IIII", 0, 0, len(f), len(f)) + f for f in frames)
+    syn, reply = read_pcap(data, {2: "eth0"})
     assert (syn.iface, syn.direction, syn.proto, syn.length) == ("eth0", "in", "TCP", 68)
     assert syn.has_dsr_option and syn.is_syn and syn.endpoint("dst") == ("10.100.2.5", 8080)
     assert (reply.direction, reply.proto, reply.sport, reply.ip_options) == (

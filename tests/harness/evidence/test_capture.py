@@ -1,4 +1,5 @@
-"""pcap reading and the VXLAN / plain pod-address summary of a capture."""
+"""The one pcap decoder: VXLAN outer and inner addresses, cooked captures, and the VXLAN /
+plain pod-address summary of a capture."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_vxlan_packets_decode_outer_and_inner_addresses_and_the_vni():
     packet = decode(ENCAP)
     assert packet.vxlan and packet.vni == 1 and packet.dport == 8472
     assert (packet.src, packet.dst) == ("10.99.0.11", "10.99.0.12")
-    assert (packet.inner_src, packet.inner_dst, packet.inner_proto) == (POD_A, POD_B, 6)
+    assert (packet.inner_src, packet.inner_dst, packet.inner_proto) == (POD_A, POD_B, "TCP")
 
 
 def test_plain_and_vlan_tagged_packets_and_non_ip_frames():
@@ -103,3 +104,21 @@ def test_bad_files_are_refused_by_what_is_wrong():
     with pytest.raises(CaptureError, match="link type 101"):
         read_pcap(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
     assert read_pcap(pcap([])) == []
+
+
+def test_cooked_captures_name_interface_direction_and_tcp_flags():
+    syn_ack = eth(ipv4(POD_B, POD_A, 6, struct.pack("!HHIIBBHHH", 8080, 33000, 0, 0, 0x50,
+                                                    0x12, 1024, 0, 0)))
+    arrived, left, answer = read_pcap(pcap([sll2(PLAIN, 0), sll2(PLAIN, 4), sll2(syn_ack, 0)],
+                                           276), {3: "eth0"})
+    assert (arrived.iface, arrived.direction, arrived.tcp_flags) == ("eth0", "in", "S")
+    assert (left.direction, left.is_syn) == ("out", True)
+    assert (answer.tcp_flags, answer.is_syn) == ("S.", False)
+    assert read_pcap(pcap([sll2(PLAIN, 0)], 276))[0].iface == "if3"    # name unknown
+
+
+def test_interface_names_come_from_ip_link_lines():
+    from cni_harness.evidence.capture import parse_links
+
+    assert parse_links("1: lo\n2: eth0@if5\n 14: lxc1d44a9cb50f@if13\nnoise\n") == {
+        1: "lo", 2: "eth0", 14: "lxc1d44a9cb50f"}
