@@ -1,33 +1,29 @@
-"""The node agent: desired state in, datapath programmed, kept attached, reported.
+"""The agent's reconcile loop: desired state in, map differences written, kept attached.
 
 Start-up compiles the programs once with bcc against the maps pinned in the node's bpffs,
 reads back what those maps already hold (a restarted agent inherits conntrack, NAT and
 service state), and atomically replaces the tc filters. Then a loop polls the module
-config, the manifest directory and the endpoint directory; on any change it recomputes the
-desired map contents (`translate`) and writes only the differences. Every 0.5 s it checks
-that each program is still attached and puts back any that was removed (self-healing).
+config, the desired-state source and the endpoint directory (`inputs`); on any change it
+recomputes the desired map contents (`translate`) and writes only the differences, then
+brings the node's devices and routes in line (`devices`). Every 0.5 s it checks that each
+program is still attached and puts back any that was removed (self-healing). What it
+reports is `status`; `main.run` is the process around it.
+
+A feature that programs the datapath adds its maps to `translate` (the loop diffs and
+writes every managed map); one that needs a device or route adds it to `devices`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
-
-import yaml
 
 from .. import api, paths
 from ..bpfabi import (
     MAP_CAPACITY,
-    STAT_NAMES,
     STATE_RESTARTS,
     STATE_SELF_HEALS,
     STATE_TUNNEL_MODE,
@@ -37,12 +33,9 @@ from ..bpfabi import (
 )
 from ..config import ConfigError, Settings, load_settings_file, replace
 from ..ctgc import live_backends, stale_service_keys
-from ..datapath import loader, routes, tc, vxlan
+from ..datapath import loader
 from ..datapath.bpfsys import PinnedMap
-from ..datapath.hostdev import HOST_DEV, ensure_host_devices, gateway_of
 from ..datapath.writer import write_ops
-from ..manifests import parse_documents
-from ..metrics import render_metrics
 from ..sources import DesiredStateSource
 from ..translate import (
     DEFAULT_CLUSTER_CIDR,
@@ -53,131 +46,19 @@ from ..translate import (
     Translation,
     apply_ops,
     diff_maps,
-    diff_routes,
     owners,
     translate,
 )
-from ..tunnel import (
-    DEFAULT_UPLINK_MTU,
-    VXLAN_DEVICE,
-    VXLAN_PORT,
-    VXLAN_VNI,
-    pod_mtu,
-    uses_overlay,
-)
+from ..tunnel import VXLAN_DEVICE, uses_overlay
+from . import status as reporting
+from .devices import NodeDevices
+from .inputs import ManifestReader, inputs_signature, quick_signature
 
 log = logging.getLogger("cni-cilium.agent")
 
 TICK_SECONDS = 0.25
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
-IFF_NOARP = 0x80
-
-try:  # the C loader parses large manifest sets several times faster
-    _YamlLoader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML without libyaml
-    _YamlLoader = yaml.SafeLoader
-
-
-def write_json_atomic(path: str, doc: dict) -> None:
-    """Write JSON so readers never see a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-class ManifestReader:
-    """Objects from directory/*.yaml; a file is parsed again only when it changed.
-    The default `cni_cilium.sources.DesiredStateSource`."""
-
-    name = "manifests"
-
-    def __init__(self, directory: str):
-        self.directory = directory
-        self._cache: dict[str, tuple[tuple, list, list[str]]] = {}
-
-    def quick_signature(self) -> tuple:
-        """Changes when a file is added, removed or renamed (atomic writes do that)."""
-        return _file_signature(self.directory)
-
-    def signature(self) -> tuple:
-        """Changes with any file's edit too (stats every file)."""
-        return _dir_signature(self.directory, (".yaml", ".yml"))
-
-    def close(self) -> None:
-        """Nothing runs in the background."""
-
-    def read(self) -> tuple[list, list[str]]:
-        """Every valid object, oldest file first (on a frontend conflict the older object
-        wins), and one problem line per invalid object."""
-        try:
-            names = [n for n in os.listdir(self.directory) if n.endswith((".yaml", ".yml"))]
-        except FileNotFoundError:
-            names = []
-        aged = []
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.stat(os.path.join(self.directory, name))
-                aged.append((st.st_mtime_ns, name, (st.st_mtime_ns, st.st_size, st.st_ino)))
-        objects: list = []
-        problems: list[str] = []
-        cache = {}
-        for _mtime, name, signature in sorted(aged):
-            hit = self._cache.get(name)
-            if hit is None or hit[0] != signature:
-                hit = (signature, *self._parse(name))
-            cache[name] = hit
-            objects.extend(hit[1])
-            problems.extend(hit[2])
-        self._cache = cache
-        return objects, problems
-
-    def _parse(self, name: str) -> tuple[list, list[str]]:
-        try:
-            with open(os.path.join(self.directory, name), encoding="utf-8") as fh:
-                docs = list(yaml.load_all(fh.read(), Loader=_YamlLoader))
-        except (OSError, yaml.YAMLError) as exc:
-            return [], [f"{name}: cannot read: {exc}".replace("\n", " ")]
-        found, bad = parse_documents(docs, name)
-        return found, [f"{name}: {line}" for line in bad]
-
-
-def _dir_signature(directory: str, suffixes: tuple[str, ...]) -> tuple:
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return ()
-    with entries:
-        out = []
-        for entry in entries:
-            if entry.name.endswith(suffixes):
-                with contextlib.suppress(FileNotFoundError):
-                    st = entry.stat()
-                    out.append((entry.name, st.st_mtime_ns, st.st_size))
-    return tuple(sorted(out))
-
-
-def _file_signature(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ()
-    return (st.st_mtime_ns, st.st_size)
-
-
-@dataclass
-class EndpointRecord:
-    container_id: str
-    device: str
-    ip: str
-    pod: str
-    ready: bool = False
-    error: str = ""
-
-    def to_dict(self) -> dict:
-        return {"containerID": self.container_id, "device": self.device, "ip": self.ip,
-                "pod": self.pod, "ready": self.ready, "error": self.error}
 
 
 class Agent:
@@ -197,17 +78,12 @@ class Agent:
         self.stop_event = threading.Event()
         self.started = time.time()
         self.datapath: loader.LoadedDatapath | None = None
+        self.maps: dict[str, PinnedMap] = {}
         self.programmed: dict[str, dict[bytes, bytes]] = {}
         self.translation: Translation | None = None
         self.manifest_problems: list[str] = []
         self.config_problems: list[str] = []
-        self.endpoints: dict[str, EndpointRecord] = {}
-        self.expected: dict[tuple[str, str], tc.Attachment] = {}
-        self.device_errors: dict[str, str] = {}
-        self.uplink: str | None = None
-        self.uplink_mtu = DEFAULT_UPLINK_MTU
-        self.tunnel_ifindex = 0
-        self.network_state: dict = {}
+        self.devices = NodeDevices(self.lock)
         self.restarts = 0
         self.tunnel_in_effect = settings.tunnelMode
         self.self_heals_run = 0
@@ -217,31 +93,26 @@ class Agent:
         self.last_reconcile: dict = {}
         self._signature: tuple = ()
         self._retry = False
-        self._ipr = None
-        self._maps: dict[str, PinnedMap] = {}
         self._api = None
         self._hc = None
         self._reported: set[str] = set()
         self._live_backends: frozenset | None = None   # None: not checked since start
         self.stale_ct_removed = 0
-        self._attached_by_me: set[tuple[str, str]] = set()
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
-        from pyroute2 import IPRoute
-
         from ..healthcheck import HealthCheckServer
 
-        self._ipr = IPRoute()
         self.datapath = loader.load(self.bpf_dir)
         log.info("bpf: compiled and loaded %d programs in %.2f s (maps %s)",
                  len(self.datapath.prog_fds), self.datapath.compile_seconds,
                  self.datapath.pin_dir)
+        self.devices.open(self.datapath.prog_fds)
         for name in MAP_CAPACITY:
-            self._maps[name] = self.datapath.open_map(name)
+            self.maps[name] = self.datapath.open_map(name)
         self._boot_state()
         self.programmed = self._read_programmed()
         log.info("maps: inherited %s", ", ".join(
@@ -253,18 +124,18 @@ class Agent:
         self._api = api.serve(paths.AGENT_SOCKET, {
             "/status": lambda: api.json_response(self.status()),
             "/services": lambda: api.json_response(self.services()),
-            "/metrics": self._metrics_response,
+            "/metrics": lambda: reporting.metrics_response(self),
             "/healthz": lambda: api.json_response({"ok": True}),
         })
 
     def _boot_state(self) -> None:
         """Restart count and the tunnel mode fixed at the first start after boot."""
-        state = self._maps["agent_state"]
-        starts = self._state_get(STATE_RESTARTS) + 1
+        state = self.maps["agent_state"]
+        starts = self.state_value(STATE_RESTARTS) + 1
         state.update(index_key(STATE_RESTARTS), U64.pack(starts))
         self.restarts = starts - 1
         codes = {v: k for k, v in TUNNEL_CODES.items()}
-        fixed = codes.get(self._state_get(STATE_TUNNEL_MODE))
+        fixed = codes.get(self.state_value(STATE_TUNNEL_MODE))
         if fixed is None:
             fixed = self.settings.tunnelMode
             state.update(index_key(STATE_TUNNEL_MODE), U64.pack(TUNNEL_CODES[fixed]))
@@ -278,17 +149,20 @@ class Agent:
                         "node reboots (reboot required)", self.settings.tunnelMode,
                         self.tunnel_in_effect)
 
-    def _state_get(self, index: int) -> int:
-        raw = self._maps["agent_state"].lookup(index_key(index))
+    def state_value(self, index: int) -> int:
+        """A counter of the pinned `agent_state` map (kept across restarts, not reboots)."""
+        raw = self.maps["agent_state"].lookup(index_key(index))
         return U64.unpack(raw)[0] if raw else 0
 
     def _read_programmed(self) -> dict[str, dict[bytes, bytes]]:
-        return {name: dict(self._maps[name].items()) for name in MANAGED_MAPS}
+        return {name: dict(self.maps[name].items()) for name in MANAGED_MAPS}
 
     # ---------------------------------------------------------------- inputs
     def _inputs_signature(self) -> tuple:
-        return (_file_signature(self.config_path), self.source.signature(),
-                _dir_signature(paths.ENDPOINT_DIR, (".json",)))
+        return inputs_signature(self.config_path, self.source)
+
+    def _quick_signature(self) -> tuple:
+        return quick_signature(self.config_path, self.source)
 
     def _reload_settings(self) -> None:
         try:
@@ -318,7 +192,7 @@ class Agent:
 
     @property
     def pod_mtu(self) -> int:
-        return pod_mtu(self.tunnel_in_effect, self.uplink_mtu)
+        return self.devices.pod_mtu(self.tunnel_in_effect)
 
     def settings_in_effect(self) -> Settings:
         """The config with the tunnel mode fixed at boot (what the datapath runs)."""
@@ -333,22 +207,24 @@ class Agent:
         self._reload_settings()
         objects, problems = self.source.read()
         previous = owners(self.translation) if self.translation is not None else {}
-        if self.overlay:
-            self.tunnel_ifindex = vxlan.ensure_device(self._ipr, self.pod_mtu)
+        self.devices.ensure_overlay(self.tunnel_in_effect)
         translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
-                                             tunnel_ifindex=self.tunnel_ifindex))
+                                             tunnel_ifindex=self.devices.tunnel_ifindex))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
-            self._ensure_node(translation)
+            if not self.devices.ensure_node(translation, self.tunnel_in_effect,
+                                            self.service_cidr):
+                self._retry = True
             ops = diff_maps(self.programmed, translation.maps)
             self._write_ops(ops)
-            self._sync_routes(translation)
+            self.devices.sync_routes(translation, self.tunnel_in_effect, self.service_cidr)
             self._forget_gone_backends(translation)
             self._hc.update(translation.node.internal_ip, translation.health_checks)
-        self._sync_endpoints()
+        if not self.devices.sync_endpoints():
+            self._retry = True
         with self.lock:
             self.translation = translation
             self.manifest_problems = problems
@@ -367,7 +243,7 @@ class Agent:
         if self._live_backends is not None and live >= self._live_backends:
             self._live_backends = live
             return
-        ct = self._maps["ct4"]
+        ct = self.maps["ct4"]
         stale = stale_service_keys(ct.items(), live)
         removed = sum(1 for key in stale if ct.delete(key))
         self._live_backends = live
@@ -389,301 +265,40 @@ class Agent:
         if not ops:
             return
         try:
-            write_ops(self._maps, ops)
+            write_ops(self.maps, ops)
         except Exception:
             self.programmed = self._read_programmed()  # believe what the maps hold now
             raise
         self.programmed = apply_ops(self.programmed, ops)
 
-    def _ensure_node(self, translation: Translation) -> None:
-        """Host devices, uplink and host programs, the service route."""
-        node = translation.node
-        ensure_host_devices(node.pod_cidr)
-        uplink = self._device_with_address(node.internal_ip)
-        if uplink is None:
-            self.device_errors["uplink"] = f"no device holds the InternalIP {node.internal_ip}"
-            self._retry = True
-            return
-        self.device_errors.pop("uplink", None)
-        if uplink != self.uplink:
-            log.info("uplink: %s (InternalIP %s)", uplink, node.internal_ip)
-        self.uplink = uplink
-        self.uplink_mtu = self._ipr.get_links(self._ifindex(uplink))[0].get_attr("IFLA_MTU")
-        attachments = [tc.Attachment(uplink, tc.INGRESS, "from_netdev"),
-                       tc.Attachment(uplink, tc.EGRESS, "to_netdev"),
-                       tc.Attachment(HOST_DEV, tc.EGRESS, "from_host")]
-        if self.overlay:
-            vxlan.ensure_device(self._ipr, self.pod_mtu)   # the MTU follows the uplink's
-            attachments.append(tc.Attachment(VXLAN_DEVICE, tc.INGRESS, "from_overlay"))
-        for att in attachments:
-            self._attach(att)
-        self._write_network_state()
-        host_idx = self._ifindex(HOST_DEV)
-        if host_idx is not None:
-            # Service addresses have no neighbour: without NOARP the node's own packets to a
-            # ClusterIP would wait for an ARP answer and never reach from_host.
-            self._ipr.link("set", index=host_idx, flags=IFF_NOARP, change=IFF_NOARP)
-            routes.replace_dev(self._ipr, self.service_cidr, host_idx, gateway_of(node.pod_cidr))
-
-    def _write_network_state(self) -> None:
-        """Tell the CNI plugin the mode in effect and the MTU its pods get."""
-        doc = {"tunnelMode": self.tunnel_in_effect, "podMTU": self.pod_mtu,
-               "uplink": self.uplink, "uplinkMTU": self.uplink_mtu}
-        if doc != self.network_state:
-            write_json_atomic(paths.NETWORK_STATE, doc)
-            self.network_state = doc
-
-    def _device_with_address(self, address: str) -> str | None:
-        for msg in self._ipr.get_addr(family=socket.AF_INET):
-            if msg.get_attr("IFA_ADDRESS") == address:
-                return self._ipr.get_links(msg["index"])[0].get_attr("IFLA_IFNAME")
-        return None
-
-    def _ifindex(self, device: str) -> int | None:
-        found = self._ipr.link_lookup(ifname=device)
-        return found[0] if found else None
-
-    def _attach(self, att: tc.Attachment) -> bool:
-        """Attach (replace) a program unless it is already ours at that hook."""
-        with self.lock:
-            self.expected[(att.device, att.direction)] = att
-        ifindex = self._ifindex(att.device)
-        if ifindex is None:
-            return False
-        want = tc.filter_name(att.program)
-        if self._attached_here(ifindex, att, want):
-            return True
-        tc.attach(self._ipr, ifindex, att.direction, self.datapath.prog_fds[att.program],
-                  att.program)
-        self._attached_by_me.add((att.device, att.direction))
-        return True
-
-    def _attached_here(self, ifindex: int, att: tc.Attachment, want: str) -> bool:
-        # A filter left by a previous agent has our name but runs old code: replace it once.
-        return ((att.device, att.direction) in self._attached_by_me
-                and tc.attached_name(self._ipr, ifindex, att.direction) == want)
-
-    def _sync_routes(self, translation: Translation) -> None:
-        current = routes.node_routes(self._ipr)
-        upsert, delete = diff_routes(current, translation.node_routes)
-        for cidr, via in upsert.items():
-            log.info("route: %s via %s", cidr, via)
-            routes.replace_via(self._ipr, cidr, via)
-        for cidr in delete:
-            log.info("route: %s removed (node gone)", cidr)
-            routes.delete(self._ipr, cidr)
-        self._sync_tunnel_routes(translation)
-
-    def _sync_tunnel_routes(self, translation: Translation) -> None:
-        """VXLAN: other nodes' pod CIDRs via cilium_host (whose program encapsulates), with
-        the overlay's MTU and this node's InternalIP as the source of its own connections."""
-        host_idx = self._ifindex(HOST_DEV)
-        if host_idx is None:
-            return
-        node_ip = translation.node.internal_ip
-        current = {cidr: attrs for cidr, attrs in routes.dev_routes(self._ipr, host_idx).items()
-                   if cidr != self.service_cidr}
-        wanted = {cidr: (node_ip, self.pod_mtu) for cidr in translation.tunnel_routes}
-        upsert, delete = diff_routes(current, wanted)
-        for cidr in upsert:
-            log.info("route: %s into the overlay (node %s, mtu %d)", cidr,
-                     translation.tunnel_routes[cidr], self.pod_mtu)
-            routes.replace_dev(self._ipr, cidr, host_idx, node_ip, self.pod_mtu)
-        for cidr in delete:
-            log.info("route: %s removed from the overlay (node gone)", cidr)
-            routes.delete(self._ipr, cidr)
-
-    def _sync_endpoints(self) -> None:
-        seen: set[str] = set()
-        try:
-            names = sorted(n for n in os.listdir(paths.ENDPOINT_DIR) if n.endswith(".json"))
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            cid = name[:-len(".json")]
-            seen.add(cid)
-            record = self.endpoints.get(cid)
-            if record is not None and record.ready:
-                continue
-            try:
-                with open(os.path.join(paths.ENDPOINT_DIR, name), encoding="utf-8") as fh:
-                    doc = json.load(fh)
-                record = EndpointRecord(cid, doc["ifname"], doc.get("ip", ""),
-                                        f"{doc.get('podNamespace', '')}/{doc.get('podName', '')}")
-            except (OSError, ValueError, KeyError) as exc:
-                self._retry = True
-                log.warning("endpoint %s: unreadable (%s); retrying", name, exc)
-                continue
-            ok = (self._attach(tc.Attachment(record.device, tc.INGRESS, "from_container"))
-                  and self._attach(tc.Attachment(record.device, tc.EGRESS, "to_container")))
-            if ok:
-                ready = os.path.join(paths.ENDPOINT_DIR, f"{cid}.ready")
-                with open(ready, "w", encoding="ascii") as fh:
-                    fh.write(f"{time.time()}\n")
-                record.ready = True
-                record.error = ""
-                log.info("endpoint %s (%s, %s): programs attached to %s", cid[:12], record.pod,
-                         record.ip, record.device)
-            else:
-                record.error = f"device {record.device} not found"
-                self._retry = True
-            with self.lock:
-                self.endpoints[cid] = record
-        with self.lock:
-            for cid in set(self.endpoints) - seen:
-                record = self.endpoints.pop(cid)
-                log.info("endpoint %s (%s) removed", cid[:12], record.pod)
-                self.expected.pop((record.device, tc.INGRESS), None)
-                self.expected.pop((record.device, tc.EGRESS), None)
-                self._attached_by_me.discard((record.device, tc.INGRESS))
-                self._attached_by_me.discard((record.device, tc.EGRESS))
-
     # ---------------------------------------------------------------- self-healing
     def check_attachments(self) -> None:
         """Put back any program that is no longer attached where it should be."""
-        if self.overlay and self._ifindex(VXLAN_DEVICE) is None:
+        if self.overlay and not self.devices.has(VXLAN_DEVICE):
             log.warning("self-heal: the VXLAN device %s is missing; recreating it",
                         VXLAN_DEVICE)
             self._retry = True         # the next reconcile makes it and reprograms its index
-        with self.lock:
-            expected = list(self.expected.values())
-        for att in expected:
-            ifindex = self._ifindex(att.device)
-            if ifindex is None:
-                continue  # device gone: its endpoint removal follows (or its re-creation)
-            found = tc.attached_name(self._ipr, ifindex, att.direction)
-            if found == tc.filter_name(att.program):
-                continue
-            try:
-                tc.attach(self._ipr, ifindex, att.direction,
-                          self.datapath.prog_fds[att.program], att.program)
-            except tc.TcError as exc:
-                log.error("self-heal: %s %s: cannot restore %s: %s", att.device,
-                          att.direction, att.program, exc)
-                continue
-            total = self._state_get(STATE_SELF_HEALS) + 1
-            self._maps["agent_state"].update(index_key(STATE_SELF_HEALS), U64.pack(total))
+        for restored in self.devices.restore_attachments():
+            att = restored.attachment
+            total = self.state_value(STATE_SELF_HEALS) + 1
+            self.maps["agent_state"].update(index_key(STATE_SELF_HEALS), U64.pack(total))
             with self.lock:
                 self.self_heals_run += 1
                 self.last_self_heal = {"at": time.time(), "device": att.device,
                                        "direction": att.direction, "program": att.program,
-                                       "found": found}
+                                       "found": restored.found}
             log.warning("self-heal: %s %s program %s was missing (found: %s); restored "
                         "(self-heals since boot: %d)", att.device, att.direction, att.program,
-                        found or "nothing", total)
+                        restored.found or "nothing", total)
 
     # ---------------------------------------------------------------- reporting
-    def _stats(self) -> dict[str, int]:
-        stats = self._maps["stats"]
-        return {name: stats.percpu_sum_u64(index_key(i)) for i, name in enumerate(STAT_NAMES)}
-
-    def _attachment_view(self) -> dict[str, dict]:
-        from pyroute2 import IPRoute
-
-        devices: dict[str, dict] = {}
-        with self.lock:
-            expected = list(self.expected.values())
-        with IPRoute() as ipr:  # the API thread's own netlink socket
-            for att in expected:
-                idx = ipr.link_lookup(ifname=att.device)
-                found = tc.attached_name(ipr, idx[0], att.direction) if idx else None
-                entry = devices.setdefault(att.device, {"attached": {}, "ok": True})
-                entry["attached"][att.direction] = {
-                    "program": att.program, "ok": found == tc.filter_name(att.program),
-                    "found": found}
-                entry["ok"] = entry["ok"] and found == tc.filter_name(att.program)
-        return devices
-
-    def _map_fill(self) -> dict[str, dict]:
-        with self.lock:
-            counts = {name: len(entries) for name, entries in self.programmed.items()}
-        ct = PinnedMap(self._maps["ct4"].path)
-        try:
-            counts["ct4"] = ct.count()
-        finally:
-            ct.close()
-        out = {}
-        for name, count in counts.items():
-            cap = MAP_CAPACITY[name]
-            out[name] = {"entries": count, "capacity": cap, "fill": round(count / cap, 6)}
-        return out
-
     def status(self) -> dict:
-        with self.lock:
-            tr = self.translation
-            settings = self.settings
-            doc = {
-                "node": self.node_name,
-                "pid": os.getpid(),
-                "state": "running" if tr is not None and tr.node is not None else "waiting",
-                "started": self.started,
-                "uptimeSeconds": round(time.time() - self.started, 1),
-                "restarts": self.restarts,
-                "selfHeals": self._state_get(STATE_SELF_HEALS),
-                "staleConntrackRemoved": self.stale_ct_removed,
-                "selfHealsThisRun": self.self_heals_run,
-                "lastSelfHeal": self.last_self_heal,
-                "rebootRequired": self.reboot_required,
-                "modes": {
-                    "tunnelMode": self.tunnel_in_effect,
-                    "tunnelModeConfigured": settings.tunnelMode,
-                    "tunnelModePending": settings.tunnelMode if self.reboot_required else None,
-                    "lbModeConfigured": settings.bpfLBMode,
-                    "lbMode": dict(tr.lb_mode) if tr else {},
-                    "masqueradeMode": settings.masqueradeMode,
-                    "createNodeRoutes": self.settings_in_effect().effective_create_node_routes,
-                    "kubeProxyReplacement": True,
-                    "lbAlgorithm": "random",
-                },
-                "bpf": {
-                    "compileSeconds": round(self.datapath.compile_seconds, 3),
-                    "abi": self.datapath.digest, "pinDir": self.datapath.pin_dir,
-                    "sources": self.datapath.bpf_dir,
-                },
-                "uplink": self.uplink,
-                "deviceErrors": dict(self.device_errors),
-                "endpoints": [r.to_dict() for r in self.endpoints.values()],
-                "services": {"services": tr.services if tr else 0,
-                             "frontends": len(tr.frontends) if tr else 0},
-                "healthChecks": [{"port": port, "service": f"{hc.namespace}/{hc.name}",
-                                  "localEndpoints": hc.local_endpoints, "status": hc.status}
-                                 for port, hc in sorted(tr.health_checks.items())] if tr else [],
-                "routes": dict(tr.node_routes) if tr else {},
-                "tunnel": self._tunnel_view(tr),
-                "problems": (self.config_problems + self.manifest_problems
-                             + (tr.problems if tr else [])),
-                "warnings": list(tr.warnings) if tr else [],
-                "reconcile": {"count": self.reconciles, "errors": self.reconcile_errors,
-                              **self.last_reconcile},
-            }
-        doc["devices"] = self._attachment_view()
-        doc["maps"] = self._map_fill()
-        return doc
-
-    def _tunnel_view(self, tr: Translation | None) -> dict:
-        view: dict[str, Any] = {"mode": self.tunnel_in_effect, "podMTU": self.pod_mtu}
-        if self.overlay:
-            view.update({"device": VXLAN_DEVICE, "ifindex": self.tunnel_ifindex,
-                         "port": VXLAN_PORT, "vni": VXLAN_VNI,
-                         "peers": dict(tr.tunnel_routes) if tr else {}})
-        return view
+        return reporting.status(self)
 
     def services(self) -> dict:
-        with self.lock:
-            tr = self.translation
-            return {"node": self.node_name,
-                    "frontends": [f.to_dict() for f in tr.frontends] if tr else []}
-
-    def _metrics_response(self) -> api.Response:
-        return 200, "text/plain; version=0.0.4", render_metrics(self.status(),
-                                                                self._stats()).encode()
+        return reporting.services(self)
 
     # ---------------------------------------------------------------- loop
-    def _quick_signature(self) -> tuple:
-        """Changes whenever a file is added, removed or renamed (atomic writes do that)."""
-        return (_file_signature(self.config_path), self.source.quick_signature(),
-                _file_signature(paths.ENDPOINT_DIR))
-
     def run(self) -> None:
         next_check = next_status = next_scan = 0.0
         quick: tuple = ()
@@ -715,7 +330,7 @@ class Agent:
                 next_check = now + ATTACH_CHECK_SECONDS
             if now >= next_status:
                 with contextlib.suppress(Exception):
-                    write_json_atomic(paths.AGENT_STATUS, self.status())
+                    paths.write_json_atomic(paths.AGENT_STATUS, self.status())
                 next_status = now + STATUS_FILE_SECONDS
             self.stop_event.wait(TICK_SECONDS)
 
@@ -732,116 +347,6 @@ class Agent:
                 os.unlink(paths.AGENT_SOCKET)
         if self._hc is not None:
             self._hc.stop()
-        for bpf_map in self._maps.values():
+        for bpf_map in self.maps.values():
             bpf_map.close()
-        if self._ipr is not None:
-            self._ipr.close()
-
-
-def _setup_logging(log_file: str | None, debug: bool) -> None:
-    handlers: list[logging.Handler] = []
-    if log_file and log_file != "-":
-        os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    else:
-        handlers.append(logging.StreamHandler())
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-
-
-KUBE_SYNC_SECONDS = 60
-
-
-def _open_source(source: str, kubeconfig: str | None) -> DesiredStateSource | None:
-    """The desired-state source the agent was asked for; None (logged) when it cannot serve.
-    The API source must have listed everything once: reconciling a partial view would
-    remove services that are simply not read yet."""
-    if source == "manifests":
-        return ManifestReader(paths.MANIFEST_DIR)
-    from ..sources.kube import KubeSource, load_api_client
-
-    try:
-        kube = KubeSource(load_api_client(kubeconfig)).start()
-    except Exception as exc:  # any client set-up failure is a refusal to start, said plainly
-        message = f"no Kubernetes API client: {exc}"
-    else:
-        if kube.wait_synced(KUBE_SYNC_SECONDS):
-            log.info("desired state: the Kubernetes API (%s)", kube.store.revision)
-            return kube
-        kube.close()
-        message = (f"the Kubernetes API gave no complete list within {KUBE_SYNC_SECONDS} s: "
-                   + "; ".join(f"{k}: {v}" for k, v in sorted(kube.errors.items())))
-    log.error("cannot start: %s", message)
-    print(f"error: {message}", flush=True)
-    return None
-
-
-def run(config_path: str = paths.CONFIG, node_name: str | None = None,
-        bpf_dir: str | None = None, log_file: str | None = paths.AGENT_LOG,
-        cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
-        service_cidr: str = DEFAULT_SERVICE_CIDR, source: str = "manifests",
-        kubeconfig: str | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT; returns the exit status. `source`: where desired
-    state comes from, `manifests` (the directory) or `kube` (the Kubernetes API)."""
-    try:
-        settings = load_settings_file(config_path)
-    except ConfigError as exc:
-        _setup_logging(log_file, False)
-        for line in exc.problems:
-            log.error("config: %s", line)
-            print(f"error: {line}", flush=True)
-        return 2
-    _setup_logging(log_file, settings.debugLogging)
-    node_name = node_name or socket.gethostname()
-    os.makedirs(paths.RUN_DIR, exist_ok=True)
-    os.makedirs(paths.ENDPOINT_DIR, exist_ok=True)
-    lock = open(os.path.join(paths.RUN_DIR, "agent.lock"), "a+")  # noqa: SIM115 (held)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        message = f"another agent is running on this node (pid file {paths.AGENT_PID})"
-        log.error("cannot start: %s", message)
-        print(f"error: {message}", flush=True)
-        return 1
-    desired = _open_source(source, kubeconfig)
-    if desired is None:
-        return 1
-    # The pid file goes first: the CNI plugin then waits for endpoints to be programmed
-    # while the programs compile, instead of letting pods start unprogrammed.
-    with open(paths.AGENT_PID, "w", encoding="ascii") as fh:
-        fh.write(f"{os.getpid()}\n")
-    try:
-        agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr,
-                      source=desired)
-        agent.start()
-    except (loader.LoadError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        print(f"error: {exc}", flush=True)
-        desired.close()
-        # No agent runs: no status, but the reason, so a waiting installer stops at once.
-        for stale in (paths.AGENT_PID, paths.AGENT_STATUS):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-        write_json_atomic(paths.AGENT_START_ERROR, {"error": str(exc), "node": node_name,
-                                                    "time": time.time()})
-        return 1
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(paths.AGENT_START_ERROR)
-
-    def stop(signum, _frame):
-        log.info("signal %d: stopping (the datapath stays in place)", signum)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("agent running on node %s with %s", node_name,
-             agent.settings_in_effect().effective()["effective"])
-    try:
-        agent.run()
-    finally:
-        agent.close()
-        # The status describes a running agent: a restart's waiters must see the new one's.
-        for stale in (paths.AGENT_PID, paths.AGENT_STATUS):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-    return 0
+        self.devices.close()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cni_cilium.agent.reconcile import ManifestReader
+from cni_cilium.agent.inputs import ManifestReader
 
 pytestmark = pytest.mark.unit
 
