@@ -1,11 +1,12 @@
 """The DSR-asymmetry suite: which way the replies go in each LB mode, proven from captures.
 
-One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER, default `lab`, already
-runs; else created and removed). The external client talks to node1's NodePort (and a
-LoadBalancer IP routed to node1) of a service whose only backend runs on node2, while
-tcpdump captures in node1, node2, the client and the fabric. The agents' mode is switched
-by rewriting the module config file every node's agent reads (what `deploy --config`
-writes); each agent picks it up live and the suite waits until every status shows it.
+One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER, default `lab` + a
+suffix unique to the run, already runs; else created and removed). The external client
+talks to node1's NodePort (and a LoadBalancer IP routed to node1) of a service whose only
+backend runs on node2, while tcpdump captures in node1, node2, the client and the fabric.
+The agents' mode is switched by rewriting the module config file every node's agent reads
+(what `deploy --config` writes); each agent picks it up live and the suite waits until
+every status shows it.
 
 Asserted from the captures and the answers (`cni_harness.evidence.asymmetry`): in DSR, replies
 leave node2's uplink straight to the client with node1's address and port, none crosses
@@ -34,10 +35,11 @@ from cni_harness.evidence.capture import Captures
 from cni_harness.providers.local.addressing import CLIENT_IP
 from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
 from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 RESULTS_ENV = "CNI_HARNESS_RESULTS_DIR"    # where `cni-harness run` wants evidence files
 RECEIVING, BACKEND = "node1", "node2"

@@ -1,8 +1,8 @@
 """The reboot-on-mode-change suite: tunnelMode Disabled -> VXLAN -> Disabled through Ansible.
 
 For each change, three phases on one 3-node local cluster ($CNI_HARNESS_CLUSTER, default
-`lab`; reused when it runs, else created and removed), each with evidence (every agent's
-status, a capture summary of the fabric, the pod-to-pod mesh):
+`lab` + a suffix unique to the run; reused when it runs, else created and removed), each
+with evidence (every agent's status, a capture summary of the fabric, the pod-to-pod mesh):
 
 1. the config changes, nothing reboots (site.yml with `cni_cilium_tunnel_reboot=false`):
    every agent reports `rebootRequired` with the pending mode, logs it and exposes it as a
@@ -42,10 +42,11 @@ from cni_harness.deploy.playbook import REBOOT, SITE, run_playbook
 from cni_harness.evidence.capture import Captures
 from cni_harness.evidence.pcap import summarize
 from cni_harness.suites.lab import FABRIC, LabUnavailable, deployed_lab, node, pod
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 SKIP_REBOOT = os.environ.get("CNI_HARNESS_SKIP_REBOOT") == "1"
 RESULTS_DIR = os.environ.get("CNI_HARNESS_RESULTS_DIR")

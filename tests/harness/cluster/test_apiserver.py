@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from cni_harness.cluster.apiserver import NODE_MANIFEST_DIR
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -45,7 +46,8 @@ ports: [{name: http, port: 8080}]
 
 
 def cli(venv_bin, *args, stdin=None):
-    return subprocess.run([venv_bin("cni-harness"), *args, "--name", "lct"], input=stdin,
+    return subprocess.run([venv_bin("cni-harness"), *args, "--name", run_cluster_name("lct")],
+                          input=stdin,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -82,7 +82,8 @@ def test_a_pod_reaches_another_pod_on_its_node_and_its_node(local_cluster, runti
 
 
 def test_pod_list_reports_running_pods(local_cluster, runtime, venv_bin):
-    res = subprocess.run([venv_bin("cni-harness"), "pod", "list", "--name", "lct", "--json"],
+    res = subprocess.run([venv_bin("cni-harness"), "pod", "list", "--name",
+                          local_cluster.cluster, "--json"],
                          capture_output=True, text=True, timeout=60, check=True)
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["pa"]["running"] and rows["pa"]["node"] == "node1"

@@ -14,10 +14,11 @@ import pytest
 from cni_harness.matrix.matrix import load_matrix
 from cni_harness.matrix.run import LocalTarget, ProviderTarget, RunPlan, run_matrix
 from cni_harness.providers.local.provider import LocalProvider
+from cni_harness.testing import run_cluster_name
 
 pytestmark = pytest.mark.e2e
 
-CLUSTER = "qmprov"
+CLUSTER = run_cluster_name("qmprov")
 
 
 def test_provider_target_runs_an_entry_end_to_end(tmp_path):

@@ -14,9 +14,12 @@ import pytest
 from cni_harness.providers.local.netns import find_processes, list_netns
 from cni_harness.providers.local.provider import LocalProvider
 from cni_harness.state import Journal, cluster_dir
-from cni_harness.testing import root_netns_snapshot
+from cni_harness.testing import root_netns_snapshot, run_cluster_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+# Clusters these tests make themselves (`local_cluster` is the session's shared one).
+LCX, LC1, LCC, LCB = (run_cluster_name(p) for p in ("lcx", "lc1", "lcc", "lcb"))
 
 
 def harness(venv_bin, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -46,7 +49,7 @@ NOTHING = {"netns": [], "mounts": [], "processes": [], "state_dir": False}
 
 
 def test_status_json_lists_nodes_with_ips_and_pod_cidrs(local_cluster, venv_bin):
-    status = json.loads(harness(venv_bin, "cluster", "status", "--name", "lct",
+    status = json.loads(harness(venv_bin, "cluster", "status", "--name", local_cluster.cluster,
                                 "--json").stdout)
     assert status["state"] == "running"
     assert [(n["name"], n["ip"], n["podCIDR"], n["state"]) for n in status["nodes"]] == [
@@ -87,10 +90,10 @@ def test_each_node_has_its_own_hostname_boot_id_bpffs_and_processes(local_cluste
 
 
 def test_node_exec_passes_the_exit_status(local_cluster, venv_bin):
-    res = harness(venv_bin, "node", "exec", "--name", "lct", "node2", "--", "sh", "-c",
-                  "hostname; exit 7", check=False)
+    res = harness(venv_bin, "node", "exec", "--name", local_cluster.cluster, "node2", "--",
+                  "sh", "-c", "hostname; exit 7", check=False)
     assert (res.returncode, res.stdout.strip()) == (7, "node2")
-    res = harness(venv_bin, "node", "exec", "--name", "lct", "node9", "--", "true",
+    res = harness(venv_bin, "node", "exec", "--name", local_cluster.cluster, "node9", "--", "true",
                   check=False)
     assert res.returncode == 2 and "no node 'node9'" in res.stderr
 
@@ -109,16 +112,17 @@ def test_reboot_keeps_the_disk_changes_the_boot_id_and_brings_sshd_back(local_cl
             "ip link add lctdummy type veth peer name lctpeer; "
             "sleep 300 >/dev/null 2>&1 &")
     before = node_sh(local_cluster, "node2", "cat /proc/sys/kernel/random/boot_id")
-    old_netns_pids = set(subprocess.run(["ip", "netns", "pids", "lct-node2"],
+    netns = f"{local_cluster.cluster}-node2"
+    old_netns_pids = set(subprocess.run(["ip", "netns", "pids", netns],
                                         capture_output=True, text=True).stdout.split())
-    res = harness(venv_bin, "node", "reboot", "--name", "lct", "node2")
+    res = harness(venv_bin, "node", "reboot", "--name", local_cluster.cluster, "node2")
     assert "rebooted" in res.stdout
     after = node_sh(local_cluster, "node2", "cat /proc/sys/kernel/random/boot_id")
     assert after != before
     assert node_sh(local_cluster, "node2", "cat /etc/lct-reboot") == "kept"
     assert local_cluster.exec("node2", ["cat", "/run/lct-x"], check=False).returncode != 0
     assert "lctdummy" not in node_sh(local_cluster, "node2", "ip -o link")
-    new_pids = set(subprocess.run(["ip", "netns", "pids", "lct-node2"],
+    new_pids = set(subprocess.run(["ip", "netns", "pids", netns],
                                   capture_output=True, text=True).stdout.split())
     assert not old_netns_pids & new_pids                    # every old process is gone
     ssh = subprocess.run(["ssh", "-F", local_cluster.ssh_config_path, "node2",
@@ -144,35 +148,36 @@ def test_reboot_from_inside_the_node(local_cluster):
 def test_up_on_a_running_cluster_is_a_no_op_and_a_size_change_is_refused(local_cluster,
                                                                           venv_bin):
     boot_id = local_cluster.boot_id("node1")
-    res = harness(venv_bin, "cluster", "up", "--name", "lct")
+    res = harness(venv_bin, "cluster", "up", "--name", local_cluster.cluster)
     assert "already up" in res.stderr and local_cluster.boot_id("node1") == boot_id
-    res = harness(venv_bin, "cluster", "up", "--name", "lct", "--nodes", "2", check=False)
-    assert res.returncode == 1 and "cluster down --name lct" in res.stderr
+    res = harness(venv_bin, "cluster", "up", "--name", local_cluster.cluster, "--nodes", "2",
+                  check=False)
+    assert res.returncode == 1 and f"cluster down --name {local_cluster.cluster}" in res.stderr
 
 
 def test_up_refuses_namespaces_it_does_not_own(venv_bin):
-    subprocess.run(["ip", "netns", "add", "lcx-fabric"], check=True)
+    subprocess.run(["ip", "netns", "add", f"{LCX}-fabric"], check=True)
     try:
-        res = harness(venv_bin, "cluster", "up", "--name", "lcx", check=False)
-        assert res.returncode == 1 and "lcx-fabric" in res.stderr and "not touching" in \
+        res = harness(venv_bin, "cluster", "up", "--name", LCX, check=False)
+        assert res.returncode == 1 and f"{LCX}-fabric" in res.stderr and "not touching" in \
             res.stderr
-        assert "lcx-fabric" in list_netns()
+        assert f"{LCX}-fabric" in list_netns()
     finally:
-        subprocess.run(["ip", "netns", "delete", "lcx-fabric"], check=True)
-        harness(venv_bin, "cluster", "down", "--name", "lcx")
-    assert leftovers("lcx") == NOTHING
+        subprocess.run(["ip", "netns", "delete", f"{LCX}-fabric"], check=True)
+        harness(venv_bin, "cluster", "down", "--name", LCX)
+    assert leftovers(LCX) == NOTHING
 
 
 def test_root_namespace_is_untouched_and_down_leaves_nothing(venv_bin):
     before = root_netns_snapshot()
-    harness(venv_bin, "cluster", "up", "--name", "lc1", "--nodes", "2")
+    harness(venv_bin, "cluster", "up", "--name", LC1, "--nodes", "2")
     try:
         assert root_netns_snapshot() == before
         with open("/proc/mounts", encoding="utf-8") as fh:
             assert "overlay" not in [line.split()[2] for line in fh]   # all inside nodes
     finally:
-        harness(venv_bin, "cluster", "down", "--name", "lc1")
-    assert leftovers("lc1") == NOTHING
+        harness(venv_bin, "cluster", "down", "--name", LC1)
+    assert leftovers(LC1) == NOTHING
     assert root_netns_snapshot() == before
 
 
@@ -192,46 +197,46 @@ def _kill_up_midway(venv_bin, name: str, entries: int) -> None:
 
 @pytest.mark.parametrize("entries", [3, 7])
 def test_down_after_a_kill_9_in_the_middle_of_up_removes_everything(venv_bin, entries):
-    _kill_up_midway(venv_bin, "lcc", entries)
-    assert leftovers("lcc")["state_dir"]
-    harness(venv_bin, "cluster", "down", "--name", "lcc")
-    assert leftovers("lcc") == NOTHING
+    _kill_up_midway(venv_bin, LCC, entries)
+    assert leftovers(LCC)["state_dir"]
+    harness(venv_bin, "cluster", "down", "--name", LCC)
+    assert leftovers(LCC) == NOTHING
 
 
 def test_up_after_a_crash_cleans_the_stale_cluster(venv_bin):
-    _kill_up_midway(venv_bin, "lcc", 6)
+    _kill_up_midway(venv_bin, LCC, 6)
     try:
-        res = harness(venv_bin, "cluster", "up", "--name", "lcc", "--nodes", "2")
+        res = harness(venv_bin, "cluster", "up", "--name", LCC, "--nodes", "2")
         assert "stale" in res.stderr
-        status = json.loads(harness(venv_bin, "cluster", "status", "--name", "lcc",
+        status = json.loads(harness(venv_bin, "cluster", "status", "--name", LCC,
                                     "--json").stdout)
         assert status["state"] == "running" and len(status["nodes"]) == 2
     finally:
-        harness(venv_bin, "cluster", "down", "--name", "lcc")
-    assert leftovers("lcc") == NOTHING
+        harness(venv_bin, "cluster", "down", "--name", LCC)
+    assert leftovers(LCC) == NOTHING
 
 
 def test_node_ssh_runs_a_command_through_sshd(local_cluster, venv_bin):
-    res = harness(venv_bin, "node", "ssh", "--name", "lct", "node1", "--", "cat",
+    res = harness(venv_bin, "node", "ssh", "--name", local_cluster.cluster, "node1", "--", "cat",
                   "/etc/hostname")
     assert res.stdout.strip() == "node1"
 
 
 def test_bench_prints_measured_up_and_down_times(venv_bin):
-    res = harness(venv_bin, "bench", "cluster", "--name", "lcb", "--nodes", "2", "--json")
+    res = harness(venv_bin, "bench", "cluster", "--name", LCB, "--nodes", "2", "--json")
     rows = json.loads(res.stdout)["results"]
     assert [r["nodes"] for r in rows] == [2]
     assert rows[0]["upSeconds"] > 0 and rows[0]["downSeconds"] > 0
-    assert leftovers("lcb") == NOTHING
+    assert leftovers(LCB) == NOTHING
 
 
 def test_up_refuses_a_bad_module_config_before_creating_anything(venv_bin, tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("bpfLBMode: Fast\n")
-    res = harness(venv_bin, "cluster", "up", "--name", "lc1", "--config", str(bad),
+    res = harness(venv_bin, "cluster", "up", "--name", LC1, "--config", str(bad),
                   check=False)
     assert res.returncode == 2 and "bpfLBMode: invalid value 'Fast'" in res.stderr
-    assert leftovers("lc1") == NOTHING
+    assert leftovers(LC1) == NOTHING
 
 
 def test_client_and_world_reach_the_nodes_over_the_fabric(local_cluster, venv_bin):
@@ -239,7 +244,7 @@ def test_client_and_world_reach_the_nodes_over_the_fabric(local_cluster, venv_bi
         res = local_cluster.exec(external, ["nc", "-z", "-w", "2", "10.99.0.12", "22"],
                                  check=False)
         assert res.returncode == 0, (external, res.stderr)
-    routes = harness(venv_bin, "node", "exec", "--name", "lct", "client", "--", "ip",
-                     "route").stdout
+    routes = harness(venv_bin, "node", "exec", "--name", local_cluster.cluster, "client", "--",
+                     "ip", "route").stdout
     assert "10.97.0.0/24 via 10.99.0.11" in routes        # the LB pool goes to node1
     assert "default via 203.0.113.1" in local_cluster.exec("world", ["ip", "route"]).stdout
