@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .. import tools
 from ..timescale import scaled
 
-TOOLS_DIR = os.path.join(os.path.dirname(__file__), "tools")
+TOOLS_DIR = os.path.dirname(os.path.abspath(tools.__file__))
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
