@@ -1,4 +1,5 @@
-"""The lab's reading of an agent's metrics (pure parsing; the rest runs in the e2e suites)."""
+"""The lab's reading of an agent's metrics and where its tools are (pure; the rest runs in
+the e2e suites)."""
 
 import pytest
 
@@ -23,3 +24,11 @@ def test_samples_keep_their_labels_and_values():
 
 def test_an_empty_exposition_has_no_samples():
     assert parse_samples("") == {}
+
+
+def test_the_tools_the_lab_installs_are_where_it_looks():
+    import os
+
+    from cni_harness.suites.lab import TOOLS, TOOLS_DIR
+
+    assert all(os.path.isfile(os.path.join(TOOLS_DIR, name)) for name in TOOLS), TOOLS_DIR
