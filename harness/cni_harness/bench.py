@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -268,7 +267,7 @@ class TrafficBench:
 
     def server_cpu(self) -> float:
         """CPU seconds the nginx worker used so far (0 when it cannot be read)."""
-        from .lab import node
+        from .suites.lab import node
 
         if not self.server_pid:
             found = self.lab.run(node("node2"), ["pgrep", "-f", "nginx: worker"]).stdout
@@ -297,7 +296,7 @@ def _summarise(samples: dict) -> dict:
 def _peer_setup(lab, progress) -> None:
     """Detach the module: agents stopped and `cni-cilium bpf remove` (filters, routes,
     maps) on every node; static routes to the other nodes' pod CIDRs instead."""
-    from .lab import AGENT_CLI, node
+    from .suites.lab import AGENT_CLI, node
 
     infos = list(lab.provider.nodes())
     for info in infos:
@@ -312,7 +311,7 @@ def _peer_setup(lab, progress) -> None:
 
 def _peer_program(lab, text: str) -> None:
     """kube-proxy's nat table on every node (its KUBE-* chains first removed)."""
-    from .lab import AGENT_CLI, node
+    from .suites.lab import AGENT_CLI, node
 
     for info in lab.provider.nodes():
         lab.run(node(info.name), [AGENT_CLI, "kube-proxy", "cleanup"], check=True)
@@ -323,7 +322,7 @@ def _peer_program(lab, text: str) -> None:
 def _peer_teardown(lab, progress) -> None:
     """KUBE-* chains and the static routes gone, the nat table removed when nothing else
     is in it (so netfilter stops tracking connections), agents started again."""
-    from .lab import AGENT_CLI, node
+    from .suites.lab import AGENT_CLI, node
 
     infos = list(lab.provider.nodes())
     for info in infos:
@@ -365,7 +364,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
     from cni_cilium.manifests import EndpointSlice, Service, parse_documents
 
     from .kubeproxy_rules import iptables_restore_text, service_ports
-    from .lab import CLIENT, node, pod
+    from .suites.lab import CLIENT, node, pod
 
     progress("starting benchmark pods and services ...")
     docs = [{"apiVersion": "v1", "kind": "Service",
@@ -535,60 +534,3 @@ def parse_counts(text: str, option: str) -> list[int]:
     if not counts or any(c < 1 for c in counts):
         raise ValueError(f"{option}: {text!r}: expected positive integers separated by commas")
     return counts
-
-
-def cmd_bench(args) -> int:
-    """`cni-harness bench datapath`: print the datapath figures of this machine."""
-    from .lab import LabError, deployed_lab
-
-    def progress(message: str) -> None:
-        print(f"==> {message}", flush=True)
-
-    try:
-        counts = parse_counts(args.services, "--services")
-        traffic_counts = sorted(set(parse_counts(args.traffic_services, "--traffic-services")))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report: dict = {}
-    text = []
-    if not args.no_programming:
-        compile_s, results = program_benchmark(counts, progress=progress)
-        report.update({"compileSeconds": compile_s,
-                       "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]})
-        text.append(format_program_results(compile_s, results))
-    if not args.no_traffic:
-        try:
-            lab, created = deployed_lab(args.name, TRAFFIC_CONFIG, progress=progress)
-        except LabError as exc:
-            print(f"error: traffic benchmark: {exc}")
-            return 1
-        try:
-            traffic = traffic_benchmark(lab, args.seconds, args.rounds, traffic_counts,
-                                        args.peer or "", progress)
-        finally:
-            if created:
-                lab.provider.down()
-        report["traffic"] = traffic
-        text.append(format_apply_results(traffic))
-        text.append(format_traffic_results(traffic))
-    print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
-    return 0
-
-
-def add_arguments(bench) -> None:
-    """Options of `cni-harness bench datapath` (the cluster for the traffic figures is
-    `--name`: created and removed unless it already runs)."""
-    bench.add_argument("--services", default="1000,10000",
-                       help="service counts to program (10 backends each; default %(default)s)")
-    bench.add_argument("--no-programming", action="store_true",
-                       help="skip the map programming figures")
-    bench.add_argument("--no-traffic", action="store_true",
-                       help="only the map programming figures (no cluster needed)")
-    bench.add_argument("--traffic-services", default="1,1000,10000",
-                       help="service counts the traffic paths are measured at "
-                            "(default %(default)s)")
-    bench.add_argument("--peer", choices=["kube-proxy"],
-                       help="also measure the same paths through kube-proxy's iptables rules")
-    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    bench.add_argument("--rounds", type=int, default=2, help="rounds per path (median)")
