@@ -1,8 +1,9 @@
 """The node agent: desired state in, datapath programmed, kept attached, reported.
 
-Start-up compiles the programs once with bcc against the maps pinned in the node's bpffs,
-reads back what those maps already hold (a restarted agent inherits conntrack, NAT and
-service state), and atomically replaces the tc filters. Then a loop polls the module
+Start-up loads the programs against the maps pinned in the node's bpffs (from the node's
+compile cache when it holds this compile, else compiled once with bcc), reads back what
+those maps already hold (a restarted agent inherits conntrack, NAT and service state), and
+atomically replaces the tc filters. Then a loop polls the module
 config, the manifest directory and the endpoint directory; on any change it recomputes the
 desired map contents (`translate`) and writes only the differences. Every 0.5 s it checks
 that each program is still attached and puts back any that was removed (self-healing).
@@ -37,7 +38,7 @@ from .bpfabi import (
 )
 from .config import ConfigError, Settings, load_settings_file, replace
 from .ctgc import live_backends, stale_service_keys
-from .datapath import loader, routes, tc, vxlan
+from .datapath import compilecache, loader, routes, tc, vxlan
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
@@ -236,10 +237,8 @@ class Agent:
         from .healthcheck import HealthCheckServer
 
         self._ipr = IPRoute()
-        self.datapath = loader.load(self.bpf_dir)
-        log.info("bpf: compiled and loaded %d programs in %.2f s (maps %s)",
-                 len(self.datapath.prog_fds), self.datapath.compile_seconds,
-                 self.datapath.pin_dir)
+        self.datapath = loader.load(self.bpf_dir, cache=compilecache.cache_from_env())
+        log.info("bpf: %s", self.datapath.summary())
         for name in MAP_CAPACITY:
             self._maps[name] = self.datapath.open_map(name)
         self._boot_state()
@@ -635,11 +634,7 @@ class Agent:
                     "kubeProxyReplacement": True,
                     "lbAlgorithm": "random",
                 },
-                "bpf": {
-                    "compileSeconds": round(self.datapath.compile_seconds, 3),
-                    "abi": self.datapath.digest, "pinDir": self.datapath.pin_dir,
-                    "sources": self.datapath.bpf_dir,
-                },
+                "bpf": self.datapath.describe(),
                 "uplink": self.uplink,
                 "deviceErrors": dict(self.device_errors),
                 "endpoints": [r.to_dict() for r in self.endpoints.values()],
