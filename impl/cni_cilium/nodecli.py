@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import api, paths
 from .bpfabi import CT_KINDS, CtEntry, CtKey
+from .datapath.bpfcache import origin_line
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -65,7 +66,7 @@ def print_status(doc: dict) -> None:
         print(f"tunnel: VXLAN device {tunnel['device']}, UDP port {tunnel['port']}, VNI "
               f"{tunnel['vni']}, pod MTU {tunnel['podMTU']}, peers: " + (", ".join(
                   f"{cidr} via {ip}" for cidr, ip in sorted(tunnel["peers"].items())) or "none"))
-    print(f"bpf: {bpf_origin_line(doc['bpf'])}, maps in {doc['bpf']['pinDir']}")
+    print(f"bpf: {origin_line(doc['bpf'])}, maps in {doc['bpf']['pinDir']}")
     print("programs:")
     for device, info in sorted(doc["devices"].items()):
         hooks = "  ".join(f"{d} {h['program']} {'ok' if h['ok'] else 'MISSING'}"
@@ -89,16 +90,6 @@ def print_status(doc: dict) -> None:
         print(f"problem: {line}")
     for line in doc["warnings"]:
         print(f"warning: {line}")
-
-
-def bpf_origin_line(bpf: dict) -> str:
-    """Where the agent's programs came from (compile or compile cache) and how long it took."""
-    cache = bpf.get("cache", {})
-    if bpf.get("origin") == "cache":
-        return f"loaded from the compile cache in {bpf.get('loadSeconds')} s (no compile)"
-    line = (f"compiled in {bpf.get('compileSeconds')} s, loaded in {bpf.get('loadSeconds')} s"
-            f" (compile cache: {cache.get('result', 'off')}")
-    return line + (f": {cache['reason']})" if cache.get("reason") else ")")
 
 
 def print_services(doc: dict) -> None:

@@ -104,7 +104,7 @@ def test_service_list_marks_frontends_that_fall_back_from_dsr(capsys):
 
 
 def test_status_and_metrics_say_where_the_datapath_came_from():
-    from cni_cilium.nodecli import bpf_origin_line
+    from cni_cilium.datapath.bpfcache import origin_line
 
     cached = {"origin": "cache", "compileSeconds": 0.0, "loadSeconds": 0.21,
               "cache": {"result": "hit", "key": "ab" * 32, "file": "/x", "reason": ""}}
@@ -118,7 +118,6 @@ def test_status_and_metrics_say_where_the_datapath_came_from():
     lines = set(render_metrics(dict(STATUS, bpf=compiled), {}).splitlines())
     assert 'cni_cilium_bpf_datapath_origin{cache="stored",origin="compile"} 1' in lines
     assert "cni_cilium_bpf_compile_seconds 27.9" in lines
-    assert bpf_origin_line(cached) == "loaded from the compile cache in 0.21 s (no compile)"
-    assert bpf_origin_line(compiled) == ("compiled in 27.9 s, loaded in 0.3 s (compile cache: "
-                                         "stored: invalid: digest mismatch (the file was "
-                                         "changed))")
+    assert origin_line(cached) == "loaded from the compile cache in 0.21 s (no compile; /x)"
+    assert origin_line(compiled) == ("compiled in 27.9 s, loaded in 0.3 s (compile cache: "
+                                     "stored: invalid: digest mismatch (the file was changed))")

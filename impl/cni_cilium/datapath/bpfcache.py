@@ -307,3 +307,15 @@ def files_to_prune(files: Sequence[tuple[str, float]], keep: int) -> list[str]:
     """Of (name, last use time) pairs, the names beyond the `keep` most recently used."""
     ordered = sorted(files, key=lambda item: (-item[1], item[0]))
     return [name for name, _used in ordered[keep:]]
+
+
+def origin_line(bpf: Mapping) -> str:
+    """Where a datapath came from and how long it took, from the status's `bpf` section
+    (the agent's log line and `cni-cilium status`)."""
+    cache = bpf.get("cache") or {}
+    if bpf.get("origin") == "cache":
+        return (f"loaded from the compile cache in {bpf.get('loadSeconds')} s (no compile; "
+                f"{cache.get('file')})")
+    line = (f"compiled in {bpf.get('compileSeconds')} s, loaded in {bpf.get('loadSeconds')} s"
+            f" (compile cache: {cache.get('result', 'off')}")
+    return line + (f": {cache['reason']})" if cache.get("reason") else ")")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .. import paths
 from . import compilecache
-from .bpfcache import Uncacheable
+from .bpfcache import Uncacheable, origin_line
 from .bpfsys import BPF_PROG_TYPE_SCHED_CLS, PinnedMap, ProgramRefused, is_bpffs
 from .compilecache import CacheMismatch, CacheOutcome, CompileCache
 from .source import MAIN, PROGRAMS, abi_digest, bundle
@@ -106,16 +106,8 @@ class LoadedDatapath:
                 "abi": self.digest, "pinDir": self.pin_dir, "sources": self.bpf_dir}
 
     def summary(self) -> str:
-        """One log line: where the programs came from and how long it took."""
-        if self.origin == "cache":
-            head = (f"loaded {len(self.prog_fds)} programs from the compile cache in "
-                    f"{self.load_seconds:.2f} s, no compile ({self.cache.file})")
-        else:
-            head = (f"compiled in {self.compile_seconds:.2f} s and loaded {len(self.prog_fds)} "
-                    f"programs in {self.load_seconds:.2f} s; compile cache: {self.cache.result}"
-                    + (f" {self.cache.file}" if self.cache.file else "")
-                    + (f" ({self.cache.reason})" if self.cache.reason else ""))
-        return f"{head} (maps {self.pin_dir})"
+        """The agent's log line: where the programs came from and how long it took."""
+        return f"{origin_line(self.describe())}, maps in {self.pin_dir}"
 
 
 def _compile_inputs(bpf_dir: str, pin_root: str) -> tuple[str, str, str, list[str]]:
