@@ -23,7 +23,7 @@ import tempfile
 import time
 from datetime import datetime
 
-from cni_harness.deploy import run_playbook
+from cni_harness.deploy.playbook import run_playbook
 from cni_harness.testing import fresh_local_cluster
 
 CLI = "/opt/cni-cilium/venv/bin/cni-cilium"

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 
 from cni_harness import PROJECT_ROOT
-from cni_harness.deploy import run_playbook
-from cni_harness.testing import fresh_local_cluster
+from cni_harness.deploy.playbook import run_playbook
+from cni_harness.testing import fresh_local_cluster, run_cluster_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -38,9 +38,9 @@ def hosts(result, task: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    """A fresh cluster `bcs` deployed with an empty controller-side store."""
+    """A fresh cluster `bcs<run suffix>` deployed with an empty controller-side store."""
     store = str(tmp_path_factory.mktemp("bpf-cache-store"))
-    with fresh_local_cluster("bcs") as provider:
+    with fresh_local_cluster(run_cluster_name("bcs")) as provider:
         extravars = {"configure_bpf_cache_store": store}
         first = run_playbook(provider, extravars=extravars)
         assert first.rc == 0, first.failed_tasks
