@@ -43,10 +43,20 @@ def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
     lines += _family("tunnel_mode", "gauge",
                      "The tunnel mode in effect since boot, and the one a reboot would apply.",
                      tunnel)
+    bpf = status.get("bpf", {})
     lines += _family("bpf_compile_seconds", "gauge",
-                     "Time bcc took to compile and load the programs at agent start.",
-                     [_sample("bpf_compile_seconds",
-                              status.get("bpf", {}).get("compileSeconds", 0))])
+                     "Time clang (bcc) took to compile the programs at agent start "
+                     "(0 when they came from the compile cache).",
+                     [_sample("bpf_compile_seconds", bpf.get("compileSeconds", 0))])
+    lines += _family("bpf_load_seconds", "gauge",
+                     "Time loading the programs into the kernel took at agent start "
+                     "(with the cache entry's maps when they came from the compile cache).",
+                     [_sample("bpf_load_seconds", bpf.get("loadSeconds", 0))])
+    lines += _family("bpf_datapath_origin", "gauge",
+                     "1 for where this agent's programs came from: compile or cache.",
+                     [_sample("bpf_datapath_origin", 1, {"origin": bpf.get("origin", "compile"),
+                                                         "cache": bpf.get("cache", {}).get(
+                                                             "result", "off")})])
     maps = status.get("maps", {})
     lines += _family("bpf_map_entries", "gauge", "Entries in each pinned map.",
                      [_sample("bpf_map_entries", m["entries"], {"map": name})

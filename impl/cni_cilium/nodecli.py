@@ -1,4 +1,5 @@
-"""Node commands of `cni-cilium`: status, wait-ready, service list, bpf ct list, bpf remove."""
+"""Node commands of `cni-cilium`: status, wait-ready, service list, bpf ct list, bpf remove,
+bpf cache key|build|list."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 
 from . import api, paths
 from .bpfabi import CT_KINDS, CtEntry, CtKey
+from .datapath.bpfcache import origin_line
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -64,7 +66,7 @@ def print_status(doc: dict) -> None:
         print(f"tunnel: VXLAN device {tunnel['device']}, UDP port {tunnel['port']}, VNI "
               f"{tunnel['vni']}, pod MTU {tunnel['podMTU']}, peers: " + (", ".join(
                   f"{cidr} via {ip}" for cidr, ip in sorted(tunnel["peers"].items())) or "none"))
-    print(f"bpf: compiled in {doc['bpf']['compileSeconds']} s, maps in {doc['bpf']['pinDir']}")
+    print(f"bpf: {origin_line(doc['bpf'])}, maps in {doc['bpf']['pinDir']}")
     print("programs:")
     for device, info in sorted(doc["devices"].items()):
         hooks = "  ".join(f"{d} {h['program']} {'ok' if h['ok'] else 'MISSING'}"
@@ -189,6 +191,79 @@ def cmd_bpf_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node_cache(args: argparse.Namespace):
+    from .datapath import compilecache
+
+    if args.cache_dir:
+        return compilecache.CompileCache(args.cache_dir)
+    cache = compilecache.cache_from_env()
+    if cache is None:
+        print(f"error: the compile cache is off (${compilecache.CACHE_ENV}="
+              f"{os.environ.get(compilecache.CACHE_ENV)}); pass --cache-dir", file=sys.stderr)
+    return cache
+
+
+def _print_json_or(args: argparse.Namespace, doc: dict, text: str) -> None:
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else text)
+
+
+def cmd_bpf_cache_key(args: argparse.Namespace) -> int:
+    """This node's compile cache key for the installed sources (nothing is compiled)."""
+    from .datapath import loader
+
+    cache = _node_cache(args)
+    if cache is None:
+        return EXIT_USAGE
+    try:
+        key, inputs = loader.prepare_key(loader.find_bpf_dir(args.bpf_dir), cache)
+    except (loader.LoadError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    _print_json_or(args, {"key": key, "file": cache.path_for(key), "inputs": inputs},
+                   f"{key} {cache.path_for(key)}")
+    return EXIT_OK
+
+
+def cmd_bpf_cache_build(args: argparse.Namespace) -> int:
+    """Make sure the cache holds this node's compile (compiling in a private bpffs)."""
+    from .datapath import loader
+
+    cache = _node_cache(args)
+    if cache is None:
+        return EXIT_USAGE
+    started = time.monotonic()
+    try:
+        outcome = loader.build_cache(loader.find_bpf_dir(args.bpf_dir), cache)
+    except (loader.LoadError, OSError, ValueError) as exc:
+        _print_json_or(args, {"result": "failed", "reason": str(exc)}, f"error: {exc}")
+        return EXIT_FAIL
+    doc = dict(outcome.to_dict(), seconds=round(time.monotonic() - started, 3))
+    _print_json_or(args, doc, f"{outcome.result}: {outcome.file}"
+                   + (f" ({outcome.reason})" if outcome.reason else ""))
+    return EXIT_OK if outcome.result in ("present", "stored") else EXIT_FAIL
+
+
+def cmd_bpf_cache_list(args: argparse.Namespace) -> int:
+    """The entries in the cache directory (invalid ones with the reason)."""
+    cache = _node_cache(args)
+    if cache is None:
+        return EXIT_USAGE
+    rows = cache.entries()
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return EXIT_OK
+    for row in rows:
+        if "invalid" in row:
+            print(f"{row['key']}  INVALID: {row['invalid']}")
+            continue
+        insns = sum(p["insns"] for p in row["programs"].values())
+        print(f"{row['key']}  kernel {row['kernelRelease']}, bcc {row['bcc']}, "
+              f"{len(row['programs'])} programs ({insns} insns), compiled on {row['node']} "
+              f"in {row['compileSeconds']} s")
+    print(f"{len(rows)} entries in {cache.directory}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_wait_ready(args: argparse.Namespace) -> int:
     """Exit 0 once the agent runs, 1 with the reason when its start failed or timed out."""
     from . import readiness
@@ -242,3 +317,23 @@ def register(sub) -> None:
         "remove", help="detach every program, delete the agent's routes and pinned maps")
     remove.add_argument("--force", action="store_true", help="even while the agent runs")
     remove.set_defaults(func=cmd_bpf_remove)
+    _register_cache(bpf_sub)
+
+
+def _register_cache(bpf_sub) -> None:
+    cache = bpf_sub.add_parser(
+        "cache", help="the datapath compile cache (one compile per sources + kernel build)")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+    cache_sub.required = True
+    for name, func, help_text in (
+            ("key", cmd_bpf_cache_key, "print this node's cache key and entry file"),
+            ("build", cmd_bpf_cache_build, "compile into the cache unless it holds this "
+             "node's key (in a private bpffs: a running agent's maps are not touched)"),
+            ("list", cmd_bpf_cache_list, "list the entries (invalid ones with the reason)")):
+        sub = cache_sub.add_parser(name, help=help_text)
+        sub.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        sub.add_argument("--cache-dir", help="cache directory (default "
+                         "$CNI_CILIUM_BPF_CACHE, else /var/cache/cni-cilium/bpf)")
+        if name != "list":
+            sub.add_argument("--bpf-dir", help="BPF sources (default: the installed ones)")
+        sub.set_defaults(func=func)

@@ -35,6 +35,8 @@ AGENT_START_ERROR = os.path.join(RUN_DIR, "start-error.json")
 NETWORK_STATE = os.path.join(RUN_DIR, "network.json")
 LOG_DIR = _p("var", "log", "cni-cilium")
 AGENT_LOG = os.path.join(LOG_DIR, "agent.log")
+# Compiled datapaths keyed by sources + kernel build (datapath/compilecache.py).
+BPF_CACHE_DIR = _p("var", "cache", "cni-cilium", "bpf")
 BPFFS = _p("sys", "fs", "bpf")
 PIN_DIR = os.path.join(BPFFS, "cni-cilium")
 

@@ -101,3 +101,23 @@ def test_service_list_marks_frontends_that_fall_back_from_dsr(capsys):
     out = capsys.readouterr().out.splitlines()
     assert "SNAT*" in out[1] and "DSR " in out[2] and "(none)" in out[2]
     assert out[-1] == "* default/host: SNAT instead of DSR: host-network endpoints (cilium#10789)"
+
+
+def test_status_and_metrics_say_where_the_datapath_came_from():
+    from cni_cilium.datapath.bpfcache import origin_line
+
+    cached = {"origin": "cache", "compileSeconds": 0.0, "loadSeconds": 0.21,
+              "cache": {"result": "hit", "key": "ab" * 32, "file": "/x", "reason": ""}}
+    compiled = {"origin": "compile", "compileSeconds": 27.9, "loadSeconds": 0.3,
+                "cache": {"result": "stored", "key": "ab" * 32, "file": "/x",
+                          "reason": "invalid: digest mismatch (the file was changed)"}}
+    lines = set(render_metrics(dict(STATUS, bpf=cached), {}).splitlines())
+    assert 'cni_cilium_bpf_datapath_origin{cache="hit",origin="cache"} 1' in lines
+    assert "cni_cilium_bpf_compile_seconds 0" in lines
+    assert "cni_cilium_bpf_load_seconds 0.21" in lines
+    lines = set(render_metrics(dict(STATUS, bpf=compiled), {}).splitlines())
+    assert 'cni_cilium_bpf_datapath_origin{cache="stored",origin="compile"} 1' in lines
+    assert "cni_cilium_bpf_compile_seconds 27.9" in lines
+    assert origin_line(cached) == "loaded from the compile cache in 0.21 s (no compile; /x)"
+    assert origin_line(compiled) == ("compiled in 27.9 s, loaded in 0.3 s (compile cache: "
+                                     "stored: invalid: digest mismatch (the file was changed))")

@@ -420,6 +420,8 @@ def _bench_datapath(args: argparse.Namespace) -> int:
         report.update({"compileSeconds": compile_s,
                        "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]})
         text.append(bench.format_program_results(compile_s, results))
+        report["compileCache"] = bench.compile_cache_benchmark(progress)
+        text.append(bench.format_cache_results(report["compileCache"]))
     if not args.no_traffic:
         try:
             lab, created = deployed_lab(args.name, bench.TRAFFIC_CONFIG, progress=progress)

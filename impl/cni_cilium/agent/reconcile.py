@@ -1,8 +1,9 @@
 """The agent's reconcile loop: desired state in, map differences written, kept attached.
 
-Start-up compiles the programs once with bcc against the maps pinned in the node's bpffs,
-reads back what those maps already hold (a restarted agent inherits conntrack, NAT and
-service state), and atomically replaces the tc filters. Then a loop polls the module
+Start-up loads the programs against the maps pinned in the node's bpffs (from the node's
+compile cache when it holds this compile, else compiled once with bcc), reads back what
+those maps already hold (a restarted agent inherits conntrack, NAT and service state), and
+atomically replaces the tc filters. Then a loop polls the module
 config, the desired-state source and the endpoint directory (`inputs`); on any change it
 recomputes the desired map contents (`translate`) and writes only the differences, then
 brings the node's devices and routes in line (`devices`). Every 0.5 s it checks that each
@@ -33,7 +34,7 @@ from ..bpfabi import (
 )
 from ..config import ConfigError, Settings, load_settings_file, replace
 from ..ctgc import live_backends, stale_service_keys
-from ..datapath import loader
+from ..datapath import compilecache, loader
 from ..datapath.bpfsys import PinnedMap
 from ..datapath.writer import write_ops
 from ..sources import DesiredStateSource
@@ -110,10 +111,8 @@ class Agent:
     def start(self) -> None:
         from ..healthcheck import HealthCheckServer
 
-        self.datapath = loader.load(self.bpf_dir)
-        log.info("bpf: compiled and loaded %d programs in %.2f s (maps %s)",
-                 len(self.datapath.prog_fds), self.datapath.compile_seconds,
-                 self.datapath.pin_dir)
+        self.datapath = loader.load(self.bpf_dir, cache=compilecache.cache_from_env())
+        log.info("bpf: %s", self.datapath.summary())
         self.devices.open(self.datapath.prog_fds)
         for name in MAP_CAPACITY:
             self.maps[name] = self.datapath.open_map(name)

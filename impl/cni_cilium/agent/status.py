@@ -52,11 +52,7 @@ def status(agent: Agent) -> dict:
                 "kubeProxyReplacement": True,
                 "lbAlgorithm": "random",
             },
-            "bpf": {
-                "compileSeconds": round(agent.datapath.compile_seconds, 3),
-                "abi": agent.datapath.digest, "pinDir": agent.datapath.pin_dir,
-                "sources": agent.datapath.bpf_dir,
-            },
+            "bpf": agent.datapath.describe(),
             "uplink": devices.uplink,
             "deviceErrors": dict(devices.device_errors),
             "endpoints": [r.to_dict() for r in devices.endpoints.values()],

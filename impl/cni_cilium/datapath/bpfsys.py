@@ -1,27 +1,39 @@
-"""Pinned BPF maps through the bpf(2) system call (edge: ctypes).
+"""Pinned BPF maps and programs through the bpf(2) system call (edge: ctypes).
 
 The agent and the CLI read and write the pinned maps with bytes keyed exactly as
 `bpfabi` encodes them, independent of the bcc object that created them (so the CLI works
-while the agent is down, and any bcc release will do).
+while the agent is down, and any bcc release will do). The compile cache creates maps,
+pins them and loads programs through the same calls (`create_map`, `pin`, `load_program`),
+without bcc.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import platform
+import resource
 import struct
+from dataclasses import dataclass
 from typing import Iterator
 
 _SYSCALL_NR = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
-BPF_OBJ_GET = 7
+BPF_PROG_LOAD, BPF_OBJ_PIN, BPF_OBJ_GET = 5, 6, 7
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_UPDATE_BATCH = 26
 BPF_ANY, BPF_NOEXIST = 0, 1
 _ATTR_SIZE = 128
 BPF_FS_MAGIC = 0xCAFE4A11
 ENOTSUPP = 524  # the kernel's internal "operation not supported"
+BPF_PROG_TYPE_SCHED_CLS = 3
+OBJ_NAME_LEN = 16   # map and program names, NUL included
+# The verifier's log when a program is refused: the largest buffer every kernel accepts
+# (5.1 and older cap it at UINT_MAX >> 8); its end holds the verdict.
+VERIFIER_LOG_SIZE = (1 << 24) - 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -69,14 +81,166 @@ def is_bpffs(path: str) -> bool:
     return (st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
 
 
+def _path_buffer(path: str) -> ctypes.Array:
+    raw = os.fsencode(path) + b"\0"
+    return ctypes.create_string_buffer(raw, len(raw))
+
+
+def obj_get(path: str) -> int:
+    """A new fd of the map or program pinned at `path`."""
+    buf = _path_buffer(path)
+    return _bpf(BPF_OBJ_GET, struct.pack("=QII", _addr(buf), 0, 0))
+
+
+def pin(fd: int, path: str) -> None:
+    """Pin a map or program at `path` (EEXIST when something is pinned there)."""
+    buf = _path_buffer(path)
+    _bpf(BPF_OBJ_PIN, struct.pack("=QII", _addr(buf), fd, 0))
+
+
+def _name_bytes(name: str) -> bytes:
+    # The kernel keeps OBJ_NAME_LEN - 1 characters (bcc truncates the same way).
+    return name.encode()[:OBJ_NAME_LEN - 1]
+
+
+def _obj_info(fd: int, size: int) -> ctypes.Array:
+    info = ctypes.create_string_buffer(size)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", fd, size, _addr(info)))
+    return info
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What the kernel says about a map (struct bpf_map_info)."""
+
+    map_type: int
+    map_id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+    name: str
+    map_extra: int
+
+
+_MAP_INFO = struct.Struct("=IIIIII16sIIQQIIIIQ")
+
+
+def map_info(fd: int) -> MapInfo:
+    """Type, id, sizes, flags and name of the map behind `fd`."""
+    raw = _obj_info(fd, _MAP_INFO.size).raw
+    (map_type, map_id, key_size, value_size, max_entries, flags, name, *_rest,
+     map_extra) = _MAP_INFO.unpack(raw)
+    return MapInfo(map_type, map_id, key_size, value_size, max_entries, flags,
+                   name.rstrip(b"\0").decode("ascii", "replace"), map_extra)
+
+
+def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int,
+               name: str) -> int:
+    """A new map's fd (unpinned)."""
+    attr = struct.pack("=IIIIIII16sI", map_type, key_size, value_size, max_entries, flags,
+                       0, 0, _name_bytes(name), 0)
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+class ProgramRefused(BpfError):
+    """BPF_PROG_LOAD failed; `verifier_log` holds the verifier's log (may be empty)."""
+
+    def __init__(self, err: int, message: str, verifier_log: str):
+        super().__init__(err, message)
+        self.verifier_log = verifier_log
+
+
+def load_program(prog_type: int, insns: bytes, license_: str, kern_version: int, name: str
+                 ) -> int:
+    """Load a program (the verifier runs) and return its fd. A refusal is loaded again with
+    the verifier's log on, so the exception carries the verifier's words."""
+    if len(insns) % 8:
+        raise ValueError(f"{name}: {len(insns)} bytes of instructions, not a multiple of 8")
+    ibuf = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license_.encode() + b"\0")
+
+    def attempt(log_level: int, log_buf: ctypes.Array | None) -> int:
+        attr = struct.pack("=IIQQIIQII16sII", prog_type, len(insns) // 8, _addr(ibuf),
+                           _addr(lic), log_level, len(log_buf) if log_buf is not None else 0,
+                           _addr(log_buf) if log_buf is not None else 0, kern_version, 0,
+                           _name_bytes(name), 0, 0)
+        return _bpf(BPF_PROG_LOAD, attr)
+
+    try:
+        return attempt(0, None)
+    except BpfError as exc:
+        first = exc
+    log_buf = ctypes.create_string_buffer(VERIFIER_LOG_SIZE)
+    try:
+        # Refused for a passing reason (e.g. memory) the first time: take the fd.
+        return attempt(1, log_buf)
+    except BpfError:
+        pass
+    text = log_buf.value.decode("utf-8", "replace")
+    raise ProgramRefused(first.errno, f"program {name}: {first.strerror}", text)
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    """What the kernel says about a loaded program (struct bpf_prog_info)."""
+
+    prog_type: int
+    prog_id: int
+    tag: str                  # hex, as `bpftool prog` shows it
+    xlated_len: int           # bytes of the instructions the kernel kept (8 per insn)
+    jited_len: int
+    name: str
+    map_ids: tuple
+    btf_id: int
+    verified_insns: int       # 0 before kernel 5.16
+    xlated: bytes             # the instructions as the kernel dumps them (maps by id)
+
+
+_PROG_INFO_SIZE = 232
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """Tag, sizes, name, maps and the translated instructions of the program behind `fd`."""
+    first = _obj_info(fd, _PROG_INFO_SIZE).raw
+    xlated_len, nr_maps = struct.unpack_from("=I", first, 20)[0], struct.unpack_from(
+        "=I", first, 52)[0]
+    xbuf = ctypes.create_string_buffer(max(xlated_len, 1))
+    mbuf = ctypes.create_string_buffer(max(nr_maps, 1) * 4)
+    request = bytearray(_PROG_INFO_SIZE)
+    struct.pack_into("=I", request, 20, xlated_len)
+    struct.pack_into("=Q", request, 32, _addr(xbuf))
+    struct.pack_into("=I", request, 52, nr_maps)
+    struct.pack_into("=Q", request, 56, _addr(mbuf))
+    info = ctypes.create_string_buffer(bytes(request), _PROG_INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", fd, _PROG_INFO_SIZE, _addr(info)))
+    raw = info.raw
+    prog_type, prog_id = struct.unpack_from("=II", raw, 0)
+    tag = raw[8:16].hex()
+    jited_len, xlated_len = struct.unpack_from("=II", raw, 16)
+    name = raw[64:80].rstrip(b"\0").decode("ascii", "replace")
+    btf_id = struct.unpack_from("=I", raw, 128)[0]
+    verified = struct.unpack_from("=I", raw, 216)[0]
+    map_ids = struct.unpack_from(f"={nr_maps}I", mbuf.raw, 0) if nr_maps else ()
+    return ProgInfo(prog_type, prog_id, tag, xlated_len, jited_len, name, tuple(map_ids),
+                    btf_id, verified, xbuf.raw[:xlated_len])
+
+
+def raise_memlock_limit() -> None:
+    """Kernels before 5.11 charge maps and programs to RLIMIT_MEMLOCK (bcc raises it the
+    same way); later ones ignore it."""
+    # Not allowed (not root): loading then says why if the limit is too small.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_MEMLOCK,
+                           (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
 class PinnedMap:
     """A map opened from its bpffs pin; keys and values are raw bytes."""
 
     def __init__(self, path: str):
         self.path = path
-        raw = os.fsencode(path) + b"\0"
-        self._path_buf = ctypes.create_string_buffer(raw, len(raw))
-        self.fd = _bpf(BPF_OBJ_GET, struct.pack("=QII", _addr(self._path_buf), 0, 0))
+        self.fd = obj_get(path)
         info = self._fdinfo()
         self.map_type = info.get("map_type", 0)
         self.key_size = info["key_size"]

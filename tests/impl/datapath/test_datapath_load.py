@@ -94,7 +94,7 @@ def test_atomics_are_plain_adds_that_kernels_before_5_12_accept(loaded):
 
     bpf_stx, bpf_atomic = 0x03, 0xc0
     for name in loaded.prog_fds:
-        insns = loaded.bpf.dump_func(name.encode())
+        insns = loaded.instructions(name)
         for index in range(len(insns) // 8):
             code, _regs, _off, imm = struct.unpack_from("<BBhi", insns, index * 8)
             if code & 0x07 == bpf_stx and code & 0xe0 == bpf_atomic:
