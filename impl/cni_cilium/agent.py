@@ -33,16 +33,29 @@ from .bpfabi import (
     STATE_TUNNEL_MODE,
     TUNNEL_CODES,
     U64,
+    BackendKey,
+    conn_count,
+    decode_conn_count,
     index_key,
 )
 from .config import ConfigError, Settings, load_settings_file, replace
-from .ctgc import live_backends, stale_service_keys
+from .ctgc import (
+    affinity_pairs,
+    count_corrections,
+    live_backends,
+    recount,
+    stale_affinity_keys,
+    stale_counter_keys,
+    stale_service_keys,
+)
 from .datapath import loader, routes, tc, vxlan
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
+from .maglev import DEFAULT_TABLE_SIZE, shares
 from .manifests import parse_documents
 from .metrics import render_metrics
+from .preflight import extra_lb_refusal
 from .sources import DesiredStateSource
 from .translate import (
     DEFAULT_CLUSTER_CIDR,
@@ -71,6 +84,9 @@ log = logging.getLogger("cni-cilium.agent")
 TICK_SECONDS = 0.25
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
+# least-conn: how often counts are recounted from conntrack (expired and evicted
+# connections give theirs back); only while a least-conn frontend is programmed.
+LEAST_CONN_RECOUNT_SECONDS = 5.0
 IFF_NOARP = 0x80
 
 try:  # the C loader parses large manifest sets several times faster
@@ -186,7 +202,8 @@ class Agent:
     def __init__(self, settings: Settings, config_path: str, node_name: str,
                  bpf_dir: str | None = None, cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
                  service_cidr: str = DEFAULT_SERVICE_CIDR,
-                 source: DesiredStateSource | None = None):
+                 source: DesiredStateSource | None = None,
+                 maglev_table_size: int = DEFAULT_TABLE_SIZE):
         self.config_path = config_path
         self.settings = settings
         self.node_name = node_name
@@ -224,6 +241,11 @@ class Agent:
         self._reported: set[str] = set()
         self._live_backends: frozenset | None = None   # None: not checked since start
         self.stale_ct_removed = 0
+        self.maglev_table_size = maglev_table_size
+        self._affinity_pairs: frozenset | None = None   # None: not checked since start
+        self.stale_affinity_removed = 0
+        self.least_conn: dict[str, Any] = {"recounts": 0, "expiredRemoved": 0,
+                                           "corrected": 0, "last": None}
         self._attached_by_me: set[tuple[str, str]] = set()
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
@@ -243,6 +265,7 @@ class Agent:
         for name in MAP_CAPACITY:
             self._maps[name] = self.datapath.open_map(name)
         self._boot_state()
+        self.recount_connections()      # least-conn counts rebuilt from conntrack
         self.programmed = self._read_programmed()
         log.info("maps: inherited %s", ", ".join(
             f"{name}={len(entries)}" for name, entries in self.programmed.items()))
@@ -293,6 +316,9 @@ class Agent:
     def _reload_settings(self) -> None:
         try:
             settings = load_settings_file(self.config_path)
+            refusal = extra_lb_refusal(settings, os.uname().release)
+            if refusal:
+                raise ConfigError([refusal])
         except ConfigError as exc:
             if exc.problems != self.config_problems:
                 for line in exc.problems:
@@ -338,7 +364,8 @@ class Agent:
         translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
-                                             tunnel_ifindex=self.tunnel_ifindex))
+                                             tunnel_ifindex=self.tunnel_ifindex,
+                                             maglev_table_size=self.maglev_table_size))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
@@ -361,8 +388,10 @@ class Agent:
                      len(translation.frontends))
 
     def _forget_gone_backends(self, translation: Translation) -> None:
-        """Remove conntrack entries that pin connections to backends no longer behind any
-        frontend (see `ctgc`): at start, and whenever a backend goes away."""
+        """Remove conntrack entries and least-conn counters of backends no longer behind any
+        frontend, and affinity entries of backends their frontend no longer selects (see
+        `ctgc`): at start, and whenever a backend goes away."""
+        self._forget_gone_affinities(translation)
         live = live_backends(translation.frontends)
         if self._live_backends is not None and live >= self._live_backends:
             self._live_backends = live
@@ -370,11 +399,64 @@ class Agent:
         ct = self._maps["ct4"]
         stale = stale_service_keys(ct.items(), live)
         removed = sum(1 for key in stale if ct.delete(key))
+        counters = self._maps["lb_conns"]
+        for key in stale_counter_keys(list(counters.keys()), live):
+            counters.delete(key)
         self._live_backends = live
         if removed:
             self.stale_ct_removed += removed
             log.info("conntrack: removed %d connections to backends that are gone; their next "
                      "packets choose a live backend", removed)
+
+    def _forget_gone_affinities(self, translation: Translation) -> None:
+        pairs = affinity_pairs(translation.frontends)
+        if self._affinity_pairs is not None and pairs >= self._affinity_pairs:
+            self._affinity_pairs = pairs
+            return
+        affinity = self._maps["lb_affinity"]
+        removed = sum(1 for key in stale_affinity_keys(affinity.items(), pairs)
+                      if affinity.delete(key))
+        self._affinity_pairs = pairs
+        if removed:
+            with self.lock:
+                self.stale_affinity_removed += removed
+            log.info("affinity: removed %d clients' entries for backends that left their "
+                     "service; their next connection chooses again", removed)
+
+    def _counters(self) -> dict[bytes, int]:
+        return {key: decode_conn_count(value)
+                for key, value in self._maps["lb_conns"].items()}
+
+    def recount_connections(self) -> None:
+        """least-conn: delete counted conntrack entries that expired without a FIN/RST and
+        set each counter that disagrees with conntrack (see `ctgc.recount`)."""
+        started = time.monotonic()
+        ct, counters = self._maps["ct4"], self._maps["lb_conns"]
+        before = self._counters()
+        found = recount(ct.items(), time.monotonic())
+        expired = 0
+        for key in found.expired:
+            raw = ct.lookup(key)   # look again: a new connection may have reused the tuple
+            if raw is not None and recount([(key, raw)], time.monotonic()).expired and \
+                    ct.delete(key):
+                expired += 1
+        fixes = count_corrections(before, self._counters(), found.live)
+        for key, value in fixes.items():
+            counters.update(key, conn_count(value))
+        with self.lock:
+            self.least_conn["recounts"] += 1
+            self.least_conn["expiredRemoved"] += expired
+            self.least_conn["corrected"] += len(fixes)
+            self.least_conn["last"] = {"at": time.time(), "live": sum(found.live.values()),
+                                       "expiredRemoved": expired, "corrected": len(fixes),
+                                       "seconds": round(time.monotonic() - started, 4)}
+        if expired or fixes:
+            log.info("least-conn: recounted %d live connections; %d expired ones removed, "
+                     "%d counters corrected", sum(found.live.values()), expired, len(fixes))
+
+    def _uses_least_conn(self) -> bool:
+        tr = self.translation
+        return tr is not None and any(f.algorithm == "least-conn" for f in tr.frontends)
 
     def _report_changes(self, problems: list[str], warnings: list[str]) -> None:
         """Log each problem and warning once, when it appears."""
@@ -621,6 +703,8 @@ class Agent:
                 "restarts": self.restarts,
                 "selfHeals": self._state_get(STATE_SELF_HEALS),
                 "staleConntrackRemoved": self.stale_ct_removed,
+                "staleAffinityRemoved": self.stale_affinity_removed,
+                "leastConn": dict(self.least_conn),
                 "selfHealsThisRun": self.self_heals_run,
                 "lastSelfHeal": self.last_self_heal,
                 "rebootRequired": self.reboot_required,
@@ -634,6 +718,9 @@ class Agent:
                     "createNodeRoutes": self.settings_in_effect().effective_create_node_routes,
                     "kubeProxyReplacement": True,
                     "lbAlgorithm": "random",
+                    "extraLoadBalancerAlgorithms": settings.extraLoadBalancerAlgorithmsEnabled,
+                    "lbAlgorithms": _count_by(f.algorithm for f in tr.frontends) if tr else {},
+                    "maglevTableSize": self.maglev_table_size,
                 },
                 "bpf": {
                     "compileSeconds": round(self.datapath.compile_seconds, 3),
@@ -669,10 +756,25 @@ class Agent:
         return view
 
     def services(self) -> dict:
+        """Every frontend as programmed, with what its algorithm works from: each least-conn
+        backend's active connections through this node, each maglev backend's table share."""
         with self.lock:
             tr = self.translation
-            return {"node": self.node_name,
-                    "frontends": [f.to_dict() for f in tr.frontends] if tr else []}
+            frontends = list(tr.frontends) if tr else []
+        counters = self._counters() if any(f.algorithm == "least-conn" for f in frontends) \
+            else {}
+        docs = []
+        for fe in frontends:
+            doc = fe.to_dict()
+            if fe.algorithm == "least-conn":
+                doc["activeConnections"] = {
+                    f"{b.addr}:{b.port}": max(0, counters.get(
+                        BackendKey(b.addr, b.port, fe.frontend.proto).encode(), 0))
+                    for b in fe.selected}
+            if doc["maglev"]:
+                doc["maglev"]["shares"] = shares(fe.selected, fe.maglev_table_size)
+            docs.append(doc)
+        return {"node": self.node_name, "frontends": docs}
 
     def _metrics_response(self) -> api.Response:
         return 200, "text/plain; version=0.0.4", render_metrics(self.status(),
@@ -686,6 +788,7 @@ class Agent:
 
     def run(self) -> None:
         next_check = next_status = next_scan = 0.0
+        next_recount = time.monotonic() + LEAST_CONN_RECOUNT_SECONDS
         quick: tuple = ()
         while not self.stop_event.is_set():
             # A full scan stats every file (edits in place); with many files it runs less
@@ -717,6 +820,13 @@ class Agent:
                 with contextlib.suppress(Exception):
                     write_json_atomic(paths.AGENT_STATUS, self.status())
                 next_status = now + STATUS_FILE_SECONDS
+            if now >= next_recount:
+                if self._uses_least_conn():
+                    try:
+                        self.recount_connections()
+                    except Exception:
+                        log.exception("least-conn recount failed")
+                next_recount = now + LEAST_CONN_RECOUNT_SECONDS
             self.stop_event.wait(TICK_SECONDS)
 
     def stop(self) -> None:
@@ -736,6 +846,13 @@ class Agent:
             bpf_map.close()
         if self._ipr is not None:
             self._ipr.close()
+
+
+def _count_by(values) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
 
 
 def _setup_logging(log_file: str | None, debug: bool) -> None:
@@ -780,7 +897,7 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         bpf_dir: str | None = None, log_file: str | None = paths.AGENT_LOG,
         cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
         service_cidr: str = DEFAULT_SERVICE_CIDR, source: str = "manifests",
-        kubeconfig: str | None = None) -> int:
+        kubeconfig: str | None = None, maglev_table_size: int = DEFAULT_TABLE_SIZE) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the exit status. `source`: where desired
     state comes from, `manifests` (the directory) or `kube` (the Kubernetes API)."""
     try:
@@ -803,6 +920,14 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         log.error("cannot start: %s", message)
         print(f"error: {message}", flush=True)
         return 1
+    refusal = extra_lb_refusal(settings, os.uname().release)
+    if refusal:
+        # As preflight says: no start, and the reason where `wait-ready` reads it.
+        log.error("cannot start: %s", refusal)
+        print(f"error: {refusal}", flush=True)
+        write_json_atomic(paths.AGENT_START_ERROR, {"error": refusal, "node": node_name,
+                                                    "time": time.time()})
+        return 1
     desired = _open_source(source, kubeconfig)
     if desired is None:
         return 1
@@ -812,7 +937,7 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         fh.write(f"{os.getpid()}\n")
     try:
         agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr,
-                      source=desired)
+                      source=desired, maglev_table_size=maglev_table_size)
         agent.start()
     except (loader.LoadError, OSError) as exc:
         log.error("cannot start: %s", exc)
