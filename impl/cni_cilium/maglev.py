@@ -134,25 +134,19 @@ def _rol32(word: int, shift: int) -> int:
     return ((word << shift) | (word >> (32 - shift))) & _MASK
 
 
+# lookup3's final mix: (target, source, rotation) per step, on the words (a, b, c).
+_FINAL_MIX = ((2, 1, 14), (0, 2, 11), (1, 0, 25), (2, 1, 16), (0, 2, 4), (1, 0, 14),
+              (2, 1, 24))
+
+
 def jhash_3words(a: int, b: int, c: int, initval: int) -> int:
     """Bob Jenkins' lookup3 final mix of three 32-bit words, as the datapath computes it."""
     initval = (initval + _JHASH_INITVAL + (3 << 2)) & _MASK
-    a, b, c = (a + initval) & _MASK, (b + initval) & _MASK, (c + initval) & _MASK
-    c ^= b
-    c = (c - _rol32(b, 14)) & _MASK
-    a ^= c
-    a = (a - _rol32(c, 11)) & _MASK
-    b ^= a
-    b = (b - _rol32(a, 25)) & _MASK
-    c ^= b
-    c = (c - _rol32(b, 16)) & _MASK
-    a ^= c
-    a = (a - _rol32(c, 4)) & _MASK
-    b ^= a
-    b = (b - _rol32(a, 14)) & _MASK
-    c ^= b
-    c = (c - _rol32(b, 24)) & _MASK
-    return c
+    words = [(a + initval) & _MASK, (b + initval) & _MASK, (c + initval) & _MASK]
+    for target, source, shift in _FINAL_MIX:
+        words[target] ^= words[source]
+        words[target] = (words[target] - _rol32(words[source], shift)) & _MASK
+    return words[2]
 
 
 def flow_hash(client: str, sport: int, dport: int, proto: str) -> int:

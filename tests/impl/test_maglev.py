@@ -130,3 +130,4 @@ def test_jhash_depends_on_every_word():
     base = maglev.jhash_3words(1, 2, 3, 4)
     assert len({base, maglev.jhash_3words(2, 2, 3, 4), maglev.jhash_3words(1, 3, 3, 4),
                 maglev.jhash_3words(1, 2, 4, 4), maglev.jhash_3words(1, 2, 3, 5)}) == 5
+
