@@ -34,7 +34,7 @@ from cni_cilium.datapath import loader
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import parse_documents
 from cni_cilium.preflight import extra_lb_refusal
-from cni_cilium.translate import DesiredState, apply_ops, diff_maps, translate
+from cni_cilium.translate import MANAGED_MAPS, DesiredState, apply_ops, diff_maps, translate
 
 BACKENDS_PER_SERVICE = 10
 NODES = (("node1", "10.99.0.11", "10.100.1.0/24"), ("node2", "10.99.0.12", "10.100.2.0/24"),
@@ -114,8 +114,7 @@ def program_benchmark(counts: Sequence[int] = (1000, 10000),
     with private_bpffs() as bpffs:
         dp = loader.load(loader.find_bpf_dir(), pin_root=os.path.join(bpffs, "cni-cilium"),
                          bpffs=bpffs)
-        maps = {name: dp.open_map(name) for name in ("node_cfg", "no_masq", "lb_slots",
-                                                     "lb_frontends")}
+        maps = {name: dp.open_map(name) for name in MANAGED_MAPS}
         programmed: dict[str, dict[bytes, bytes]] = {name: {} for name in maps}
         for count in counts:
             progress(f"programming {count} services x {BACKENDS_PER_SERVICE} backends ...")

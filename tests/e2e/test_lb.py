@@ -342,8 +342,8 @@ def test_least_conn_puts_new_connections_on_the_idle_backend(
     streams = []
     try:
         for opened in (1, 2):   # one after the other: each choice sees the other counted
-            streams.append(lab.stream(CLIENT, host, port, seconds=60, rate=20_000,
-                                      max_seconds=90))
+            streams.append(lab.stream(CLIENT, host, port, seconds=600, rate=20_000,
+                                      max_seconds=700))
             held = lab.wait_for(f"{opened} held connection(s) counted on node1", lambda n=opened: (
                 lambda c: c if sum(c.values()) == n else None)(active_connections(cluster)),
                 timeout=20)
@@ -368,7 +368,7 @@ def test_least_conn_counts_survive_an_agent_restart(cluster, extra_refused, reco
     require_extra(extra_refused, record_property)
     lab = cluster.lab
     host, port = cluster.ip("node1"), cluster.node_port("lc")
-    stream = lab.stream(CLIENT, host, port, seconds=60, rate=20_000, max_seconds=90)
+    stream = lab.stream(CLIENT, host, port, seconds=600, rate=20_000, max_seconds=700)
     try:
         held = lab.wait_for("the held connection counted", lambda: (
             lambda c: c if sum(c.values()) == 1 else None)(active_connections(cluster)),
