@@ -26,15 +26,17 @@ from collections import Counter
 import pytest
 import yaml
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
 from cni_cilium import maglev
 from cni_cilium.bpfabi import Backend
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.preflight import extra_lb_refusal
-from cni_harness.addressing import CLIENT_IP, WORLD_IP
-from cni_harness.entryjob import ENTRY_ENV
-from cni_harness.lab import (
+from cni_harness.matrix.entryjob import ENTRY_ENV
+from cni_harness.matrix.matrix import load_matrix
+from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
     FABRIC,
@@ -47,7 +49,6 @@ from cni_harness.lab import (
     pod,
     progress_log,
 )
-from cni_harness.matrix import load_matrix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
