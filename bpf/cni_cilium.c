@@ -43,6 +43,10 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 	*handled = fe != 0;
 	if (!fe)
 		return TC_ACT_OK;
+	if (origin == FROM_NETDEV && !src_range_ok(p, &key, fe)) {
+		stat_inc(STAT_DROP_SOURCE_RANGE);
+		return TC_ACT_SHOT;
+	}
 	if (origin == FROM_NETDEV || (fe->flags & FE_NODEPORT))
 		reply_flags |= CT_F_REDIRECT;
 	if (origin == FROM_HOST)

@@ -1,8 +1,17 @@
-/* Service load balancing: frontend lookup, backend selection, sticky connections. */
+/* Service load balancing: frontend lookup, backend selection, sticky connections.
+ *
+ * A new connection's backend: the client's affinity backend (sessionAffinity ClientIP),
+ * else the frontend's algorithm: random, maglev (lib/maglev.h) or least-conn
+ * (lib/leastconn.h). A maglev table that is missing falls back to random (counted).
+ */
 #ifndef CNIC_LB_H
 #define CNIC_LB_H
 
 #include "lib/conntrack.h"
+#include "lib/maglev.h"
+#include "lib/leastconn.h"
+#include "lib/affinity.h"
+#include "lib/srcrange.h"
 
 static __always_inline struct lb_frontend *lb_lookup(const struct pkt *p, struct lb_key *key)
 {
@@ -13,23 +22,47 @@ static __always_inline struct lb_frontend *lb_lookup(const struct pkt *p, struct
 	return lb_frontends.lookup(key);
 }
 
-/* Pick a backend for a new connection. 0 on success, else the STAT_DROP_* reason. */
-static __always_inline int lb_select(const struct lb_key *key, const struct lb_frontend *fe,
-				     struct lb_backend *out)
+static __always_inline int lb_select_random(const struct lb_key *key,
+					    const struct lb_frontend *fe, struct lb_backend *out)
 {
 	struct lb_slot_key slot = {};
 	struct lb_backend *b;
 
-	if (fe->count == 0)
-		return STAT_DROP_NO_BACKEND;
 	slot.fe = *key;
-	/* LB_ALG_RANDOM; maglev and least-conn pick the slot differently. */
 	slot.slot = (bpf_get_prandom_u32() % fe->count) + 1;
 	b = lb_slots.lookup(&slot);
 	if (!b)
 		return STAT_DROP_NO_SLOT;
 	*out = *b;
 	return 0;
+}
+
+/* Pick a backend for a new connection. 0 on success, else the STAT_DROP_* reason. */
+static __always_inline int lb_select(const struct pkt *p, const struct lb_key *key,
+				     const struct lb_frontend *fe, struct lb_backend *out)
+{
+	int reason = 0;
+
+	if (fe->count == 0)
+		return STAT_DROP_NO_BACKEND;
+	if (fe->affinity_timeout && affinity_lookup(p, key, fe, out) == 0) {
+		stat_inc(STAT_AFFINITY_HIT);
+		return 0;
+	}
+	if (fe->algorithm == LB_ALG_MAGLEV) {
+		if (maglev_select(p, fe, out) < 0) {
+			stat_inc(STAT_MAGLEV_FALLBACK);
+			reason = lb_select_random(key, fe, out);
+		}
+	} else if (fe->algorithm == LB_ALG_LEAST_CONN) {
+		if (lc_select(key, fe, out) < 0)
+			reason = STAT_DROP_NO_SLOT;
+	} else {
+		reason = lb_select_random(key, fe, out);
+	}
+	if (!reason && fe->affinity_timeout)
+		affinity_record(p, key, out);
+	return reason;
 }
 
 /* A pod connecting to a service whose chosen backend is the pod itself. */
@@ -57,16 +90,27 @@ static __always_inline int lb_connection(const struct pkt *p, const struct lb_ke
 		backend->flags = (e->flags & CT_F_LOCAL_BACKEND ? BE_LOCAL : 0) |
 				 (e->flags & CT_F_DSR ? BE_DSR : 0);
 		ct_touch(e, p, len);
+		if (e->flags & CT_F_CLOSING)
+			lc_forget(e, p->proto);
 		stat_inc(STAT_SVC_ESTABLISHED);
 		return 0;
 	}
-	reason = lb_select(key, fe, backend);
+	/* The entry this connection replaces (expired, or closing and reopened) gives back
+	 * its least-conn count if it still holds one. */
+	e = ct4.lookup(&svc);
+	if (e)
+		lc_forget(e, p->proto);
+	reason = lb_select(p, key, fe, backend);
 	if (reason)
 		return reason;
 	/* reply_flags asks for DSR (CT_F_DSR); only a remote backend can answer that way, and
 	 * then the reply entry lives on the backend's node, not here. */
 	ct_entry_init(&fresh, p, backend->addr, backend->port,
 		      backend->flags & BE_LOCAL ? CT_F_LOCAL_BACKEND : reply_flags & CT_F_DSR, len);
+	if (fe->algorithm == LB_ALG_LEAST_CONN) {
+		lc_acquire(backend->addr, backend->port, p->proto);
+		fresh.flags |= CT_F_COUNTED;
+	}
 	ct4.update(&svc, &fresh);
 	if (fresh.flags & CT_F_DSR) {
 		backend->flags |= BE_DSR;
@@ -100,6 +144,23 @@ static __always_inline void lb_forget_stale_reply(const struct pkt *p)
 	ct4.delete(&reply);
 }
 
+/* A backend closing its side (FIN or RST): the connection's `service` entry, when it lives
+ * on this node, gives back its least-conn count. */
+static __always_inline void lb_reply_closing(const struct pkt *p, const struct ct_entry *reply)
+{
+	struct ct_key svc = {};
+	struct ct_entry *e;
+	__be32 client = reply->flags & CT_F_HAIRPIN ? p->saddr : p->daddr;
+
+	if (!(p->tcp_flags & (TCPF_FIN | TCPF_RST)))
+		return;
+	ct_key_set(&svc, client, reply->nat_addr, p->dport, reply->nat_port, p->proto,
+		   CT_SERVICE);
+	e = ct4.lookup(&svc);
+	if (e)
+		lc_forget(e, p->proto);
+}
+
 /* Put the frontend back as the source of a reply (backend -> client). 1 when translated
  * (*flags gets the entry's CT_F_*), 0 when not a service reply, -1 on failure. */
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 *flags)
@@ -114,6 +175,7 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 
 		return 0;
 	e->flags |= CT_F_REPLIED;
 	ct_touch(e, p, skb->len);
+	lb_reply_closing(p, e);
 	*flags = e->flags;
 	backend = p->saddr;
 	if (set_endpoint(skb, p, 1, e->nat_addr, e->nat_port) < 0)

@@ -24,6 +24,7 @@ struct lb_key {
 #define FE_EXTERNAL 0x01   /* reached from outside the cluster (NodePort, LB, external IP) */
 #define FE_NODEPORT 0x02   /* the address is this node's own: replies need a FIB redirect */
 #define FE_LOCAL_ONLY 0x04 /* externalTrafficPolicy Local: the slots hold local backends only */
+#define FE_SOURCE_RANGES 0x10 /* LoadBalancer: only clients in lb_src_ranges (svcSourceRangeCheck) */
 
 #define LB_ALG_RANDOM 0
 #define LB_ALG_MAGLEV 1
@@ -38,6 +39,9 @@ struct lb_frontend {
 	u8 algorithm;   /* LB_ALG_* */
 	u8 lb_mode;     /* LB_MODE_* for this frontend's protocol */
 	u8 pad[3];
+	u32 affinity_timeout;         /* sessionAffinity ClientIP: seconds (0: no affinity) */
+	u32 maglev_size;              /* LB_ALG_MAGLEV: table size M (a prime) */
+	struct lb_key maglev_table;   /* LB_ALG_MAGLEV: which table of lb_maglev (lib/maglev.h) */
 };
 
 struct lb_slot_key {
@@ -82,6 +86,7 @@ struct ct_key {
 #define CT_F_HAIRPIN 0x80  /* REPLY: a pod reached itself through a service */
 #define CT_F_FIN_ORIG 0x100  /* NAT_IN: the translated side (client) sent FIN (or RST) */
 #define CT_F_FIN_REPLY 0x200 /* NAT_IN: the peer (backend, world) sent FIN (or RST) */
+#define CT_F_COUNTED 0x0400 /* SERVICE: counted in lb_conns until it closes (least-conn) */
 
 /* Source of hairpin connections (a pod reaching itself through a service): a link-local
  * address, so the pod answers through its gateway and the reply meets the datapath. */
@@ -130,6 +135,52 @@ struct tunnel_config {
 	u32 vni;         /* VXLAN network identifier sent and accepted */
 };
 
+/* Maglev lookup tables (lib/maglev.h): table entry i of a frontend's table is
+ * chunk[i / LB_MAGLEV_CHUNK].backends[i % LB_MAGLEV_CHUNK]. Chunks keep the map small
+ * (one hash element per 16 entries) and a backend change rewrites only the chunks whose
+ * entries changed. Frontends of one service port with the same backends share a table. */
+#define LB_MAGLEV_CHUNK 16
+
+struct lb_maglev_key {
+	struct lb_key table;  /* lb_frontend.maglev_table */
+	u32 chunk;
+};
+
+struct lb_maglev_chunk {
+	struct lb_backend backends[LB_MAGLEV_CHUNK];
+};
+
+/* least-conn (lib/leastconn.h): active connections per backend opened through this node. */
+struct lb_backend_key {
+	__be32 addr;
+	__be16 port;
+	u8 proto;
+	u8 pad;
+};
+
+struct lb_conn_count {
+	__s64 active;   /* signed: a racing double release shows as < 0, read as 0 */
+};
+
+/* sessionAffinity ClientIP (lib/affinity.h): a client's backend per frontend. */
+struct lb_affinity_key {
+	struct lb_key fe;
+	__be32 client;
+};
+
+struct lb_affinity {
+	struct lb_backend backend;
+	u32 last_used;  /* CLOCK_MONOTONIC seconds of the client's last new connection */
+};
+
+/* loadBalancerSourceRanges (lib/srcrange.h): LPM key; prefixlen = 64 (the whole frontend)
+ * + the CIDR's length. */
+struct lb_src_range_key {
+	u32 prefixlen;
+	struct lb_key fe;
+	__be32 addr;
+};
+
 /* Datapath counters (per CPU). Keep in step with bpfabi.STAT_NAMES. */
 enum stat_id {
 	STAT_SVC_NEW = 0,
@@ -155,7 +206,10 @@ enum stat_id {
 	STAT_TUNNEL_DECAP = 20,
 	STAT_DROP_TUNNEL = 21,        /* no VXLAN device to send through */
 	STAT_DROP_TUNNEL_SOURCE = 22, /* decapsulated, but not from a known node with our VNI */
-	STAT_MAX = 23,
+	STAT_DROP_SOURCE_RANGE = 23,  /* LoadBalancer client outside loadBalancerSourceRanges */
+	STAT_AFFINITY_HIT = 24,       /* new connection sent to its client's affinity backend */
+	STAT_MAGLEV_FALLBACK = 25,    /* maglev table entry missing: random choice instead */
+	STAT_MAX = 26,
 };
 
 BPF_TABLE_PINNED("hash", struct lb_key, struct lb_frontend, lb_frontends, 65536,
@@ -170,6 +224,14 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, stats, STAT_MAX, PIN_DIR "/stats");
 BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, struct tunnel_endpoint, tunnel_map, 4096,
 		 PIN_DIR "/tunnel_map", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", u32, struct tunnel_config, tunnel_cfg, 1, PIN_DIR "/tunnel_cfg");
+BPF_TABLE_PINNED("hash", struct lb_maglev_key, struct lb_maglev_chunk, lb_maglev, 131072,
+		 PIN_DIR "/lb_maglev", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct lb_backend_key, struct lb_conn_count, lb_conns, 65536,
+		 PIN_DIR "/lb_conns", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct lb_affinity_key, struct lb_affinity, lb_affinity, 65536,
+		 PIN_DIR "/lb_affinity");
+BPF_TABLE_PINNED("lpm_trie", struct lb_src_range_key, u8, lb_src_ranges, 16384,
+		 PIN_DIR "/lb_src_ranges", BPF_F_NO_PREALLOC);
 /* Agent bookkeeping that lives as long as the node's boot (its bpffs), whatever the layout
  * of the maps above: see bpfabi.py. Never change this declaration. */
 BPF_TABLE_PINNED("array", u32, u64, agent_state, 8, PIN_ROOT "/agent_state");

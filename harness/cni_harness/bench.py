@@ -9,6 +9,10 @@
   DSR), to the same remote backend pod, with ratios to direct measured in the same run.
 * Compile cache: an agent-like start (a fresh process) that compiles the datapath and
   stores it, then one that loads it from the cache, in a private bpffs; the ratio of both.
+* LB algorithms: Maglev table builds (M = 16381, 10/100/1000 backends) and what one
+  backend's removal rewrites; with a cluster, new-connection rate and established-flow
+  throughput through a maglev and a least-conn service against a random one, all three
+  selecting the same backend pod, so the ratios are the selection's own cost.
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 
+from cni_cilium import maglev
+from cni_cilium.bpfabi import Backend, Frontend
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.datapath import loader
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import parse_documents
-from cni_cilium.translate import DesiredState, apply_ops, diff_maps, translate
+from cni_cilium.preflight import extra_lb_refusal
+from cni_cilium.translate import MANAGED_MAPS, DesiredState, apply_ops, diff_maps, translate
 
 BACKENDS_PER_SERVICE = 10
 NODES = (("node1", "10.99.0.11", "10.100.1.0/24"), ("node2", "10.99.0.12", "10.100.2.0/24"),
@@ -111,8 +118,7 @@ def program_benchmark(counts: Sequence[int] = (1000, 10000),
     with private_bpffs() as bpffs:
         dp = loader.load(loader.find_bpf_dir(), pin_root=os.path.join(bpffs, "cni-cilium"),
                          bpffs=bpffs)
-        maps = {name: dp.open_map(name) for name in ("node_cfg", "no_masq", "lb_slots",
-                                                     "lb_frontends")}
+        maps = {name: dp.open_map(name) for name in MANAGED_MAPS}
         programmed: dict[str, dict[bytes, bytes]] = {name: {} for name in maps}
         for count in counts:
             progress(f"programming {count} services x {BACKENDS_PER_SERVICE} backends ...")
@@ -203,7 +209,11 @@ def format_program_results(compile_s: float, results: Sequence[ProgramResult]) -
 
 
 
-TRAFFIC_CONFIG = "bpfLBMode: SNAT\n"
+# The extra algorithms where this kernel allows them (a refused option would stop the agents).
+EXTRA_LB = extra_lb_refusal(settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True}),
+                            os.uname().release)
+TRAFFIC_CONFIG = "bpfLBMode: SNAT\n" + (
+    "" if EXTRA_LB else "extraLoadBalancerAlgorithmsEnabled: true\n")
 IPERF_PORT = 5201
 HTTP_PORT = 8080
 CLIENT_CPU, SERVER_CPU = 0, 1         # wrk / iperf3 client and nginx / iperf3 server
@@ -576,3 +586,111 @@ def parse_counts(text: str, option: str) -> list[int]:
     if not counts or any(c < 1 for c in counts):
         raise ValueError(f"{option}: {text!r}: expected positive integers separated by commas")
     return counts
+MAGLEV_BACKENDS = (10, 100, 1000)
+
+
+def maglev_benchmark(size: int = maglev.DEFAULT_TABLE_SIZE,
+                     counts: Sequence[int] = MAGLEV_BACKENDS) -> list[dict]:
+    """Per backend count: the table build time (uncached), and for one backend removed the
+    table positions that moved and the lb_maglev chunks the agent rewrites."""
+    out = []
+    for n in counts:
+        pool = [Backend(f"10.100.{1 + i // 250}.{2 + i % 250}", 8080) for i in range(n)]
+        names = tuple(sorted(maglev.backend_name(b) for b in pool))
+        started = time.perf_counter()
+        maglev.build_table.__wrapped__(names, size)
+        build_s = time.perf_counter() - started
+        table_key = Frontend("10.96.0.1", 80, "TCP")
+        before = dict(maglev.table_chunks(table_key, tuple(pool), size))
+        after = dict(maglev.table_chunks(table_key, tuple(pool[1:]), size))
+        old, new = maglev.table_for(pool, size), maglev.table_for(pool[1:], size)
+        out.append({"backends": n, "tableSize": size, "build_s": build_s,
+                    "moved": sum(1 for a, b in zip(old, new) if a != b),
+                    "ofRemoved": sum(1 for b in old if b == pool[0]),
+                    "chunksRewritten": sum(1 for k, v in after.items() if before.get(k) != v),
+                    "chunks": len(before)})
+    return out
+
+
+def format_maglev_results(results: Sequence[dict]) -> str:
+    lines = [f"maglev table build (pure Python, M = {results[0]['tableSize']}) and one "
+             "backend removed",
+             f"{'backends':>9} {'build':>9} {'moved':>7} {'of removed':>11} "
+             f"{'chunks rewritten':>17}"]
+    for r in results:
+        lines.append(f"{r['backends']:>9} {1000 * r['build_s']:>7.1f}ms {r['moved']:>7} "
+                     f"{r['ofRemoved']:>11} {r['chunksRewritten']:>8} / {r['chunks']}")
+    return "\n".join(lines)
+
+
+ALGORITHMS = ("random", "maglev", "least-conn")
+
+
+def algorithm_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
+                        progress: Callable[[str], None] = print) -> dict:
+    """Request rate (a new connection each: every one runs the selection) and iperf3
+    throughput (one established flow: conntrack, no selection) from the external client
+    through node1's NodePort of one service per algorithm, all selecting the same single
+    backend pod on node2, so the differences are the selection's cost."""
+    from .suites.lab import CLIENT, PEER_PORT, pod
+
+    docs = []
+    for algorithm in ALGORITHMS:
+        for kind, port, target in (("http", 80, PEER_PORT), ("iperf", IPERF_PORT, IPERF_PORT)):
+            docs.append({"apiVersion": "v1", "kind": "Service",
+                         "metadata": {"name": f"alg-{kind}-{algorithm}", "namespace": "default",
+                                      "annotations": {"service.cilium.io/lb-algorithm":
+                                                      algorithm}},
+                         "spec": {"type": "NodePort", "selector": {"app": f"alg-{kind}"},
+                                  "ports": [{"name": "tcp", "port": port, "targetPort": target,
+                                             "protocol": "TCP"}]}})
+    for name in ("alg-http", "alg-iperf"):
+        if lab.pods.get("default", name):
+            lab.pods.delete(name)
+    lab.pods.run("node2", "alg-iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                 labels={"app": "alg-iperf"})
+    lab.start_peer_pod("node2", "alg-http", {"app": "alg-http"})
+    lab.apply(docs)
+    samples: dict[str, dict[str, list[float]]] = {a: {"gbps": [], "rps": []} for a in ALGORITHMS}
+    try:
+        for doc in docs:
+            lab.wait_programmed(f"default/{doc['metadata']['name']}", {"ClusterIP": 1})
+        node1 = lab.provider.node("node1").ip
+        lab.wait_for("each alg-* service to run its algorithm on node1", lambda: all(
+            f["algorithm"] == f["algorithmRequested"] for f in lab.agent(
+                "node1", "service", "list")["frontends"] if f["service"].startswith(
+                    "default/alg-")), timeout=20)
+        lab.wait_for("iperf3 server", lambda: lab.run(pod("alg-iperf"), [
+            "ss", "-ltn", f"sport = :{IPERF_PORT}"]).stdout.count("LISTEN"), timeout=10)
+        for r in range(rounds):
+            for algorithm in ALGORITHMS:
+                progress(f"round {r + 1}/{rounds}: {algorithm}")
+                http = lab.service(f"alg-http-{algorithm}")["spec"]["ports"][0]["nodePort"]
+                iperf = lab.service(f"alg-iperf-{algorithm}")["spec"]["ports"][0]["nodePort"]
+                res = lab.run(CLIENT, ["python3", lab.tool(CLIENT, "probe.py"), "rate", node1,
+                                       str(http), "--seconds", str(seconds)],
+                              timeout=seconds + 30, check=True)
+                samples[algorithm]["rps"].append(json.loads(res.stdout)["rate"])
+                res = lab.run(CLIENT, ["iperf3", "-c", node1, "-p", str(iperf), "-t",
+                                       str(seconds), "-J"], timeout=seconds + 30, check=True)
+                samples[algorithm]["gbps"].append(
+                    json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9)
+    finally:
+        lab.delete(docs)
+        for name in ("alg-http", "alg-iperf"):
+            lab.pods.delete(name)
+    base = samples["random"]
+    return {a: {"rps": _median(s["rps"]), "gbps": _median(s["gbps"]),
+                "rps_ratio": _median(s["rps"]) / _median(base["rps"]),
+                "gbps_ratio": _median(s["gbps"]) / _median(base["gbps"]), "samples": s}
+            for a, s in samples.items()}
+
+
+def format_algorithm_results(results: dict, seconds: float, rounds: int) -> str:
+    lines = [f"client -> node1 NodePort (SNAT) -> one pod on node2, by algorithm; median of "
+             f"{rounds} rounds of {seconds:g} s; ratios to random",
+             f"{'algorithm':12} {'new conn/s':>11} {'ratio':>6} {'throughput':>12} {'ratio':>6}"]
+    for algorithm, r in results.items():
+        lines.append(f"{algorithm:12} {r['rps']:>11.0f} {r['rps_ratio']:>6.2f} "
+                     f"{r['gbps']:>7.2f} Gb/s {r['gbps_ratio']:>6.2f}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Sequence
 
 # Map names (pinned files) and their capacities, as declared in maps.h.
 MAP_CAPACITY = {
@@ -19,10 +20,14 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 23,
+    "stats": 26,
     "agent_state": 8,
     "tunnel_map": 4096,
     "tunnel_cfg": 1,
+    "lb_maglev": 131072,
+    "lb_conns": 65536,
+    "lb_affinity": 65536,
+    "lb_src_ranges": 16384,
 }
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -31,6 +36,7 @@ PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
 FE_EXTERNAL = 0x01
 FE_NODEPORT = 0x02
 FE_LOCAL_ONLY = 0x04
+FE_SOURCE_RANGES = 0x10
 
 LB_ALGORITHMS = {"random": 0, "maglev": 1, "least-conn": 2}
 LB_MODES = {"SNAT": 0, "DSR": 1}
@@ -50,6 +56,7 @@ CT_F_LOCAL_BACKEND = 0x40
 CT_F_HAIRPIN = 0x80
 CT_F_FIN_ORIG = 0x100
 CT_F_FIN_REPLY = 0x200
+CT_F_COUNTED = 0x0400
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
     CT_F_DSR: "dsr",
@@ -60,6 +67,7 @@ CT_FLAG_NAMES = {
     CT_F_HAIRPIN: "hairpin",
     CT_F_FIN_ORIG: "fin-orig",
     CT_F_FIN_REPLY: "fin-reply",
+    CT_F_COUNTED: "counted",
 }
 
 CFG_F_MASQUERADE = 0x01
@@ -72,7 +80,7 @@ STAT_NAMES = (
     "masq", "fib_redirect", "drop_no_backend", "drop_no_slot", "drop_nat_exhausted",
     "drop_fib", "drop_rewrite", "drop_not_service", "dsr_opt_added", "dsr_opt_received",
     "drop_dsr_too_big", "drop_dsr_option", "tunnel_encap", "tunnel_decap", "drop_tunnel",
-    "drop_tunnel_source",
+    "drop_tunnel_source", "drop_source_range", "affinity_hit", "maglev_fallback",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.
@@ -82,7 +90,7 @@ STATE_TUNNEL_MODE = 2   # tunnel mode fixed at the first start after boot (TUNNE
 TUNNEL_CODES = {"Disabled": 1, "VXLAN": 2}
 
 _LB_KEY = struct.Struct("=4s2sBx")
-_LB_FRONTEND = struct.Struct("=HBBB3x")
+_LB_FRONTEND = struct.Struct("=HBBB3xII8s")
 _LB_SLOT_KEY = struct.Struct("=4s2sBxH2x")
 _LB_BACKEND = struct.Struct("=4s2sBx")
 _CT_KEY = struct.Struct("=4s4s2s2sBBH")
@@ -91,6 +99,14 @@ _NODE_CONFIG = struct.Struct("=4s4s4sHHII")
 _LPM_KEY = struct.Struct("=I4s")
 _TUNNEL_ENDPOINT = struct.Struct("=4sB3x")
 _TUNNEL_CONFIG = struct.Struct("=II")
+LB_MAGLEV_CHUNK = 16     # table entries per lb_maglev value
+_LB_MAGLEV_KEY = struct.Struct("=8sI")
+_LB_BACKEND_KEY = struct.Struct("=4s2sBx")
+_LB_CONN_COUNT = struct.Struct("=q")
+_LB_AFFINITY_KEY = struct.Struct("=8s4s")
+_LB_AFFINITY = struct.Struct("=8sI")
+_LB_SRC_RANGE_KEY = struct.Struct("=I8s4s")
+SRC_RANGE_FE_BITS = 64   # the frontend part of an lb_src_ranges key always matches whole
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -105,6 +121,13 @@ SIZES = {
     "lpm_v4_key": _LPM_KEY.size,
     "tunnel_endpoint": _TUNNEL_ENDPOINT.size,
     "tunnel_config": _TUNNEL_CONFIG.size,
+    "lb_maglev_key": _LB_MAGLEV_KEY.size,
+    "lb_maglev_chunk": _LB_BACKEND.size * LB_MAGLEV_CHUNK,
+    "lb_backend_key": _LB_BACKEND_KEY.size,
+    "lb_conn_count": _LB_CONN_COUNT.size,
+    "lb_affinity_key": _LB_AFFINITY_KEY.size,
+    "lb_affinity": _LB_AFFINITY.size,
+    "lb_src_range_key": _LB_SRC_RANGE_KEY.size,
 }
 
 
@@ -153,6 +176,9 @@ class Frontend:
         return f"{self.addr}:{self.port}/{self.proto}"
 
 
+_NO_TABLE = b"\0" * _LB_KEY.size
+
+
 @dataclass(frozen=True)
 class FrontendValue:
     """lb_frontend: how many backends, and how to treat the frontend."""
@@ -161,13 +187,20 @@ class FrontendValue:
     flags: int
     algorithm: int = LB_ALGORITHMS["random"]
     lb_mode: int = LB_MODES["SNAT"]
+    affinity_timeout: int = 0          # seconds; 0 = no session affinity
+    maglev_size: int = 0               # table size M (maglev)
+    maglev_table: Frontend | None = None   # the lb_maglev table it reads (maglev)
 
     def encode(self) -> bytes:
-        return _LB_FRONTEND.pack(self.count, self.flags, self.algorithm, self.lb_mode)
+        table = self.maglev_table.encode() if self.maglev_table else _NO_TABLE
+        return _LB_FRONTEND.pack(self.count, self.flags, self.algorithm, self.lb_mode,
+                                 self.affinity_timeout, self.maglev_size, table)
 
     @classmethod
     def decode(cls, raw: bytes) -> FrontendValue:
-        return cls(*_LB_FRONTEND.unpack(raw))
+        count, flags, algorithm, lb_mode, timeout, size, table = _LB_FRONTEND.unpack(raw)
+        return cls(count, flags, algorithm, lb_mode, timeout, size,
+                   Frontend.decode(table) if table != _NO_TABLE else None)
 
 
 def slot_key(frontend: Frontend, slot: int) -> bytes:
@@ -306,6 +339,105 @@ class TunnelConfig:
     @classmethod
     def decode(cls, raw: bytes) -> TunnelConfig:
         return cls(*_TUNNEL_CONFIG.unpack(raw))
+
+
+def maglev_key(table: Frontend, chunk: int) -> bytes:
+    """lb_maglev_key: chunk `chunk` of the table named by a frontend."""
+    return _LB_MAGLEV_KEY.pack(table.encode(), chunk)
+
+
+def decode_maglev_key(raw: bytes) -> tuple[Frontend, int]:
+    table, chunk = _LB_MAGLEV_KEY.unpack(raw)
+    return Frontend.decode(table), chunk
+
+
+def maglev_chunk(backends: Sequence[Backend | None]) -> bytes:
+    """lb_maglev_chunk: up to LB_MAGLEV_CHUNK table entries (missing ones all zero)."""
+    if len(backends) > LB_MAGLEV_CHUNK:
+        raise ValueError(f"{len(backends)} entries; a chunk holds {LB_MAGLEV_CHUNK}")
+    empty = b"\0" * _LB_BACKEND.size
+    return b"".join(b.encode() if b else empty for b in backends).ljust(
+        _LB_BACKEND.size * LB_MAGLEV_CHUNK, b"\0")
+
+
+def decode_maglev_chunk(raw: bytes) -> list[Backend | None]:
+    size = _LB_BACKEND.size
+    return [Backend.decode(raw[i:i + size]) if raw[i:i + 4] != b"\0\0\0\0" else None
+            for i in range(0, len(raw), size)]
+
+
+@dataclass(frozen=True, order=True)
+class BackendKey:
+    """lb_backend_key: one backend of one protocol (least-conn counts)."""
+
+    addr: str
+    port: int
+    proto: str
+
+    def encode(self) -> bytes:
+        return _LB_BACKEND_KEY.pack(ip_bytes(self.addr), port_bytes(self.port),
+                                    PROTO_NUMBERS[self.proto])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BackendKey:
+        addr, port, proto = _LB_BACKEND_KEY.unpack(raw)
+        return cls(ip_str(addr), port_int(port), PROTO_NAMES.get(proto, str(proto)))
+
+
+def conn_count(active: int) -> bytes:
+    """lb_conn_count."""
+    return _LB_CONN_COUNT.pack(active)
+
+
+def decode_conn_count(raw: bytes) -> int:
+    return _LB_CONN_COUNT.unpack(raw)[0]
+
+
+@dataclass(frozen=True)
+class AffinityKey:
+    """lb_affinity_key: a client of a frontend."""
+
+    frontend: Frontend
+    client: str
+
+    def encode(self) -> bytes:
+        return _LB_AFFINITY_KEY.pack(self.frontend.encode(), ip_bytes(self.client))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> AffinityKey:
+        fe, client = _LB_AFFINITY_KEY.unpack(raw)
+        return cls(Frontend.decode(fe), ip_str(client))
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """lb_affinity: the client's backend and when it last opened a connection."""
+
+    backend: Backend
+    last_used: int
+
+    def encode(self) -> bytes:
+        return _LB_AFFINITY.pack(self.backend.encode(), self.last_used)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Affinity:
+        backend, last_used = _LB_AFFINITY.unpack(raw)
+        return cls(Backend.decode(backend), last_used)
+
+
+def src_range_key(frontend: Frontend, cidr: str) -> bytes:
+    """lb_src_range_key: clients in `cidr` may reach `frontend`."""
+    net = ipaddress.IPv4Network(cidr)
+    return _LB_SRC_RANGE_KEY.pack(SRC_RANGE_FE_BITS + net.prefixlen, frontend.encode(),
+                                  net.network_address.packed)
+
+
+def decode_src_range_key(raw: bytes) -> tuple[Frontend, str]:
+    prefixlen, fe, addr = _LB_SRC_RANGE_KEY.unpack(raw)
+    return Frontend.decode(fe), f"{ip_str(addr)}/{prefixlen - SRC_RANGE_FE_BITS}"
+
+
+SRC_RANGE_VALUE = b"\x01"
 
 
 def index_key(index: int) -> bytes:

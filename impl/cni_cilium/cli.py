@@ -97,7 +97,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     return run(args.config, args.node_name, bpf_dir=args.bpf_dir, log_file=args.log_file,
                cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr,
-               source=args.source, kubeconfig=args.kubeconfig)
+               source=args.source, kubeconfig=args.kubeconfig,
+               maglev_table_size=args.maglev_table_size)
+
+
+def _table_size(text: str) -> int:
+    from .maglev import TableSizeError, check_table_size
+
+    try:
+        return check_table_size(int(text))
+    except (ValueError, TableSizeError) as exc:
+        message = str(exc) if isinstance(exc, TableSizeError) else f"{text!r} is not a number"
+        raise argparse.ArgumentTypeError(message) from exc
 
 
 def cmd_kube_proxy_cleanup(args: argparse.Namespace) -> int:
@@ -163,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "Kubernetes API")
     agent.add_argument("--kubeconfig", help="with --source kube outside a pod "
                        "(default: the pod's service account, else ~/.kube/config)")
+    agent.add_argument("--maglev-table-size", type=_table_size, default=16381, metavar="M",
+                       help="positions of each maglev table, a prime from 251 to 131071; the "
+                       "same on every node (default %(default)s; M > 100 x backends keeps a "
+                       "backend change's disruption near 1/N)")
     agent.set_defaults(func=cmd_agent)
     nodecli.register(sub)
 

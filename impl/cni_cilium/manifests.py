@@ -22,6 +22,8 @@ PROTOCOLS = ("TCP", "UDP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 AFFINITIES = ("None", "ClientIP")
+AFFINITY_TIMEOUT_DEFAULT = 10800     # seconds, Kubernetes' default for ClientIP
+AFFINITY_TIMEOUT_MAX = 86400
 NODE_PORT_RANGE = (30000, 32767)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -63,6 +65,7 @@ class Service:
     external_ips: tuple[str, ...] = ()
     source_ranges: tuple[str, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
+    affinity_timeout: int = AFFINITY_TIMEOUT_DEFAULT   # sessionAffinity ClientIP, seconds
 
     kind = "Service"
 
@@ -332,6 +335,7 @@ def parse_service(doc: dict, ctx: _Ctx) -> Service | None:
                 "(allocated by apply)")
     affinity = _enum(ctx, spec.get("sessionAffinity"), "spec.sessionAffinity", AFFINITIES,
                      "None")
+    affinity_timeout = _affinity_timeout(ctx, spec, affinity)
     lb_ips: list[str] = []
     if stype == "LoadBalancer":
         status = _mapping(ctx, doc.get("status"), "status")
@@ -357,7 +361,28 @@ def parse_service(doc: dict, ctx: _Ctx) -> Service | None:
     if ctx.problems:
         return None
     return Service(namespace, name, stype, cluster_ip, tuple(ports), selector, etp, hc_port,
-                   affinity, tuple(lb_ips), tuple(ext_ips), tuple(ranges), annotations)
+                   affinity, tuple(lb_ips), tuple(ext_ips), tuple(ranges), annotations,
+                   affinity_timeout)
+
+
+def _affinity_timeout(ctx: _Ctx, spec: dict, affinity: str) -> int:
+    """sessionAffinityConfig.clientIP.timeoutSeconds, validated as Kubernetes does."""
+    config = _mapping(ctx, spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    if not config:
+        return AFFINITY_TIMEOUT_DEFAULT
+    if affinity != "ClientIP":
+        ctx.err("spec.sessionAffinityConfig", "only with sessionAffinity: ClientIP")
+        return AFFINITY_TIMEOUT_DEFAULT
+    path = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    client_ip = _mapping(ctx, config.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    value = client_ip.get("timeoutSeconds")
+    if value is None:
+        return AFFINITY_TIMEOUT_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            0 < value <= AFFINITY_TIMEOUT_MAX):
+        ctx.err(path, f"invalid value {value!r}; must be an integer 1-{AFFINITY_TIMEOUT_MAX}")
+        return AFFINITY_TIMEOUT_DEFAULT
+    return value
 
 
 def parse_endpoint_slice(doc: dict, ctx: _Ctx) -> EndpointSlice | None:

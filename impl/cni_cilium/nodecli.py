@@ -60,7 +60,12 @@ def print_status(doc: dict) -> None:
     print(f"modes: tunnel {modes['tunnelMode']} (configured {modes['tunnelModeConfigured']}), "
           f"LB {lb} (configured {modes['lbModeConfigured']}), masquerade "
           f"{modes['masqueradeMode']}, node routes {'on' if modes['createNodeRoutes'] else 'off'}"
-          f", kube-proxy replacement, algorithm {modes['lbAlgorithm']}")
+          f", kube-proxy replacement, algorithm {modes['lbAlgorithm']} by default")
+    in_use = ", ".join(f"{name} {count}" for name, count in sorted(
+        (modes.get("lbAlgorithms") or {}).items()))
+    print(f"LB algorithms: extra ones {'on' if modes.get('extraLoadBalancerAlgorithms') else 'off'}"
+          f", maglev table size {modes.get('maglevTableSize')}, frontends by algorithm: "
+          f"{in_use or 'none'}")
     tunnel = doc.get("tunnel", {})
     if tunnel.get("device"):
         print(f"tunnel: VXLAN device {tunnel['device']}, UDP port {tunnel['port']}, VNI "
@@ -92,22 +97,47 @@ def print_status(doc: dict) -> None:
         print(f"warning: {line}")
 
 
+def _backend_text(fe: dict, b: dict) -> str:
+    name = f"{b['address']}:{b['port']}"
+    notes = [b["state"]] + (["local"] if b["local"] else [])
+    active = fe.get("activeConnections") or {}
+    if name in active:
+        notes.append(f"{active[name]} active")
+    table_shares = (fe.get("maglev") or {}).get("shares") or {}
+    if name in table_shares:
+        notes.append(f"{table_shares[name]} entries")
+    return f"{name} ({', '.join(notes)})"
+
+
 def print_services(doc: dict) -> None:
-    print(f"{'FRONTEND':24} {'TYPE':12} {'SERVICE':24} {'ALGORITHM':10} {'LB MODE':8} BACKENDS")
-    fallbacks: dict[str, str] = {}
+    """One line per frontend; then why an algorithm or LB mode is not the one asked for,
+    and the source ranges of LoadBalancer frontends."""
+    print(f"{'FRONTEND':24} {'TYPE':12} {'SERVICE':24} {'ALGORITHM':11} {'LB MODE':8} "
+          f"{'AFFINITY':16} BACKENDS")
+    notes: list[str] = []
     for fe in doc["frontends"]:
-        backends = ", ".join(
-            f"{b['address']}:{b['port']} ({b['state']}{', local' if b['local'] else ''})"
-            for b in fe["backends"]) or "(none)"
+        backends = ", ".join(_backend_text(fe, b) for b in fe["backends"]) or "(none)"
         etp = " [Local]" if fe["externalTrafficPolicy"] == "Local" else ""
         fallback = fe.get("lbModeFallback")
         mode = fe["lbMode"] + ("*" if fallback else "")
-        if fallback:
-            fallbacks.setdefault(fe["service"], fallback)
+        note = f"* {fe['service']}: SNAT instead of DSR: {fallback}"
+        if fallback and note not in notes:
+            notes.append(note)
+        reason = fe.get("algorithmReason")
+        algorithm = fe["algorithm"] + ("*" if reason else "")
+        note = (f"* {fe['service']}: lb-algorithm {fe.get('algorithmRequested')!r} not in "
+                f"effect ({reason}); {fe['algorithm']} is used")
+        if reason and note not in notes:
+            notes.append(note)
+        affinity = fe.get("sessionAffinity")
+        affinity_text = f"ClientIP {affinity['timeoutSeconds']}s" if affinity else "-"
         print(f"{fe['frontend']:24} {fe['type']:12} {fe['service'] + etp:24} "
-              f"{fe['algorithm']:10} {mode:8} {backends}")
-    for service, reason in sorted(fallbacks.items()):
-        print(f"* {service}: SNAT instead of DSR: {reason}")
+              f"{algorithm:11} {mode:8} {affinity_text:16} {backends}")
+        if fe.get("sourceRanges"):
+            notes.append(f"  {fe['frontend']} source ranges {', '.join(fe['sourceRanges'])}: "
+                         f"{fe.get('sourceRangeCheck')}")
+    for line in notes:
+        print(line)
 
 
 def ct_rows(items, now: float) -> list[dict]:

@@ -119,6 +119,22 @@ def _os_checks(os_release: dict[str, str], release: str, version: tuple[int, int
     return [Check("os", WARN, f"{pretty} is not in the tested OS list")]
 
 
+def extra_lb_refusal(settings: Settings, kernel_release: str) -> str | None:
+    """Why these settings cannot run on this kernel (the extra LB algorithms need 5.15),
+    or None. Preflight fails on it; the agent refuses such a config (at start: it does not
+    start; later: it keeps the running one)."""
+    if not settings.extraLoadBalancerAlgorithmsEnabled:
+        return None
+    try:
+        version = kernel_version(kernel_release)
+    except ValueError:
+        return None      # judged (and refused) by the kernel check itself
+    if version[:2] >= MIN_KERNEL_EXTRA_LB:
+        return None
+    return (f"extraLoadBalancerAlgorithmsEnabled needs kernel >= "
+            f"{_fmt_version(MIN_KERNEL_EXTRA_LB)}; running {kernel_release}")
+
+
 def evaluate(os_release: dict[str, str], kernel_release: str, settings: Settings) -> Verdict:
     """The rule-based verdict for a host; no access to the running system."""
     try:
@@ -137,11 +153,10 @@ def evaluate(os_release: dict[str, str], kernel_release: str, settings: Settings
                             f"kernel {kernel_release} >= {_fmt_version(MIN_KERNEL)}"))
 
     if settings.extraLoadBalancerAlgorithmsEnabled:
-        if version[:2] < MIN_KERNEL_EXTRA_LB:
+        refusal = extra_lb_refusal(settings, kernel_release)
+        if refusal:
             checks.append(Check(
-                "extra-lb-algorithms", FAIL,
-                f"extraLoadBalancerAlgorithmsEnabled needs kernel >= "
-                f"{_fmt_version(MIN_KERNEL_EXTRA_LB)}; running {kernel_release}",
+                "extra-lb-algorithms", FAIL, refusal,
                 f"install a kernel >= {_fmt_version(MIN_KERNEL_EXTRA_LB)} or set "
                 "extraLoadBalancerAlgorithmsEnabled: false"))
         else:

@@ -15,13 +15,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from . import maglev
 from .bpfabi import (
     FE_EXTERNAL,
     FE_LOCAL_ONLY,
     FE_NODEPORT,
+    FE_SOURCE_RANGES,
     LB_ALGORITHMS,
     LB_MODES,
+    MAP_CAPACITY,
     NO_MASQ_VALUE,
+    SRC_RANGE_VALUE,
     Backend,
     Frontend,
     FrontendValue,
@@ -32,6 +36,7 @@ from .bpfabi import (
     ip_bytes,
     lpm_key,
     slot_key,
+    src_range_key,
 )
 from .config import Settings
 from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
@@ -47,13 +52,20 @@ DEFAULT_NAT_PORTS = (1024, 29999)
 MAX_BACKENDS = 65535
 
 # What this datapath implements; anything else asked for falls back with a warning.
-IMPLEMENTED_ALGORITHMS = ("random",)
+IMPLEMENTED_ALGORITHMS = ("random", "maglev", "least-conn")
+# Why an lb-algorithm annotation is not in effect (status, `service list`, log).
+REASON_OPTION_OFF = "extraLoadBalancerAlgorithmsEnabled is false"
+REASON_MAGLEV_BUDGET = ("the maglev tables would exceed lb_maglev's {capacity} entries "
+                        "(agent option --maglev-table-size picks smaller tables)")
+REASON_RANGES_OFF = "not enforced: svcSourceRangeCheck is false"
 # Why a service asked to use DSR is served by SNAT instead (status, `service list`, log).
 HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer by DSR "
                          "(cilium#10789)")
 
-# Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg).
-MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_frontends")
+# Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg);
+# slots, maglev tables and source ranges exist before the frontend that uses them.
+MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_maglev",
+                "lb_src_ranges", "lb_frontends")
 ARRAY_MAPS = ("node_cfg", "tunnel_cfg")
 
 STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
@@ -74,6 +86,8 @@ class DesiredState:
     previous_owners: Mapping[Frontend, str] = field(default_factory=dict)
     # The VXLAN device's ifindex when the overlay is in effect (0: not created yet).
     tunnel_ifindex: int = 0
+    # Positions of every maglev table (the agent's --maglev-table-size; a prime).
+    maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,13 @@ class FrontendView:
     lb_mode: str            # "-" for ClusterIP
     traffic_policy: str
     lb_mode_fallback: str = ""   # why DSR was asked for but SNAT is used
+    algorithm_requested: str | None = None   # the lb-algorithm annotation
+    algorithm_reason: str = ""   # why the annotation is not in effect
+    affinity_timeout: int = 0    # sessionAffinity ClientIP: seconds (0: none)
+    source_ranges: tuple[str, ...] = ()
+    source_range_check: str = ""  # "enforced", why not, or "" without ranges
+    maglev_table_size: int = 0
+    maglev_table: Frontend | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -114,8 +135,16 @@ class FrontendView:
             "backends": [b.to_dict() for b in self.backends],
             "selected": [f"{b.addr}:{b.port}" for b in self.selected],
             "algorithm": self.algorithm, "lbMode": self.lb_mode,
+            "algorithmRequested": self.algorithm_requested,
+            "algorithmReason": self.algorithm_reason or None,
             "lbModeFallback": self.lb_mode_fallback or None,
             "externalTrafficPolicy": self.traffic_policy,
+            "sessionAffinity": ({"type": "ClientIP", "timeoutSeconds": self.affinity_timeout}
+                                if self.affinity_timeout else None),
+            "sourceRanges": list(self.source_ranges),
+            "sourceRangeCheck": self.source_range_check or None,
+            "maglev": ({"tableSize": self.maglev_table_size, "table": str(self.maglev_table)}
+                       if self.maglev_table else None),
         }
 
 
@@ -223,19 +252,21 @@ def _selection(backends: Sequence[BackendView], local_only: bool) -> tuple[Backe
     return tuple(Backend(b.addr, b.port, b.local) for b in chosen[:MAX_BACKENDS])
 
 
-def _algorithm(svc: Service, settings: Settings, warnings: list[str]) -> str:
+def _algorithm(svc: Service, settings: Settings, warnings: list[str]) -> tuple[str, str]:
+    """(algorithm in effect, why the annotation's is not: "" when it is)."""
     asked = svc.lb_algorithm
     if asked is None:
-        return "random"
+        return "random", ""
+    reason = ""
     if not settings.extraLoadBalancerAlgorithmsEnabled:
-        warnings.append(f"Service {_svc_id(svc)}: lb-algorithm {asked!r} ignored "
-                        "(extraLoadBalancerAlgorithmsEnabled is false); using random")
-        return "random"
-    if asked not in IMPLEMENTED_ALGORITHMS:
-        warnings.append(f"Service {_svc_id(svc)}: lb-algorithm {asked!r} is not implemented "
-                        "by this datapath yet; using random")
-        return "random"
-    return asked
+        reason = REASON_OPTION_OFF
+    elif asked not in IMPLEMENTED_ALGORITHMS:
+        reason = "not implemented by this datapath"
+    if reason:
+        warnings.append(f"Service {_svc_id(svc)}: lb-algorithm {asked!r} ignored ({reason}); "
+                        "using random")
+        return "random", reason
+    return asked, ""
 
 
 def _frontends_of(svc: Service, sp: ServicePort, node: Node
@@ -304,9 +335,10 @@ def translate(state: DesiredState) -> Translation:
         owner[fe] = previous if previous in claimants else claimants[0]
     hc_owner: dict[int, str] = {}
     node_ips = frozenset(n.internal_ip for n in nodes)
+    maglev.check_table_size(state.maglev_table_size)
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
-                           owner, hc_owner, node_ips, out)
+                           owner, hc_owner, node_ips, state.maglev_table_size, out)
     return out
 
 
@@ -373,39 +405,75 @@ def _host_network_fallback(svc: Service, backends: Mapping[ServicePort, tuple],
 
 def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
                        settings: Settings, owner: Mapping[Frontend, str],
-                       hc_owner: dict[int, str], node_ips: frozenset[str],
+                       hc_owner: dict[int, str], node_ips: frozenset[str], maglev_size: int,
                        out: Translation) -> None:
     sid = _svc_id(svc)
-    algorithm = _algorithm(svc, settings, out.warnings)
+    algorithm, algorithm_reason = _algorithm(svc, settings, out.warnings)
     in_pod_cidr = _cidr_test(node.pod_cidr)
     local_addrs: set[str] = set()
     done: set[Frontend] = set()
     backends_of = {sp: _backends(svc, sp, slices, node, in_pod_cidr) for sp in svc.ports}
     fallback = _host_network_fallback(svc, backends_of, node_ips, out)
-    for sp in svc.ports:
+    programmed = [(sp, ftype, fe, flags, path) for sp in svc.ports
+                  for ftype, fe, flags, path in _frontends_of(svc, sp, node)]
+    selection_of = {fe: _selection(backends_of[sp], bool(flags & FE_LOCAL_ONLY))
+                    for sp, _type, fe, flags, _path in programmed}
+    if algorithm == "maglev":
+        # One table per distinct backend set of a port (shared by its frontends).
+        tables_needed = len({(sp, selection_of[fe]) for sp, _t, fe, _f, _p in programmed
+                             if selection_of[fe]})
+        capacity = MAP_CAPACITY["lb_maglev"]
+        if (len(out.maps["lb_maglev"]) + tables_needed * maglev.chunk_count(maglev_size)
+                > capacity):
+            algorithm_reason = REASON_MAGLEV_BUDGET.format(capacity=capacity)
+            algorithm = "random"
+            out.warnings.append(f"Service {sid}: lb-algorithm 'maglev' not in effect "
+                                f"({algorithm_reason}); using random")
+    affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else 0
+    ranges_checked = settings.svcSourceRangeCheck and svc.type == "LoadBalancer"
+    if svc.source_ranges and svc.type == "LoadBalancer" and not ranges_checked:
+        out.warnings.append(f"Service {sid}: loadBalancerSourceRanges {REASON_RANGES_OFF}")
+    tables: dict[tuple[ServicePort, tuple[Backend, ...]], Frontend] = {}
+    for sp, ftype, fe, flags, path in programmed:
         backends = backends_of[sp]
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
-        for ftype, fe, flags, path in _frontends_of(svc, sp, node):
-            if owner[fe] != sid or fe in done:
-                other = owner[fe] if owner[fe] != sid else "itself"
-                out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
-                                    f"by {'Service ' if other != 'itself' else ''}{other}; "
-                                    "not programmed")
-                continue
-            done.add(fe)
-            selected = _selection(backends, bool(flags & FE_LOCAL_ONLY))
-            lb_mode = out.lb_mode[sp.protocol] if flags & FE_EXTERNAL else "-"
-            mode_fallback = fallback if lb_mode == "DSR" else ""
-            if mode_fallback:
-                lb_mode = "SNAT"
-            value = FrontendValue(len(selected), flags, LB_ALGORITHMS[algorithm],
-                                  LB_MODES.get(lb_mode, LB_MODES["SNAT"]))
-            out.maps["lb_frontends"][fe.encode()] = value.encode()
-            for slot, backend in enumerate(selected, 1):
-                out.maps["lb_slots"][slot_key(fe, slot)] = backend.encode()
-            out.frontends.append(FrontendView(
-                sid, sp.name, ftype, fe, flags, backends, selected, algorithm, lb_mode,
-                svc.external_traffic_policy if flags & FE_EXTERNAL else "-", mode_fallback))
+        if owner[fe] != sid or fe in done:
+            other = owner[fe] if owner[fe] != sid else "itself"
+            out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
+                                f"by {'Service ' if other != 'itself' else ''}{other}; "
+                                "not programmed")
+            continue
+        done.add(fe)
+        selected = selection_of[fe]
+        lb_mode = out.lb_mode[sp.protocol] if flags & FE_EXTERNAL else "-"
+        mode_fallback = fallback if lb_mode == "DSR" else ""
+        if mode_fallback:
+            lb_mode = "SNAT"
+        table = None
+        if algorithm == "maglev" and selected:
+            table = tables.get((sp, selected))
+            if table is None:
+                table = tables[(sp, selected)] = fe
+                out.maps["lb_maglev"].update(maglev.table_chunks(fe, selected, maglev_size))
+        check = ""
+        if ftype == "LoadBalancer" and svc.source_ranges:
+            check = "enforced" if ranges_checked else REASON_RANGES_OFF
+        if check == "enforced":
+            flags |= FE_SOURCE_RANGES
+            for cidr in svc.source_ranges:
+                out.maps["lb_src_ranges"][src_range_key(fe, cidr)] = SRC_RANGE_VALUE
+        value = FrontendValue(len(selected), flags, LB_ALGORITHMS[algorithm],
+                              LB_MODES.get(lb_mode, LB_MODES["SNAT"]), affinity,
+                              maglev_size if table else 0, table)
+        out.maps["lb_frontends"][fe.encode()] = value.encode()
+        for slot, backend in enumerate(selected, 1):
+            out.maps["lb_slots"][slot_key(fe, slot)] = backend.encode()
+        out.frontends.append(FrontendView(
+            sid, sp.name, ftype, fe, flags, backends, selected, algorithm, lb_mode,
+            svc.external_traffic_policy if flags & FE_EXTERNAL else "-", mode_fallback,
+            svc.lb_algorithm, algorithm_reason, affinity,
+            svc.source_ranges if ftype == "LoadBalancer" else (), check,
+            maglev_size if table else 0, table))
     if (svc.external_traffic_policy == "Local" and svc.type != "ClusterIP"
             and svc.health_check_node_port):
         port = svc.health_check_node_port

@@ -37,6 +37,8 @@ from cni_harness.suites.lab import (
     WORLD,
     LabUnavailable,
     deployed_lab,
+    errors,
+    names,
     node,
     pod,
     progress_log,
@@ -79,17 +81,9 @@ def remote_peer(cluster, receiving_node: str, protocol: str) -> str:
     return CLIENT_IP if PATH_OF[protocol] == "DSR" else cluster.ip(receiving_node)
 
 
-def names(answers: list[dict]) -> Counter:
-    return Counter(a.get("name", "error") for a in answers)
-
-
 def peers(answers: list[dict]) -> list[str]:
     """The distinct source addresses the servers saw ("error" for a failed try)."""
     return sorted({a.get("peer", "error") for a in answers})
-
-
-def errors(answers: list[dict]) -> list[str]:
-    return [a["error"] for a in answers if "error" in a]
 
 
 def svc_doc(name: str, selector: dict | None, ports: list[dict], type: str = "ClusterIP",

@@ -98,6 +98,38 @@ def test_entries_round_trip_through_bytes():
 
 
 def test_sizes_are_the_c_struct_sizes():
-    assert bpfabi.SIZES == {"lb_key": 8, "lb_frontend": 8, "lb_slot_key": 12, "lb_backend": 8,
+    assert bpfabi.SIZES == {"lb_key": 8, "lb_frontend": 24, "lb_slot_key": 12, "lb_backend": 8,
                             "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8,
-                            "tunnel_endpoint": 8, "tunnel_config": 8}
+                            "tunnel_endpoint": 8, "tunnel_config": 8, "lb_maglev_key": 12,
+                            "lb_maglev_chunk": 128, "lb_backend_key": 8, "lb_conn_count": 8,
+                            "lb_affinity_key": 12, "lb_affinity": 12, "lb_src_range_key": 16}
+
+
+def test_the_maglev_chunk_size_matches_the_c_define(maps_h):
+    assert c_defines(maps_h)["LB_MAGLEV_CHUNK"] == bpfabi.LB_MAGLEV_CHUNK
+
+
+def test_lb_entries_of_the_algorithms_round_trip_through_bytes():
+    table = Frontend("10.96.0.20", 80, "TCP")
+    value = FrontendValue(5, bpfabi.FE_SOURCE_RANGES, bpfabi.LB_ALGORITHMS["maglev"], 1,
+                          affinity_timeout=10800, maglev_size=16381, maglev_table=table)
+    assert FrontendValue.decode(value.encode()) == value
+    assert value.encode()[8:16] == (10800).to_bytes(4, "little") + (16381).to_bytes(4, "little")
+    assert FrontendValue.decode(FrontendValue(1, 0).encode()).maglev_table is None
+    assert bpfabi.decode_maglev_key(bpfabi.maglev_key(table, 1023)) == (table, 1023)
+    entries = [Backend("10.100.1.5", 8080, True), None, Backend("10.100.2.7", 8080)]
+    chunk = bpfabi.maglev_chunk(entries)
+    assert len(chunk) == bpfabi.SIZES["lb_maglev_chunk"]
+    assert bpfabi.decode_maglev_chunk(chunk) == entries + [None] * 13
+    with pytest.raises(ValueError):
+        bpfabi.maglev_chunk([None] * 17)
+    key = bpfabi.BackendKey("10.100.1.5", 8080, "TCP")
+    assert bpfabi.BackendKey.decode(key.encode()) == key
+    assert bpfabi.decode_conn_count(bpfabi.conn_count(-1)) == -1
+    aff = bpfabi.AffinityKey(table, "10.99.0.100")
+    assert bpfabi.AffinityKey.decode(aff.encode()) == aff
+    val = bpfabi.Affinity(Backend("10.100.1.5", 8080, True), 1234)
+    assert bpfabi.Affinity.decode(val.encode()) == val
+    raw = bpfabi.src_range_key(table, "192.0.2.0/24")
+    assert raw[:4] == (64 + 24).to_bytes(4, "little")
+    assert bpfabi.decode_src_range_key(raw) == (table, "192.0.2.0/24")

@@ -113,3 +113,34 @@ def test_service_field_errors(spec, needle):
 def test_yaml_error_is_reported():
     objects, problems = parse_yaml("kind: [")
     assert objects == [] and "not valid YAML" in problems[0]
+
+
+def affinity_service(extra: str) -> str:
+    return ("apiVersion: v1\nkind: Service\nmetadata: {name: aff}\nspec:\n"
+            "  clusterIP: 10.96.0.12\n  ports: [{port: 80}]\n" + extra)
+
+
+def test_session_affinity_timeout_defaults_to_three_hours_and_is_read():
+    (default,), problems = parse_yaml(affinity_service("  sessionAffinity: ClientIP\n"))
+    assert problems == [] and default.session_affinity == "ClientIP"
+    assert default.affinity_timeout == 10800
+    (set_,), problems = parse_yaml(affinity_service(
+        "  sessionAffinity: ClientIP\n"
+        "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n"))
+    assert problems == [] and set_.affinity_timeout == 30
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n",
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: invalid value 0; must be an "
+     "integer 1-86400"),
+    ("  sessionAffinity: ClientIP\n"
+     "  sessionAffinityConfig: {clientIP: {timeoutSeconds: '60'}}\n",
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: invalid value '60'"),
+    ("  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+     "spec.sessionAffinityConfig: only with sessionAffinity: ClientIP"),
+])
+def test_bad_session_affinity_config_is_refused_by_field(extra, message):
+    objects, problems = parse_yaml(affinity_service(extra))
+    assert objects == []
+    assert len(problems) == 1 and problems[0].startswith("Service default/aff: " + message)

@@ -121,3 +121,31 @@ def test_status_and_metrics_say_where_the_datapath_came_from():
     assert origin_line(cached) == "loaded from the compile cache in 0.21 s (no compile; /x)"
     assert origin_line(compiled) == ("compiled in 27.9 s, loaded in 0.3 s (compile cache: "
                                      "stored: invalid: digest mismatch (the file was changed))")
+def test_service_list_says_which_algorithm_is_in_effect_and_why(capsys):
+    from cni_cilium.nodecli import print_services
+
+    def backend(addr):
+        return {"address": addr, "port": 8080, "state": "active", "local": False}
+
+    common = {"type": "LoadBalancer", "lbMode": "DSR", "externalTrafficPolicy": "Cluster",
+              "lbModeFallback": None, "backends": [backend("10.100.1.5"), backend("10.100.2.5")]}
+    doc = {"frontends": [
+        {**common, "frontend": "10.97.0.3:80/TCP", "service": "default/mg", "algorithm": "random",
+         "algorithmRequested": "maglev",
+         "algorithmReason": "extraLoadBalancerAlgorithmsEnabled is false",
+         "sessionAffinity": {"type": "ClientIP", "timeoutSeconds": 10800},
+         "sourceRanges": ["10.99.0.100/32"], "sourceRangeCheck": "enforced"},
+        {**common, "frontend": "10.97.0.4:80/TCP", "service": "default/lc",
+         "algorithm": "least-conn", "activeConnections": {"10.100.1.5:8080": 2,
+                                                          "10.100.2.5:8080": 0}},
+        {**common, "frontend": "10.97.0.5:80/TCP", "service": "default/mg2", "algorithm": "maglev",
+         "maglev": {"tableSize": 251, "table": "10.96.0.5:80/TCP",
+                    "shares": {"10.100.1.5:8080": 126, "10.100.2.5:8080": 125}}}]}
+    print_services(doc)
+    out = capsys.readouterr().out.splitlines()
+    assert "random*" in out[1] and "ClientIP 10800s" in out[1]
+    assert "10.100.1.5:8080 (active, 2 active)" in out[2]
+    assert "10.100.2.5:8080 (active, 125 entries)" in out[3]
+    assert out[4] == ("* default/mg: lb-algorithm 'maglev' not in effect "
+                      "(extraLoadBalancerAlgorithmsEnabled is false); random is used")
+    assert out[5] == "  10.97.0.3:80/TCP source ranges 10.99.0.100/32: enforced"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from cni_cilium.config import settings_from_mapping
-from cni_cilium.preflight import FAIL, evaluate, kernel_version, parse_os_release
+from cni_cilium.preflight import (
+    FAIL,
+    evaluate,
+    extra_lb_refusal,
+    kernel_version,
+    parse_os_release,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -96,3 +102,14 @@ def test_config_warnings_are_carried_into_preflight():
     v = evaluate(osr("debian", "12"), "6.1.0-25-amd64", s)
     assert v.supported
     assert any(c.name == "config" and "SNAT" in c.message for c in v.checks)
+
+
+@pytest.mark.parametrize("release,refused", [("5.10.0-32-amd64", True), ("5.14.21", True),
+                                             ("5.15.0-91-generic", False), ("6.1.0-50", False)])
+def test_the_agent_refuses_the_extra_lb_algorithms_below_5_15(release, refused):
+    reason = extra_lb_refusal(EXTRA_LB, release)
+    assert (reason is not None) == refused
+    if refused:
+        assert reason == ("extraLoadBalancerAlgorithmsEnabled needs kernel >= 5.15; running "
+                          f"{release}")
+    assert extra_lb_refusal(settings_from_mapping({}), "5.10.0") is None

@@ -7,10 +7,12 @@ import random
 
 import pytest
 
+from cni_cilium import maglev
 from cni_cilium.bpfabi import (
     FE_EXTERNAL,
     FE_LOCAL_ONLY,
     FE_NODEPORT,
+    FE_SOURCE_RANGES,
     LB_ALGORITHMS,
     LB_MODES,
     Backend,
@@ -22,6 +24,7 @@ from cni_cilium.bpfabi import (
     index_key,
     lpm_key,
     slot_key,
+    src_range_key,
 )
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.manifests import (
@@ -293,20 +296,134 @@ def test_host_network_endpoints_fall_back_to_snat_with_the_reason():
     assert snat.warnings == []   # nothing to fall back from
 
 
-def test_lb_algorithm_annotation_needs_the_option_and_an_implemented_algorithm():
-    ann = {"service.cilium.io/lb-algorithm": "maglev"}
-    off = run(svc(annotations=ann))
+EXTRA = settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True, "bpfLBMode": "SNAT"})
+MAGLEV = {"service.cilium.io/lb-algorithm": "maglev"}
+
+
+def test_lb_algorithm_annotation_needs_the_option():
+    off = run(svc(annotations=MAGLEV))
     assert off.frontends[0].algorithm == "random"
-    assert any("extraLoadBalancerAlgorithmsEnabled is false" in w for w in off.warnings)
-    on = run(svc(annotations=ann),
-             settings=settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True,
-                                           "bpfLBMode": "SNAT"}))
-    assert on.frontends[0].algorithm == "random"
-    assert any("not implemented" in w for w in on.warnings)
-    explicit = run(svc(annotations={"service.cilium.io/lb-algorithm": "random"}),
-                   settings=settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True,
-                                           "bpfLBMode": "SNAT"}))
-    assert explicit.warnings == []
+    reason = off.frontends[0].to_dict()["algorithmReason"]
+    assert reason == "extraLoadBalancerAlgorithmsEnabled is false"
+    assert off.frontends[0].to_dict()["algorithmRequested"] == "maglev"
+    assert off.warnings == ["Service default/web: lb-algorithm 'maglev' ignored "
+                            "(extraLoadBalancerAlgorithmsEnabled is false); using random"]
+    assert off.maps["lb_maglev"] == {}
+    for name in ("maglev", "least-conn", "random"):
+        on = run(svc(annotations={"service.cilium.io/lb-algorithm": name}), settings=EXTRA)
+        assert [f.algorithm for f in on.frontends] == [name] and on.warnings == []
+        assert frontend_value(on, on.frontends[0].frontend).algorithm == LB_ALGORITHMS[name]
+        assert on.frontends[0].to_dict()["algorithmReason"] is None
+
+
+def test_maglev_frontends_of_a_port_share_one_table_of_the_same_backends():
+    backends = [ep("10.100.1.5", "node1"), ep("10.100.2.5", "node2"), ep("10.100.2.6", "node2")]
+    tr = translate(DesiredState(EXTRA, "node1", [*NODES, svc(
+        type="NodePort", annotations=MAGLEV, lb_ips=("10.97.0.3",)), eps(endpoints=backends)],
+        maglev_table_size=251))
+    cluster_ip = Frontend("10.96.0.10", 80, "TCP")
+    values = {f.type: frontend_value(tr, f.frontend) for f in tr.frontends}
+    assert {v.maglev_table for v in values.values()} == {cluster_ip}
+    assert {v.maglev_size for v in values.values()} == {251}
+    assert len(tr.maps["lb_maglev"]) == maglev.chunk_count(251) == 16
+    selected = tr.frontends[0].selected
+    assert dict(maglev.table_chunks(cluster_ip, selected, 251)) == tr.maps["lb_maglev"]
+    assert tr.frontends[0].to_dict()["maglev"] == {"tableSize": 251,
+                                                   "table": "10.96.0.10:80/TCP"}
+
+
+def test_maglev_etp_local_frontends_get_their_own_table_of_local_backends():
+    backends = [ep("10.100.1.5", "node1"), ep("10.100.2.5", "node2")]
+    tr = translate(DesiredState(EXTRA, "node1", [*NODES, svc(
+        type="NodePort", etp="Local", hc=31000, annotations=MAGLEV), eps(endpoints=backends)],
+        maglev_table_size=251))
+    node_port = Frontend("10.99.0.11", 30080, "TCP")
+    assert frontend_value(tr, node_port).maglev_table == node_port
+    assert len(tr.maps["lb_maglev"]) == 2 * 16
+    local_table = maglev.table_for([Backend("10.100.1.5", 8080, True)], 251)
+    assert set(local_table) == {Backend("10.100.1.5", 8080, True)}
+
+
+def test_maglev_without_backends_has_no_table():
+    tr = run(svc(annotations=MAGLEV), eps(endpoints=[]), settings=EXTRA)
+    value = frontend_value(tr, tr.frontends[0].frontend)
+    assert value.count == 0 and value.maglev_table is None and tr.maps["lb_maglev"] == {}
+
+
+def test_maglev_tables_beyond_the_map_budget_fall_back_to_random(monkeypatch):
+    from cni_cilium import translate as translate_module
+
+    monkeypatch.setitem(translate_module.MAP_CAPACITY, "lb_maglev", 40)
+    objects = [svc(f"m{i}", ip=f"10.96.0.{10 + i}", annotations=MAGLEV) for i in range(3)]
+    objects += [eps(f"m{i}", [ep("10.100.1.5", "node1")]) for i in range(3)]
+    tr = translate(DesiredState(EXTRA, "node1", [*NODES, *objects], maglev_table_size=251))
+    assert [f.algorithm for f in tr.frontends] == ["maglev", "maglev", "random"]
+    assert len(tr.maps["lb_maglev"]) == 32
+    assert "exceed lb_maglev's 40 entries" in tr.frontends[2].algorithm_reason
+    assert any("m2: lb-algorithm 'maglev' not in effect" in w for w in tr.warnings)
+
+
+def test_a_maglev_backend_change_rewrites_only_the_chunks_that_changed():
+    many = [ep(f"10.100.{1 + i % 2}.{10 + i}", f"node{1 + i % 2}") for i in range(200)]
+    before = run(svc(annotations=MAGLEV), eps(endpoints=many), settings=EXTRA)
+    after = run(svc(annotations=MAGLEV), eps(endpoints=many[1:]), settings=EXTRA)
+    ops = diff_maps(before.maps, after.maps)
+    chunk_writes = [op for op in ops if op.map == "lb_maglev"]
+    old = maglev.table_for(before.frontends[0].selected)
+    new = maglev.table_for(after.frontends[0].selected)
+    changed_chunks = {i // 16 for i, (a, b) in enumerate(zip(old, new)) if a != b}
+    assert len(chunk_writes) == len(changed_chunks) < len(before.maps["lb_maglev"]) / 2
+    assert all(not op.is_delete for op in chunk_writes)
+    # Written before the frontend that reads them; a removed table goes after it.
+    names = [op.map for op in ops]
+    assert names.index("lb_maglev") < names.index("lb_frontends")
+    gone = diff_maps(after.maps, run(settings=EXTRA).maps)
+    names = [op.map for op in gone]
+    assert names.index("lb_frontends") < names.index("lb_maglev")
+
+
+def test_session_affinity_client_ip_sets_the_timeout_on_every_frontend():
+    service = Service("default", "web", "NodePort", "10.96.0.10",
+                      (ServicePort("http", "TCP", 80, 8080, 30080),), None,
+                      session_affinity="ClientIP", affinity_timeout=60)
+    tr = run(service, eps(endpoints=[ep("10.100.1.5", "node1")]))
+    assert {frontend_value(tr, f.frontend).affinity_timeout for f in tr.frontends} == {60}
+    assert tr.frontends[0].to_dict()["sessionAffinity"] == {"type": "ClientIP",
+                                                            "timeoutSeconds": 60}
+    plain = run(svc(), eps(endpoints=[ep("10.100.1.5", "node1")]))
+    assert frontend_value(plain, plain.frontends[0].frontend).affinity_timeout == 0
+    assert plain.frontends[0].to_dict()["sessionAffinity"] is None
+
+
+def lb_with_ranges(ranges=("10.99.0.100/32", "192.0.2.0/24")):
+    return Service("default", "web", "LoadBalancer", "10.96.0.10",
+                   (ServicePort("http", "TCP", 80, 8080, 30080),), None,
+                   load_balancer_ips=("10.97.0.3",), source_ranges=tuple(ranges))
+
+
+def test_source_ranges_guard_only_load_balancer_frontends_when_the_check_is_on():
+    checked = settings_from_mapping({"svcSourceRangeCheck": True, "bpfLBMode": "SNAT"})
+    tr = run(lb_with_ranges(), eps(endpoints=[ep("10.100.1.5", "node1")]), settings=checked)
+    lb_ip = Frontend("10.97.0.3", 80, "TCP")
+    by_type = {f.type: f for f in tr.frontends}
+    assert frontend_value(tr, lb_ip).flags & FE_SOURCE_RANGES
+    assert not frontend_value(tr, by_type["NodePort"].frontend).flags & FE_SOURCE_RANGES
+    assert set(tr.maps["lb_src_ranges"]) == {src_range_key(lb_ip, "10.99.0.100/32"),
+                                             src_range_key(lb_ip, "192.0.2.0/24")}
+    assert by_type["LoadBalancer"].to_dict()["sourceRangeCheck"] == "enforced"
+    assert by_type["NodePort"].to_dict()["sourceRanges"] == []
+    assert tr.warnings == []
+
+
+def test_source_ranges_without_the_check_are_shown_and_not_programmed():
+    tr = run(lb_with_ranges(), eps(endpoints=[ep("10.100.1.5", "node1")]))
+    lb = next(f for f in tr.frontends if f.type == "LoadBalancer")
+    assert tr.maps["lb_src_ranges"] == {}
+    assert not frontend_value(tr, lb.frontend).flags & FE_SOURCE_RANGES
+    assert lb.to_dict()["sourceRangeCheck"] == "not enforced: svcSourceRangeCheck is false"
+    assert lb.to_dict()["sourceRanges"] == ["10.99.0.100/32", "192.0.2.0/24"]
+    assert tr.warnings == ["Service default/web: loadBalancerSourceRanges not enforced: "
+                           "svcSourceRangeCheck is false"]
 
 
 # ------------------------------------------------------------------ conflicts

@@ -422,6 +422,9 @@ def _bench_datapath(args: argparse.Namespace) -> int:
         text.append(bench.format_program_results(compile_s, results))
         report["compileCache"] = bench.compile_cache_benchmark(progress)
         text.append(bench.format_cache_results(report["compileCache"]))
+    progress("building maglev tables ...")
+    report["maglev"] = bench.maglev_benchmark()
+    text.append(bench.format_maglev_results(report["maglev"]))
     if not args.no_traffic:
         try:
             lab, created = deployed_lab(args.name, bench.TRAFFIC_CONFIG, progress=progress)
@@ -430,12 +433,17 @@ def _bench_datapath(args: argparse.Namespace) -> int:
         try:
             traffic = bench.traffic_benchmark(lab, args.seconds, args.rounds, traffic_counts,
                                               args.peer or "", progress)
+            algorithms = (bench.algorithm_benchmark(lab, args.seconds, args.rounds, progress)
+                          if not bench.EXTRA_LB else {})
         finally:
             if created:
                 lab.provider.down()
         report["traffic"] = traffic
         text.append(bench.format_apply_results(traffic))
         text.append(bench.format_traffic_results(traffic))
+        report["algorithms"] = algorithms or {"skipped": bench.EXTRA_LB}
+        text.append(bench.format_algorithm_results(algorithms, args.seconds, args.rounds)
+                    if algorithms else f"LB algorithms: not measured ({bench.EXTRA_LB})")
     print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
     return EXIT_OK
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -63,6 +64,16 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     lab = Lab(provider, progress=progress)
     lab.install_tools()
     return lab, created
+
+
+def names(answers: list[dict]) -> Counter:
+    """How many of `Lab.probe`'s tries each server answered ("error" for failed ones)."""
+    return Counter(a.get("name", "error") for a in answers)
+
+
+def errors(answers: list[dict]) -> list[str]:
+    """The failed tries' errors."""
+    return [a["error"] for a in answers if "error" in a]
 
 
 def parse_samples(text: str) -> dict[str, float]:
@@ -172,12 +183,14 @@ class Lab:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
-              timeout: float = 2.0, size: int | None = None, sport: int | None = None
-              ) -> list[dict]:
+              timeout: float = 2.0, size: int | None = None, sport: int | None = None,
+              rst: bool = False) -> list[dict]:
         """`count` tries from `where`: each the peer server's answer or {"error": ...}
-        (`size`: UDP payload bytes; `sport`: source port of the first try, counting up)."""
+        (`size`: UDP payload bytes; `sport`: source port of the first try, counting up;
+        `rst`: TCP connections end with a reset, leaving no TIME_WAIT)."""
         extra = ["--size", str(size)] if size is not None else []
         extra += ["--sport", str(sport)] if sport else []
+        extra += ["--rst"] if rst else []
         res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
                                str(port), "--count", str(count), "--timeout", str(timeout),
                                *extra], timeout=30 + count * (timeout + 1), check=True)

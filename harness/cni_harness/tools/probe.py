@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ask a peer server (tools/peer_server.py) who it is and whom it saw.
 
-`probe.py tcp|udp HOST PORT [--count N] [--timeout S] [--size BYTES] [--sport PORT]`
+`probe.py tcp|udp HOST PORT [--count N] [--timeout S] [--size BYTES] [--sport PORT] [--rst]`
 prints one JSON list: for each try either the server's answer ({"name", "peer", ...};
 UDP answers add "replyFrom", the source the answer came from) or {"error": "..."}. Every
 try is a new
@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 
 MAX_COUNT = 500
 
 
-def tcp_once(host: str, port: int, timeout: float, sport: int = 0) -> dict:
+def tcp_once(host: str, port: int, timeout: float, sport: int = 0, rst: bool = False) -> dict:
+    """One HTTP/1.0 request on a new connection; `rst`: close it with a reset once the
+    answer is in, so neither end keeps TIME_WAIT state for the 4-tuple (a fixed source
+    port can be used again at once, even through another node to the same backend)."""
     source = ("0.0.0.0", sport) if sport else None
     with socket.create_connection((host, port), timeout=timeout,
                                   source_address=source) as sock:
@@ -32,6 +36,8 @@ def tcp_once(host: str, port: int, timeout: float, sport: int = 0) -> dict:
             if not chunk:
                 break
             data += chunk
+        if rst:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     head, _, body = data.partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0]
     if b" 200 " not in status:
@@ -64,13 +70,15 @@ def main() -> int:
     parser.add_argument("--sport", type=int, default=0,
                         help="source port of the first try, the next ones count up (default: "
                              "the kernel's choice); fresh tuples never meet old conntrack state")
+    parser.add_argument("--rst", action="store_true",
+                        help="tcp: end each connection with a reset (no TIME_WAIT anywhere)")
     args = parser.parse_args()
     results = []
     for i in range(min(args.count, MAX_COUNT)):
         sport = args.sport + i if args.sport else 0
         try:
             if args.mode == "tcp":
-                results.append(tcp_once(args.host, args.port, args.timeout, sport))
+                results.append(tcp_once(args.host, args.port, args.timeout, sport, args.rst))
             else:
                 results.append(udp_once(args.host, args.port, args.timeout, args.size, sport))
         except (OSError, ValueError) as exc:

@@ -15,6 +15,8 @@ import time
 from .. import paths
 from ..config import ConfigError, load_settings_file
 from ..datapath import loader
+from ..maglev import DEFAULT_TABLE_SIZE
+from ..preflight import extra_lb_refusal
 from ..sources import DesiredStateSource
 from ..translate import DEFAULT_CLUSTER_CIDR, DEFAULT_SERVICE_CIDR
 from .inputs import ManifestReader
@@ -65,7 +67,7 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         bpf_dir: str | None = None, log_file: str | None = paths.AGENT_LOG,
         cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
         service_cidr: str = DEFAULT_SERVICE_CIDR, source: str = "manifests",
-        kubeconfig: str | None = None) -> int:
+        kubeconfig: str | None = None, maglev_table_size: int = DEFAULT_TABLE_SIZE) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the exit status. `source`: where desired
     state comes from, `manifests` (the directory) or `kube` (the Kubernetes API)."""
     try:
@@ -88,6 +90,14 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         log.error("cannot start: %s", message)
         print(f"error: {message}", flush=True)
         return 1
+    refusal = extra_lb_refusal(settings, os.uname().release)
+    if refusal:
+        # As preflight says: no start, and the reason where `wait-ready` reads it.
+        log.error("cannot start: %s", refusal)
+        print(f"error: {refusal}", flush=True)
+        paths.write_json_atomic(paths.AGENT_START_ERROR, {"error": refusal, "node": node_name,
+                                                          "time": time.time()})
+        return 1
     desired = _open_source(source, kubeconfig)
     if desired is None:
         return 1
@@ -97,7 +107,7 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         fh.write(f"{os.getpid()}\n")
     try:
         agent = Agent(settings, config_path, node_name, bpf_dir, cluster_cidr, service_cidr,
-                      source=desired)
+                      source=desired, maglev_table_size=maglev_table_size)
         agent.start()
     except (loader.LoadError, OSError) as exc:
         log.error("cannot start: %s", exc)

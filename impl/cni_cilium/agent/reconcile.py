@@ -37,6 +37,8 @@ from ..ctgc import live_backends, stale_service_keys
 from ..datapath import compilecache, loader
 from ..datapath.bpfsys import PinnedMap
 from ..datapath.writer import write_ops
+from ..maglev import DEFAULT_TABLE_SIZE
+from ..preflight import extra_lb_refusal
 from ..sources import DesiredStateSource
 from ..translate import (
     DEFAULT_CLUSTER_CIDR,
@@ -54,6 +56,7 @@ from ..tunnel import VXLAN_DEVICE, uses_overlay
 from . import status as reporting
 from .devices import NodeDevices
 from .inputs import ManifestReader, inputs_signature, quick_signature
+from .lbstate import LbState
 
 log = logging.getLogger("cni-cilium.agent")
 
@@ -70,7 +73,8 @@ class Agent:
     def __init__(self, settings: Settings, config_path: str, node_name: str,
                  bpf_dir: str | None = None, cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
                  service_cidr: str = DEFAULT_SERVICE_CIDR,
-                 source: DesiredStateSource | None = None):
+                 source: DesiredStateSource | None = None,
+                 maglev_table_size: int = DEFAULT_TABLE_SIZE):
         self.config_path = config_path
         self.settings = settings
         self.node_name = node_name
@@ -101,6 +105,8 @@ class Agent:
         self._reported: set[str] = set()
         self._live_backends: frozenset | None = None   # None: not checked since start
         self.stale_ct_removed = 0
+        self.maglev_table_size = maglev_table_size
+        self.lb = LbState(self.maps, self.lock)   # affinity and least-conn upkeep
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
@@ -117,6 +123,7 @@ class Agent:
         for name in MAP_CAPACITY:
             self.maps[name] = self.datapath.open_map(name)
         self._boot_state()
+        self.lb.recount()      # least-conn counts rebuilt from conntrack
         self.programmed = self._read_programmed()
         log.info("maps: inherited %s", ", ".join(
             f"{name}={len(entries)}" for name, entries in self.programmed.items()))
@@ -170,6 +177,9 @@ class Agent:
     def _reload_settings(self) -> None:
         try:
             settings = load_settings_file(self.config_path)
+            refusal = extra_lb_refusal(settings, os.uname().release)
+            if refusal:
+                raise ConfigError([refusal])
         except ConfigError as exc:
             if exc.problems != self.config_problems:
                 for line in exc.problems:
@@ -214,7 +224,8 @@ class Agent:
         translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
-                                             tunnel_ifindex=self.devices.tunnel_ifindex))
+                                             tunnel_ifindex=self.devices.tunnel_ifindex,
+                                             maglev_table_size=self.maglev_table_size))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
@@ -240,8 +251,10 @@ class Agent:
                      len(translation.frontends))
 
     def _forget_gone_backends(self, translation: Translation) -> None:
-        """Remove conntrack entries that pin connections to backends no longer behind any
-        frontend (see `ctgc`): at start, and whenever a backend goes away."""
+        """Remove conntrack entries and least-conn counters of backends no longer behind any
+        frontend, and affinity entries of backends their frontend no longer selects (see
+        `ctgc`): at start, and whenever a backend goes away."""
+        self.lb.forget_gone_affinities(translation)
         live = live_backends(translation.frontends)
         if self._live_backends is not None and live >= self._live_backends:
             self._live_backends = live
@@ -249,6 +262,7 @@ class Agent:
         ct = self.maps["ct4"]
         stale = stale_service_keys(ct.items(), live)
         removed = sum(1 for key in stale if ct.delete(key))
+        self.lb.forget_gone_counters(live)
         self._live_backends = live
         if removed:
             self.stale_ct_removed += removed
@@ -350,6 +364,7 @@ class Agent:
                 with contextlib.suppress(Exception):
                     paths.write_json_atomic(paths.AGENT_STATUS, self.status())
                 next_status = now + STATUS_FILE_SECONDS
+            self.lb.tick(self.translation.frontends if self.translation else [])
             self.stop_event.wait(TICK_SECONDS)
 
     def stop(self) -> None:

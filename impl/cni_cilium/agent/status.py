@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .. import api
@@ -38,6 +39,7 @@ def status(agent: Agent) -> dict:
             "restarts": agent.restarts,
             "selfHeals": agent.state_value(STATE_SELF_HEALS),
             "staleConntrackRemoved": agent.stale_ct_removed,
+            **agent.lb.status(),
             "selfHealsThisRun": agent.self_heals_run,
             "lastSelfHeal": agent.last_self_heal,
             "rebootRequired": agent.reboot_required,
@@ -51,6 +53,9 @@ def status(agent: Agent) -> dict:
                 "createNodeRoutes": agent.settings_in_effect().effective_create_node_routes,
                 "kubeProxyReplacement": True,
                 "lbAlgorithm": "random",
+                "extraLoadBalancerAlgorithms": settings.extraLoadBalancerAlgorithmsEnabled,
+                "lbAlgorithms": dict(Counter(f.algorithm for f in tr.frontends)) if tr else {},
+                "maglevTableSize": agent.maglev_table_size,
             },
             "bpf": agent.datapath.describe(),
             "uplink": devices.uplink,
@@ -105,11 +110,12 @@ def datapath_stats(agent: Agent) -> dict[str, int]:
 
 
 def services(agent: Agent) -> dict:
-    """The frontends programmed on this node and their backends."""
+    """The frontends programmed on this node and their backends (with each least-conn
+    backend's active connections and each maglev backend's table share)."""
     with agent.lock:
         tr = agent.translation
-        return {"node": agent.node_name,
-                "frontends": [f.to_dict() for f in tr.frontends] if tr else []}
+        frontends = list(tr.frontends) if tr else []
+    return {"node": agent.node_name, "frontends": agent.lb.frontend_docs(frontends)}
 
 
 def metrics_response(agent: Agent) -> api.Response:

@@ -24,6 +24,7 @@ BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 BPF_PROG_LOAD, BPF_OBJ_PIN, BPF_OBJ_GET = 5, 6, 7
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_TEST_RUN = 10
 BPF_MAP_UPDATE_BATCH = 26
 BPF_ANY, BPF_NOEXIST = 0, 1
 _ATTR_SIZE = 128
@@ -43,11 +44,13 @@ class BpfError(OSError):
     """A bpf(2) call failed."""
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
+def _bpf(cmd: int, attr: bytes | ctypes.Array) -> int:
+    """bpf(2); `attr` as bytes, or a buffer of _ATTR_SIZE the kernel may write back to."""
     nr = _SYSCALL_NR.get(platform.machine())
     if nr is None:
         raise BpfError(errno.ENOSYS, f"bpf(2) number unknown for {platform.machine()}")
-    buf = ctypes.create_string_buffer(attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    buf = attr if isinstance(attr, ctypes.Array) else ctypes.create_string_buffer(
+        attr.ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
     ret = _libc.syscall(nr, cmd, buf, _ATTR_SIZE)
     if ret < 0:
         err = ctypes.get_errno()
@@ -366,3 +369,17 @@ class PinnedMap:
         if raw is None:
             return 0
         return sum(struct.unpack_from("=Q", raw, off)[0] for off in range(0, len(raw), 8))
+
+
+def prog_test_run(prog_fd: int, packet: bytes, out_size: int = 2048) -> tuple[int, bytes]:
+    """Run a loaded program once on `packet` (BPF_PROG_TEST_RUN; for tc programs an
+    Ethernet frame): (its return value, the packet as it left). Nothing is sent: a
+    redirect is only a return value here."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    data_out = ctypes.create_string_buffer(out_size)
+    attr = ctypes.create_string_buffer(struct.pack(
+        "=IIIIQQIIIIQQII", prog_fd, 0, len(packet), out_size, _addr(data_in),
+        _addr(data_out), 1, 0, 0, 0, 0, 0, 0, 0).ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    _fd, retval, _size_in, size_out = struct.unpack_from("=IIII", attr.raw)
+    return retval, data_out.raw[:size_out]

@@ -43,7 +43,10 @@ def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
     ("lb_frontends", "lb_key", "lb_frontend"), ("lb_slots", "lb_slot_key", "lb_backend"),
     ("ct4", "ct_key", "ct_entry"), ("node_cfg", None, "node_config"),
     ("no_masq", "lpm_v4_key", None), ("tunnel_map", "lpm_v4_key", "tunnel_endpoint"),
-    ("tunnel_cfg", None, "tunnel_config")])
+    ("tunnel_cfg", None, "tunnel_config"), ("lb_maglev", "lb_maglev_key", "lb_maglev_chunk"),
+    ("lb_conns", "lb_backend_key", "lb_conn_count"),
+    ("lb_affinity", "lb_affinity_key", "lb_affinity"),
+    ("lb_src_ranges", "lb_src_range_key", None)])
 def test_compiled_layouts_match_the_python_abi(loaded, name, key, value):
     table = loaded.bpf[name.encode()]
     if key:

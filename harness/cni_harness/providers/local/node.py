@@ -23,6 +23,7 @@ import sys
 import time
 
 from ...state import read_json, write_atomic
+from ...timescale import scaled
 from .addressing import (
     CLIENT_IP,
     LB_POOL,
@@ -275,7 +276,7 @@ class Supervisor:
                                     pass_fds=(write_fd,), cwd="/")
         os.close(write_fd)
         init_pid, boot_id, buf = 0, "", b""
-        deadline = time.monotonic() + BOOT_TIMEOUT
+        deadline = time.monotonic() + scaled(BOOT_TIMEOUT)   # emulated guests: longer
         try:
             # nsenter/unshare keep the pipe's write end open: poll, do not wait for EOF.
             while not boot_id and time.monotonic() < deadline and proc.poll() is None:
