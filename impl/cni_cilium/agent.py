@@ -43,6 +43,7 @@ from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
 from .manifests import parse_documents
 from .metrics import render_metrics
+from .policyapi import PolicyService
 from .sources import DesiredStateSource
 from .translate import (
     DEFAULT_CLUSTER_CIDR,
@@ -228,6 +229,9 @@ class Agent:
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
+        # Policies: /policy, /identities, /flows and the flow ring buffer's reader.
+        self.policy = PolicyService(node_name, lambda: self.translation and
+                                    self.translation.policy)
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -250,11 +254,13 @@ class Agent:
             log.info("bpf: removed maps of an older layout: %s", stale)
         self._hc = HealthCheckServer()
         self._hc.start()
+        self.policy.start(self.datapath.pin_dir)
         self._api = api.serve(paths.AGENT_SOCKET, {
             "/status": lambda: api.json_response(self.status()),
             "/services": lambda: api.json_response(self.services()),
             "/metrics": self._metrics_response,
             "/healthz": lambda: api.json_response({"ok": True}),
+            **self.policy.routes(),
         })
 
     def _boot_state(self) -> None:
@@ -302,6 +308,7 @@ class Agent:
         self.config_problems = []
         if settings != self.settings:
             log.info("config changed: %s", settings.effective()["settings"])
+            logging.getLogger().setLevel(logging.DEBUG if settings.debugLogging else logging.INFO)
             tunnel_changed = settings.tunnelMode != self.settings.tunnelMode
             self.settings = settings
             if tunnel_changed:
@@ -658,6 +665,7 @@ class Agent:
             }
         doc["devices"] = self._attachment_view()
         doc["maps"] = self._map_fill()
+        doc["policy"] = self.policy.status(self._stats())
         return doc
 
     def _tunnel_view(self, tr: Translation | None) -> dict:
@@ -725,6 +733,7 @@ class Agent:
     def close(self) -> None:
         """Stop serving; the datapath stays in place (programs attached, maps pinned)."""
         self.source.close()
+        self.policy.close()
         if self._api is not None:
             self._api.shutdown()
             self._api.server_close()
