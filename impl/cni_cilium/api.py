@@ -20,9 +20,12 @@ Route = Callable[..., Response]        # () or, marked by `with_query`, (query m
 
 
 def with_query(route: Callable[[Mapping[str, str]], Response]) -> Route:
-    """Mark a route that takes the request's query parameters (first value of each)."""
-    route.wants_query = True  # type: ignore[attr-defined]
-    return route
+    """A route that takes the request's query parameters (first value of each)."""
+    def handler(query: Mapping[str, str]) -> Response:
+        return route(query)
+
+    handler.wants_query = True  # type: ignore[attr-defined]
+    return handler
 
 
 def json_response(doc: object, status: int = 200) -> Response:

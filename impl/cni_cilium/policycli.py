@@ -11,18 +11,10 @@ import time
 from urllib.parse import urlencode
 
 from . import api
+from .nodecli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, _agent_json, _agent_view
 from .policy.flows import VERDICTS, format_flow
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 FOLLOW_POLL_SECONDS = 0.25
-
-
-def _get(path: str) -> dict | None:
-    try:
-        return api.get_json(path)
-    except api.AgentUnreachable as exc:
-        print(f"error: {exc} (is `cni-cilium agent` running on this node?)", file=sys.stderr)
-        return None
 
 
 def _query(args: argparse.Namespace) -> dict[str, str] | None:
@@ -62,7 +54,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     if query is None:
         return EXIT_USAGE
     last = args.last or (None if args.follow else 20)
-    doc = _get("/flows?" + urlencode({**query, **({"last": last} if last else {})}))
+    doc = _agent_json("/flows?" + urlencode({**query, **({"last": last} if last else {})}))
     if doc is None:
         return EXIT_FAIL
     shown = doc["flows"] if (last or not args.follow) else []
@@ -109,29 +101,19 @@ def print_policy(doc: dict) -> None:
 
 
 def cmd_policy_get(args: argparse.Namespace) -> int:
-    doc = _get("/policy")
-    if doc is None:
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        print_policy(doc)
-    return EXIT_OK
+    return _agent_view("/policy", args, print_policy)
 
 
-def cmd_identity_list(args: argparse.Namespace) -> int:
-    doc = _get("/identities")
-    if doc is None:
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps(doc["identities"], indent=2, sort_keys=True))
-        return EXIT_OK
+def print_identities(doc: dict) -> None:
     print(f"{'ID':>9}  {'KIND':9} LABELS / ADDRESSES")
     for ident in doc["identities"]:
         where = ", ".join(ident["names"] or ident["addresses"][:4])
         print(f"{ident['identity']:>9}  {ident['kind']:9} {' '.join(ident['labels'])}"
               + (f"  <- {where}" if where else ""))
-    return EXIT_OK
+
+
+def cmd_identity_list(args: argparse.Namespace) -> int:
+    return _agent_view("/identities", args, print_identities)
 
 
 def register(sub) -> None:
