@@ -12,7 +12,8 @@ reports and the drop counters, attaches them as evidence, and removes its polici
 Layout: web (app=web, node1, 8080) and web9 (app=web, node2, 9090); clients cli-1
 (app=client, node1), cli-3 (app=client, node3), other-2 (app=other, node2); host-1 and
 host-2 are host-network servers on node1 and node2 (port 8081); `web-np` is a NodePort of
-web with externalTrafficPolicy Local (the client's address reaches the pod).
+web with externalTrafficPolicy Local (the client's address reaches the pod), `web-cl` one
+with externalTrafficPolicy Cluster (forwarded by any node).
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ class Cluster:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def node_port_of(lab, service: str, port_name: str = "http") -> int:
+    return next(p["nodePort"] for p in lab.service(service)["spec"]["ports"]
+                if p["name"] == port_name)
+
+
 def session_port(line: str) -> int:
     """The client's source port from `$SSH_CONNECTION` ("client port server port")."""
     return int(line.split()[1])
@@ -196,7 +202,7 @@ def cluster():
     lab.delete([doc for key, doc in lab.api.objects().items()
                 if key[0] == "CiliumClusterwideNetworkPolicy"])
     pods = {
-        "web": lab.start_peer_pod("node1", "web", {"app": "web"}),
+        "web": lab.start_peer_pod("node1", "web", {"app": "web", "np": "web"}),
         "web9": lab.start_peer_pod("node2", "web9", {"app": "web"}, port=WEB9_PORT),
         "cli-1": lab.start_peer_pod("node1", "cli-1", {"app": "client"}),
         "cli-3": lab.start_peer_pod("node3", "cli-3", {"app": "client"}),
@@ -207,17 +213,21 @@ def cluster():
                                      port=HOST_PORT),
     }
     lab.apply([{"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "web-np", "namespace": "default"},
-                "spec": {"type": "NodePort", "selector": {"app": "web"},
-                         "externalTrafficPolicy": "Local",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "NodePort", "selector": {"np": "web"},
+                         "externalTrafficPolicy": etp,
                          "ports": [{"name": "http", "port": 80, "targetPort": 8080,
-                                    "protocol": "TCP"}]}}])
+                                    "protocol": "TCP"},
+                                   {"name": "dns", "port": 53, "targetPort": 8080,
+                                    "protocol": "UDP"}]}}
+               for name, etp in (("web-np", "Local"), ("web-cl", "Cluster"))])
     lab.run(CLIENT, ["ip", "addr", "replace", f"{CLIENT_2}/24", "dev", "eth0"], check=True)
     world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
                               "--port", "8080"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c = Cluster(lab, pods)
     lab.wait_programmed("default/web-np")
+    lab.wait_programmed("default/web-cl", {"ClusterIP": 1})
     lab.wait_policies([], c.pod_ips())
     progress("pods, service and identities ready")
     try:
@@ -318,7 +328,7 @@ def test_allow_by_entity(clean, record_property):
 
 def test_allow_by_cidr_with_except(clean, record_property):
     c, lab = clean, clean.lab
-    node_port = next(p["nodePort"] for p in lab.service("web-np")["spec"]["ports"])
+    node_port = node_port_of(lab, "web-np")
     c.apply(ccnp("web-from-net", endpointSelector=app("web"),
                  ingress=[{"fromCIDRSet": [{"cidr": "10.99.0.0/24",
                                             "except": [f"{CLIENT_IP}/32"]}]}]))
@@ -413,6 +423,36 @@ def test_host_policy_without_ssh_blocks_new_ssh_but_not_an_established_session(
     assert flows and all(f["verdict"] == "DROPPED" and f["dropReason"] == DENIED
                          for f in flows)
     assert established["port"] not in {f["source"]["port"] for f in flows}
+
+
+def test_host_egress_policy_judges_what_the_node_sends_not_what_it_forwards(
+        clean, record_property):
+    c, lab = clean, clean.lab
+    started = time.time()
+    c.apply(ccnp("node3-to-world-web-only", nodeSelector={"matchLabels": {
+        "kubernetes.io/hostname": "node3"}},
+        egress=[{"toCIDR": [f"{WORLD_IP}/32"], "toPorts": ports((8080, "TCP"))}]))
+    web_cl = lab.service("web-cl")["spec"]["clusterIP"]
+    observed = {
+        "to_world": lab.probe(node("node3"), "tcp", WORLD_IP, 8080),
+        "to_pod": lab.probe(node("node3"), "tcp", c.pod_ip("web"), 8080, timeout=1),
+        "to_clusterip": lab.probe(node("node3"), "tcp", web_cl, 80, timeout=1),
+        "to_node1": lab.probe(node("node3"), "tcp", c.ip("node1"), HOST_PORT, timeout=1),
+        # forwarded by node3, not sent by it: TCP by DSR, UDP by SNAT (replies back via node3)
+        "nodeport_tcp": lab.probe(CLIENT, "tcp", c.ip("node3"), node_port_of(lab, "web-cl"),
+                                  count=3),
+        "nodeport_udp": lab.probe(CLIENT, "udp", c.ip("node3"),
+                                  node_port_of(lab, "web-cl", "dns"), count=3),
+    }
+    flows = c.flows_since(started, nodes=["node3"], verdict="DROPPED")
+    evidence(record_property, flows=flows, **observed)
+    assert ok(observed["to_world"]) and observed["to_world"][0]["peer"] == c.ip("node3")
+    assert failed(observed["to_pod"]) and failed(observed["to_clusterip"])
+    assert failed(observed["to_node1"])
+    assert ok(observed["nodeport_tcp"]) and ok(observed["nodeport_udp"])
+    assert {(f["destination"]["ip"], f["direction"]) for f in flows} >= {
+        (c.pod_ip("web"), "EGRESS"), (c.ip("node1"), "EGRESS")}
+    assert all(f["source"]["labels"][0] == "reserved:host" for f in flows)
 
 
 def test_the_same_host_policy_in_audit_mode_blocks_nothing_and_reports_audit(
