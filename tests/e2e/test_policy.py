@@ -284,7 +284,8 @@ def test_default_deny_on_a_pod_allows_by_labels_and_port(clean, record_property)
     assert {(f["source"]["ip"], f["protocol"], f["dropReason"]) for f in dropped} == {
         (c.pod_ip("other-2"), "TCP", DENIED), (c.pod_ip("cli-1"), "UDP", DENIED)}
     assert all(f["direction"] == "INGRESS" and f["destination"]["labels"] == [
-        "k8s:app=web", "k8s:io.kubernetes.pod.namespace=default"] for f in dropped)
+        "k8s:app=web", "k8s:io.kubernetes.pod.namespace=default", "k8s:np=web"]
+        for f in dropped)
     allowed = [f for f in flows if f["verdict"] == "FORWARDED" and f["match"] == "L3-L4"]
     assert {f["source"]["ip"] for f in allowed} == {c.pod_ip("cli-1"), c.pod_ip("cli-3")}
     assert denied_after >= denied_before + 4
