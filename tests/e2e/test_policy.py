@@ -1,13 +1,14 @@
 """The policy suite: CiliumClusterwideNetworkPolicy with real traffic, host firewall, audit
 mode and flows.
 
-One 3-node local cluster ($CNI_HARNESS_CLUSTER, default `lab`; reused when it runs, else
-created and removed), deployed with `policyAuditMode: false`. Pods run the peer server
-(TCP and UDP); clients are pods, nodes, the external client namespace (also from a second
-address the suite gives it) and the world host. Every case applies its policies with the
-harness's `apply` (the manifest directory, as any object), waits until every agent has
-them, sends real packets, asserts on answers, ssh sessions, the flows `cni-cilium observe`
-reports and the drop counters, attaches them as evidence, and removes its policies.
+One 3-node local cluster ($CNI_HARNESS_CLUSTER, default `pol` + the run's suffix; reused
+when it runs, else created and removed), deployed with `policyAuditMode: false`. Pods run
+the peer server (TCP and UDP); clients are pods, nodes, the external client namespace
+(also from a second address the suite gives it) and the world host. Every case applies
+its policies with the harness's `apply` (the manifest directory, as any object), waits
+until every agent has them, sends real packets, asserts on answers, ssh sessions, the
+flows `cni-cilium observe` reports and the drop counters, attaches them as evidence, and
+removes its policies.
 
 Layout: web (app=web, node1, 8080) and web9 (app=web, node2, 9090); clients cli-1
 (app=client, node1), cli-3 (app=client, node3), other-2 (app=other, node2); host-1 and
@@ -28,10 +29,11 @@ import time
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.addressing import CLIENT_IP, WORLD_IP
-from cni_harness.lab import (
+from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
     WORLD,
@@ -42,10 +44,11 @@ from cni_harness.lab import (
     pod,
     progress_log,
 )
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("pol")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 CONFIG = "policyAuditMode: false\n"
 AUDIT_CONFIG = "policyAuditMode: true\n"
@@ -657,7 +660,7 @@ def test_a_flood_of_denied_packets_is_rate_limited_not_stalling_the_node(
 # ---------------------------------------------------------------- the docs' procedure
 
 def deploy(cluster, config: str) -> None:
-    from cni_harness.deploy import run_playbook
+    from cni_harness.deploy.playbook import run_playbook
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(config)
