@@ -1,5 +1,5 @@
 """CiliumClusterwideNetworkPolicy: parsing by field, identities, and the policy maps a node
-gets, read the way the datapath reads them (tests/impl/policy_datapath.py)."""
+gets, read the way the datapath reads them (tests/impl/policy/policy_datapath.py)."""
 
 from __future__ import annotations
 
