@@ -288,20 +288,26 @@ class FakeApiServer:
             return sum(1 for p, q in self.requests if p == path and "watch" not in q)
 
 
-@pytest.mark.unit
-def test_kube_source_lists_watches_and_relists_after_410():
+def synced_source(server: FakeApiServer) -> KubeSource:
+    """A started source on the fake server, synced (the caller closes it)."""
     from kubernetes import client
 
+    cfg = client.Configuration()
+    cfg.host = server.url
+    source = KubeSource(client.ApiClient(cfg), watch_timeout=5, retry_seconds=0.1)
+    source.start()
+    assert source.wait_synced(timeout=20), source.errors
+    return source
+
+
+@pytest.mark.unit
+def test_kube_source_lists_watches_and_relists_after_410():
     heartbeat, cidr, port_change, bookmark, _deleted, expired = events()
     watch_events = {"Node": [[heartbeat, cidr], [expired]],
                     "Service": [[port_change, bookmark]]}
     with FakeApiServer(watch_events) as server:
-        cfg = client.Configuration()
-        cfg.host = server.url
-        source = KubeSource(client.ApiClient(cfg), watch_timeout=5, retry_seconds=0.1)
+        source = synced_source(server)
         try:
-            source.start()
-            assert source.wait_synced(timeout=20), source.errors
             deadline = time.monotonic() + 20
 
             def service_watched():
@@ -347,16 +353,10 @@ def test_kube_source_reports_an_unreachable_api_and_keeps_retrying():
 
 @pytest.mark.unit
 def test_without_the_policy_crd_there_are_no_policies_and_the_rest_is_served():
-    from kubernetes import client
-
     core = {p: k for p, k in PATHS.items() if k != "CiliumClusterwideNetworkPolicy"}
     with FakeApiServer({}, paths=core) as server:
-        cfg = client.Configuration()
-        cfg.host = server.url
-        source = KubeSource(client.ApiClient(cfg), watch_timeout=5, retry_seconds=0.1)
+        source = synced_source(server)
         try:
-            source.start()
-            assert source.wait_synced(timeout=20), source.errors
             kinds = {o.kind for o in source.read()[0]}
             assert "Node" in kinds and "CiliumClusterwideNetworkPolicy" not in kinds
             assert "not installed" in source.errors["CiliumClusterwideNetworkPolicy"]

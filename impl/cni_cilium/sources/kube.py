@@ -336,8 +336,8 @@ class KubeSource:
                 if exc.status == 410:
                     continue
                 if exc.status == 404 and kind in OPTIONAL_KINDS:
-                    self.store.replace(kind, [])
                     self._failed(kind, f"the {kind} CRD is not installed: none apply")
+                    self.store.replace(kind, [])   # said first: waiters then see why
                 else:
                     self._failed(kind, f"API error {exc.status}: {exc.reason}")
             except Exception as exc:  # the loop outlives any API failure; it retries
