@@ -10,9 +10,8 @@ Independent of bcc, so the reader works whatever loaded the programs.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .bpfsys import PinnedMap
 
@@ -84,10 +83,3 @@ class RingBuffer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
-ConsumeFn = Callable[[bytes], None]
