@@ -15,6 +15,10 @@
  * In VXLAN mode a packet whose destination is behind the tunnel leaves through it
  * (lib/tunnel.h): tunnel_or_pass where a program would hand it to the stack, and inside
  * fib_redirect where it would redirect it.
+ *
+ * Network policy (lib/policy.h) runs once per program, after service translation: pod
+ * egress in from_container, pod ingress in to_container, the node's own ingress in
+ * from_netdev and egress in to_netdev and from_host.
  */
 #include "lib/common.h"
 #include "lib/conntrack.h"
@@ -23,6 +27,7 @@
 #include "lib/tunnel.h"
 #include "lib/fib.h"
 #include "lib/dsr.h"
+#include "lib/policy.h"
 
 #define FROM_POD 0
 #define FROM_NETDEV 1
@@ -76,14 +81,12 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 			return TC_ACT_SHOT;
 		return fib_redirect(skb, p);
 	}
-	if (origin == FROM_HOST)
-		return fib_redirect(skb, p);
-	return TC_ACT_OK;
+	return TC_ACT_OK;   /* FROM_HOST: from_host redirects once its policy passed */
 }
 
 int from_container(struct __sk_buff *skb)
 {
-	struct pkt p = {};
+	struct pkt p = {}, sent;
 	u16 flags = 0;
 	int ret, handled;
 
@@ -94,20 +97,31 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (ret > 0)
 		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : tunnel_or_pass(skb);
+	sent = p;
 	ret = handle_service(skb, &p, FROM_POD, &handled);
 	if (!handled)
 		lb_forget_stale_reply(&p);
-	return ret == TC_ACT_OK ? tunnel_or_pass(skb) : ret;
+	if (ret != TC_ACT_OK)
+		return ret;
+	if (policy_pod_egress(skb, &sent, &p) < 0)
+		return TC_ACT_SHOT;
+	return tunnel_or_pass(skb);
 }
 
 int to_container(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	u16 flags = 0;
+	int ret;
 
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
-	return lb_reverse(skb, &p, &flags) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	ret = lb_reverse(skb, &p, &flags);
+	if (ret < 0)
+		return TC_ACT_SHOT;
+	if (ret > 0)
+		return TC_ACT_OK;
+	return policy_pod_ingress(skb, &p) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 static __always_inline int netdev_ingress(struct __sk_buff *skb)
@@ -134,7 +148,10 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 		return (nat || (flags & CT_F_REDIRECT)) ? fib_redirect(skb, &p) : TC_ACT_OK;
 	if (nat)
 		return TC_ACT_OK;  /* a masqueraded pod's reply: the stack routes it to the pod */
-	return handle_service(skb, &p, FROM_NETDEV, &handled);
+	ret = handle_service(skb, &p, FROM_NETDEV, &handled);
+	if (handled)
+		return ret;
+	return policy_host_ingress(skb, &p, cfg) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 int from_netdev(struct __sk_buff *skb)
@@ -151,7 +168,11 @@ int to_netdev(struct __sk_buff *skb)
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
 	cfg = node_config();
-	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
+	if (!cfg)
+		return TC_ACT_OK;
+	if (policy_host_egress(skb, &p, cfg) < 0)
+		return TC_ACT_SHOT;
+	if (!(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
 		return TC_ACT_OK;
 	if ((p.saddr & cfg->pod_cidr_mask) != cfg->pod_cidr_addr)
 		return TC_ACT_OK;
@@ -165,13 +186,18 @@ int to_netdev(struct __sk_buff *skb)
 
 int from_host(struct __sk_buff *skb)
 {
-	struct pkt p = {};
+	struct pkt p = {}, sent;
 	int ret, handled;
 
 	if (parse_pkt(skb, &p) < 0)
 		return tunnel_or_pass(skb);
+	sent = p;
 	ret = handle_service(skb, &p, FROM_HOST, &handled);
-	return ret == TC_ACT_OK ? tunnel_or_pass(skb) : ret;
+	if (ret != TC_ACT_OK)
+		return ret;
+	if (policy_host_dev_egress(skb, &sent, &p) < 0)
+		return TC_ACT_SHOT;
+	return handled ? fib_redirect(skb, &p) : tunnel_or_pass(skb);
 }
 
 int from_overlay(struct __sk_buff *skb)

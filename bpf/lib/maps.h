@@ -65,6 +65,8 @@ struct lb_backend {
 #define CT_REPLY 2    /* backend -> client: the frontend to put back as the reply's source */
 #define CT_NAT_OUT 3  /* original -> peer: the source address/port it was translated to */
 #define CT_NAT_IN 4   /* peer -> translated address/port: the original address/port */
+#define CT_POLICY_OUT 5 /* a connection a policy subject opened, as it sent it (lib/policy.h) */
+#define CT_POLICY_IN 6  /* a connection a policy subject accepted, as it received it */
 
 struct ct_key {
 	__be32 saddr;
@@ -87,6 +89,7 @@ struct ct_key {
 #define CT_F_FIN_ORIG 0x100  /* NAT_IN: the translated side (client) sent FIN (or RST) */
 #define CT_F_FIN_REPLY 0x200 /* NAT_IN: the peer (backend, world) sent FIN (or RST) */
 #define CT_F_COUNTED 0x0400 /* SERVICE: counted in lb_conns until it closes (least-conn) */
+#define CT_F_AUDIT 0x0800 /* POLICY_*: let through only because of policyAuditMode */
 
 /* Source of hairpin connections (a pod reaching itself through a service): a link-local
  * address, so the pod answers through its gateway and the reply meets the datapath. */
@@ -209,7 +212,14 @@ enum stat_id {
 	STAT_DROP_SOURCE_RANGE = 23,  /* LoadBalancer client outside loadBalancerSourceRanges */
 	STAT_AFFINITY_HIT = 24,       /* new connection sent to its client's affinity backend */
 	STAT_MAGLEV_FALLBACK = 25,    /* maglev table entry missing: random choice instead */
-	STAT_MAX = 26,
+	STAT_POLICY_ALLOWED = 26,     /* new connections a policy allowed (lib/policy.h) */
+	STAT_POLICY_AUDIT = 27,       /* new connections a policy would have dropped (audit mode) */
+	STAT_DROP_POLICY_DENIED = 28, /* "policy denied": no rule allowed it (default deny) */
+	STAT_DROP_POLICY_DENY = 29,   /* "policy deny": a deny rule matched */
+	STAT_FLOW_EVENTS = 30,        /* flow events written to the ring buffer (lib/flow.h) */
+	STAT_FLOW_SUPPRESSED = 31,    /* flow events over the per-CPU rate: not written */
+	STAT_FLOW_LOST = 32,          /* flow events the full ring buffer had no room for */
+	STAT_MAX = 33,
 };
 
 BPF_TABLE_PINNED("hash", struct lb_key, struct lb_frontend, lb_frontends, 65536,
@@ -235,5 +245,148 @@ BPF_TABLE_PINNED("lpm_trie", struct lb_src_range_key, u8, lb_src_ranges, 16384,
 /* Agent bookkeeping that lives as long as the node's boot (its bpffs), whatever the layout
  * of the maps above: see bpfabi.py. Never change this declaration. */
 BPF_TABLE_PINNED("array", u32, u64, agent_state, 8, PIN_ROOT "/agent_state");
+
+/* Network policy (lib/identity.h, lib/policy.h, lib/flow.h).
+ *
+ * Identities are kept in network byte order everywhere (ipcache values, policy keys, flow
+ * events), so the policy LPM compares their bytes as written. Reserved ones as Cilium
+ * numbers them; label identities are 256-65535, CIDR identities from 1 << 24. */
+#define ID_HOST 1
+#define ID_WORLD 2
+#define ID_UNMANAGED 3
+#define ID_HEALTH 4
+#define ID_INIT 5
+#define ID_REMOTE_NODE 6
+#define ID_KUBE_APISERVER 7
+#define ID_INGRESS 8
+
+struct ipcache_entry {
+	__be32 identity;
+	u32 flags;        /* reserved */
+};
+
+#define POLICY_INGRESS 1
+#define POLICY_EGRESS 2
+
+/* Verdicts: an LPM trie over (subject, direction, peer, protocol, port). The subject is a
+ * local endpoint's identity, or ID_HOST for the node itself; peer 0 stands for any peer
+ * (looked up separately); a prefix ending before the protocol means any protocol, one
+ * ending inside the port a port range. */
+struct policy_key {
+	u32 prefixlen;
+	__be32 subject;
+	u8 direction;     /* POLICY_INGRESS / POLICY_EGRESS */
+	u8 pad[3];
+	__be32 peer;
+	u8 proto;
+	u8 pad2;
+	__be16 dport;
+};
+
+#define POLICY_PREFIX_PEER 96    /* subject, direction, peer: any protocol and port */
+#define POLICY_PREFIX_PROTO 112  /* ... and protocol: any port */
+#define POLICY_PREFIX_FULL 128
+
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
+
+/* How an entry matched, as Hubble names it. */
+#define POLICY_MATCH_NONE 0      /* no policy in this direction */
+#define POLICY_MATCH_L3_ONLY 1
+#define POLICY_MATCH_L3_L4 2
+#define POLICY_MATCH_L4_ONLY 3
+#define POLICY_MATCH_ALL 4
+
+struct policy_entry {
+	u8 action;        /* POLICY_ALLOW / POLICY_DENY */
+	u8 match;         /* POLICY_MATCH_* */
+	u16 pad;
+	u32 rule;         /* the rule it comes from (the agent's numbering, for flows) */
+};
+
+/* A subject in default deny for a direction: what no entry allows is dropped. */
+struct policy_enforce_key {
+	__be32 subject;
+	u8 direction;
+	u8 pad[3];
+};
+
+struct policy_enforce {
+	u32 rule;         /* a rule that selects the subject with a section in that direction */
+};
+
+#define POLICY_F_AUDIT 0x01  /* policyAuditMode: report what would be dropped, drop nothing */
+
+struct policy_config {
+	u32 flags;        /* POLICY_F_* */
+	u32 flow_rate;    /* flow events per second and CPU (0: none) */
+};
+
+/* Flow events (ring buffer records): one per policy verdict on a new connection and per
+ * packet a policy drops, rate-limited per CPU. */
+#define FLOW_FORWARDED 1
+#define FLOW_DROPPED 2
+#define FLOW_AUDIT 3
+
+/* Drop reasons, Cilium's numbers. */
+#define DROP_POLICY_DENIED 133   /* "policy denied": no rule allowed it */
+#define DROP_POLICY_DENY 181     /* "policy deny": a deny rule matched */
+
+/* Where a verdict was taken. */
+#define POLICY_POINT_POD_EGRESS 1    /* from_container: a pod sends */
+#define POLICY_POINT_POD_INGRESS 2   /* to_container: a pod receives */
+#define POLICY_POINT_HOST_INGRESS 3  /* from_netdev/from_overlay: to this node's address */
+#define POLICY_POINT_HOST_EGRESS 4   /* to_netdev/from_host: from this node */
+
+struct flow_event {
+	u64 ktime;        /* bpf_ktime_get_ns() */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__be32 src_identity;
+	__be32 dst_identity;
+	u32 rule;         /* the deciding rule (0: none) */
+	u32 ifindex;
+	u8 proto;
+	u8 verdict;       /* FLOW_* */
+	u8 reason;        /* DROP_* or 0 */
+	u8 direction;     /* POLICY_INGRESS / POLICY_EGRESS of the deciding subject */
+	u8 point;         /* POLICY_POINT_* */
+	u8 tcp_flags;
+	u8 match;         /* POLICY_MATCH_* */
+	u8 pad;
+	u32 pad2;
+};
+
+/* Per-CPU rate limiter of flow events: a one-second window and its count. */
+struct flow_limit {
+	u64 window;       /* start of the window, bpf_ktime_get_ns() */
+	u64 count;
+};
+
+/* bcc has no pinned ring buffer: BPF_RINGBUF_OUTPUT with a pin path. */
+#define BPF_RINGBUF_PINNED(_name, _bytes, _pinned)                                              \
+	struct _name##_table_t {                                                                 \
+		int key;                                                                          \
+		u32 leaf;                                                                         \
+		int (*ringbuf_output)(void *, u64, u64);                                          \
+		void *(*ringbuf_reserve)(u64);                                                    \
+		void (*ringbuf_discard)(void *, u64);                                             \
+		void (*ringbuf_submit)(void *, u64);                                              \
+		u32 max_entries;                                                                  \
+	};                                                                                        \
+	__attribute__((section("maps/ringbuf:" _pinned))) struct _name##_table_t _name = {      \
+		.max_entries = (_bytes)}
+
+BPF_TABLE_PINNED("lpm_trie", struct lpm_v4_key, struct ipcache_entry, ipcache, 65536,
+		 PIN_DIR "/ipcache", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_entry, policy_map, 65536,
+		 PIN_DIR "/policy_map", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct policy_enforce_key, struct policy_enforce, policy_enforce,
+		 4096, PIN_DIR "/policy_enforce");
+BPF_TABLE_PINNED("array", u32, struct policy_config, policy_cfg, 1, PIN_DIR "/policy_cfg");
+BPF_TABLE_PINNED("percpu_array", u32, struct flow_limit, flow_limit, 1, PIN_DIR "/flow_limit");
+BPF_RINGBUF_PINNED(flow_events, 262144, PIN_DIR "/flow_events");
 
 #endif

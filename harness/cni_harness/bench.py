@@ -628,15 +628,15 @@ ALGORITHMS = ("random", "maglev", "least-conn")
 
 def algorithm_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
                         progress: Callable[[str], None] = print) -> dict:
-    """Request rate (a new connection each: every one runs the selection) and iperf3
+    """Request rate (wrk, a new connection each: every one runs the selection) and iperf3
     throughput (one established flow: conntrack, no selection) from the external client
     through node1's NodePort of one service per algorithm, all selecting the same single
     backend pod on node2, so the differences are the selection's cost."""
-    from .suites.lab import CLIENT, PEER_PORT, pod
+    from .suites.lab import CLIENT, pod
 
     docs = []
     for algorithm in ALGORITHMS:
-        for kind, port, target in (("http", 80, PEER_PORT), ("iperf", IPERF_PORT, IPERF_PORT)):
+        for kind, port, target in (("http", 80, HTTP_PORT), ("iperf", IPERF_PORT, IPERF_PORT)):
             docs.append({"apiVersion": "v1", "kind": "Service",
                          "metadata": {"name": f"alg-{kind}-{algorithm}", "namespace": "default",
                                       "annotations": {"service.cilium.io/lb-algorithm":
@@ -649,9 +649,12 @@ def algorithm_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
             lab.pods.delete(name)
     lab.pods.run("node2", "alg-iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
                  labels={"app": "alg-iperf"})
-    lab.start_peer_pod("node2", "alg-http", {"app": "alg-http"})
+    lab.provider.put_file("node2", NGINX_CONF, (NGINX_CONFIG % HTTP_PORT).encode())
+    lab.pods.run("node2", "alg-http", ["taskset", "-c", str(SERVER_CPU), "nginx", "-c",
+                                       NGINX_CONF, "-p", "/tmp"], labels={"app": "alg-http"})
     lab.apply(docs)
     samples: dict[str, dict[str, list[float]]] = {a: {"gbps": [], "rps": []} for a in ALGORITHMS}
+    traffic = TrafficBench(lab, seconds, progress)
     try:
         for doc in docs:
             lab.wait_programmed(f"default/{doc['metadata']['name']}", {"ClusterIP": 1})
@@ -667,14 +670,9 @@ def algorithm_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
                 progress(f"round {r + 1}/{rounds}: {algorithm}")
                 http = lab.service(f"alg-http-{algorithm}")["spec"]["ports"][0]["nodePort"]
                 iperf = lab.service(f"alg-iperf-{algorithm}")["spec"]["ports"][0]["nodePort"]
-                res = lab.run(CLIENT, ["python3", lab.tool(CLIENT, "probe.py"), "rate", node1,
-                                       str(http), "--seconds", str(seconds)],
-                              timeout=seconds + 30, check=True)
-                samples[algorithm]["rps"].append(json.loads(res.stdout)["rate"])
-                res = lab.run(CLIENT, ["iperf3", "-c", node1, "-p", str(iperf), "-t",
-                                       str(seconds), "-J"], timeout=seconds + 30, check=True)
-                samples[algorithm]["gbps"].append(
-                    json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9)
+                samples[algorithm]["rps"].append(traffic.wrk(CLIENT, node1, http,
+                                                             close=True)["rps"])
+                samples[algorithm]["gbps"].append(traffic.iperf(CLIENT, node1, iperf))
     finally:
         lab.delete(docs)
         for name in ("alg-http", "alg-iperf"):

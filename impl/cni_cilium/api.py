@@ -11,11 +11,21 @@ import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Callable, Mapping, Tuple
+from urllib.parse import parse_qs, urlsplit
 
 from . import paths
 
 Response = Tuple[int, str, bytes]     # status, content type, body
-Route = Callable[[], Response]
+Route = Callable[..., Response]        # () or, marked by `with_query`, (query mapping)
+
+
+def with_query(route: Callable[[Mapping[str, str]], Response]) -> Route:
+    """A route that takes the request's query parameters (first value of each)."""
+    def handler(query: Mapping[str, str]) -> Response:
+        return route(query)
+
+    handler.wants_query = True  # type: ignore[attr-defined]
+    return handler
 
 
 def json_response(doc: object, status: int = 200) -> Response:
@@ -31,13 +41,18 @@ def serve(socket_path: str, routes: Mapping[str, Route]) -> _Server:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            route = routes.get(self.path.split("?", 1)[0])
+            url = urlsplit(self.path)
+            route = routes.get(url.path)
             if route is None:
                 status, ctype, body = json_response(
                     {"error": f"no such path {self.path}", "paths": sorted(routes)}, 404)
             else:
                 try:
-                    status, ctype, body = route()
+                    if getattr(route, "wants_query", False):
+                        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                        status, ctype, body = route(query)
+                    else:
+                        status, ctype, body = route()
                 except Exception as exc:  # report, keep serving
                     status, ctype, body = json_response({"error": repr(exc)}, 500)
             self.send_response(status)

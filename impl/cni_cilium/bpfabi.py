@@ -20,7 +20,7 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 26,
+    "stats": 33,
     "agent_state": 8,
     "tunnel_map": 4096,
     "tunnel_cfg": 1,
@@ -28,6 +28,12 @@ MAP_CAPACITY = {
     "lb_conns": 65536,
     "lb_affinity": 65536,
     "lb_src_ranges": 16384,
+    "ipcache": 65536,
+    "policy_map": 65536,
+    "policy_enforce": 4096,
+    "policy_cfg": 1,
+    "flow_limit": 1,
+    "flow_events": 262144,      # bytes (a ring buffer)
 }
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -45,7 +51,9 @@ BE_LOCAL = 0x01
 BE_DSR = 0x02       # never stored: the datapath's mark of a DSR connection's backend
 
 CT_SERVICE, CT_REPLY, CT_NAT_OUT, CT_NAT_IN = 1, 2, 3, 4
-CT_KINDS = {CT_SERVICE: "service", CT_REPLY: "reply", CT_NAT_OUT: "nat-out", CT_NAT_IN: "nat-in"}
+CT_POLICY_OUT, CT_POLICY_IN = 5, 6
+CT_KINDS = {CT_SERVICE: "service", CT_REPLY: "reply", CT_NAT_OUT: "nat-out", CT_NAT_IN: "nat-in",
+            CT_POLICY_OUT: "policy-out", CT_POLICY_IN: "policy-in"}
 
 CT_F_REDIRECT = 0x01
 CT_F_DSR = 0x02
@@ -57,6 +65,7 @@ CT_F_HAIRPIN = 0x80
 CT_F_FIN_ORIG = 0x100
 CT_F_FIN_REPLY = 0x200
 CT_F_COUNTED = 0x0400
+CT_F_AUDIT = 0x0800
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
     CT_F_DSR: "dsr",
@@ -68,6 +77,7 @@ CT_FLAG_NAMES = {
     CT_F_FIN_ORIG: "fin-orig",
     CT_F_FIN_REPLY: "fin-reply",
     CT_F_COUNTED: "counted",
+    CT_F_AUDIT: "audit",
 }
 
 CFG_F_MASQUERADE = 0x01
@@ -81,6 +91,8 @@ STAT_NAMES = (
     "drop_fib", "drop_rewrite", "drop_not_service", "dsr_opt_added", "dsr_opt_received",
     "drop_dsr_too_big", "drop_dsr_option", "tunnel_encap", "tunnel_decap", "drop_tunnel",
     "drop_tunnel_source", "drop_source_range", "affinity_hit", "maglev_fallback",
+    "policy_allowed", "policy_audit", "drop_policy_denied",
+    "drop_policy_deny", "flow_events", "flow_suppressed", "flow_lost",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.
@@ -446,3 +458,164 @@ def index_key(index: int) -> bytes:
 
 
 NO_MASQ_VALUE = b"\x01"
+
+
+# ---------------------------------------------------------------- network policy
+# Identities are network byte order in every map and event (see maps.h).
+
+ID_HOST, ID_WORLD, ID_UNMANAGED, ID_HEALTH, ID_INIT = 1, 2, 3, 4, 5
+ID_REMOTE_NODE, ID_KUBE_APISERVER, ID_INGRESS = 6, 7, 8
+
+POLICY_INGRESS, POLICY_EGRESS = 1, 2
+DIRECTIONS = {POLICY_INGRESS: "ingress", POLICY_EGRESS: "egress"}
+POLICY_PREFIX_PEER, POLICY_PREFIX_PROTO, POLICY_PREFIX_FULL = 96, 112, 128
+POLICY_ALLOW, POLICY_DENY = 1, 2
+POLICY_MATCH_NONE, POLICY_MATCH_L3_ONLY, POLICY_MATCH_L3_L4 = 0, 1, 2
+POLICY_MATCH_L4_ONLY, POLICY_MATCH_ALL = 3, 4
+MATCH_NAMES = {POLICY_MATCH_NONE: "none", POLICY_MATCH_L3_ONLY: "L3-Only",
+               POLICY_MATCH_L3_L4: "L3-L4", POLICY_MATCH_L4_ONLY: "L4-Only",
+               POLICY_MATCH_ALL: "all"}
+POLICY_F_AUDIT = 0x01
+FLOW_FORWARDED, FLOW_DROPPED, FLOW_AUDIT = 1, 2, 3
+VERDICT_NAMES = {FLOW_FORWARDED: "FORWARDED", FLOW_DROPPED: "DROPPED", FLOW_AUDIT: "AUDIT"}
+DROP_POLICY_DENIED, DROP_POLICY_DENY = 133, 181
+DROP_REASONS = {DROP_POLICY_DENIED: "policy denied", DROP_POLICY_DENY: "policy deny"}
+POLICY_POINT_POD_EGRESS, POLICY_POINT_POD_INGRESS = 1, 2
+POLICY_POINT_HOST_INGRESS, POLICY_POINT_HOST_EGRESS = 3, 4
+POINT_NAMES = {POLICY_POINT_POD_EGRESS: "from_container", POLICY_POINT_POD_INGRESS: "to_container",
+               POLICY_POINT_HOST_INGRESS: "from_netdev", POLICY_POINT_HOST_EGRESS: "to_netdev"}
+
+_IPCACHE_ENTRY = struct.Struct("=4sI")
+_POLICY_KEY = struct.Struct("=I4sB3x4sBx2s")
+_POLICY_ENTRY = struct.Struct("=BBxxI")
+_POLICY_ENFORCE_KEY = struct.Struct("=4sB3x")
+_POLICY_CONFIG = struct.Struct("=II")
+_FLOW_EVENT = struct.Struct("=Q4s4s2s2s4s4sIIBBBBBBBx4x")
+SIZES.update({
+    "ipcache_entry": _IPCACHE_ENTRY.size,
+    "policy_key": _POLICY_KEY.size,
+    "policy_entry": _POLICY_ENTRY.size,
+    "policy_enforce_key": _POLICY_ENFORCE_KEY.size,
+    "policy_enforce": U32.size,
+    "policy_config": _POLICY_CONFIG.size,
+    "flow_event": _FLOW_EVENT.size,
+    "flow_limit": 16,
+})
+
+
+def identity_bytes(identity: int) -> bytes:
+    return identity.to_bytes(4, "big")
+
+
+def ipcache_value(identity: int) -> bytes:
+    """ipcache_entry: the identity of a prefix."""
+    return _IPCACHE_ENTRY.pack(identity_bytes(identity), 0)
+
+
+def decode_ipcache_value(raw: bytes) -> int:
+    return int.from_bytes(_IPCACHE_ENTRY.unpack(raw)[0], "big")
+
+
+@dataclass(frozen=True, order=True)
+class PolicyKey:
+    """policy_key: (subject, direction, peer, protocol, port prefix). `peer` 0 is any peer;
+    `proto` None is any protocol (prefix POLICY_PREFIX_PEER); `port_bits` is how many
+    leading bits of `port` count (16: that port, 0: any port)."""
+
+    subject: int
+    direction: int
+    peer: int
+    proto: int | None = None
+    port: int = 0
+    port_bits: int = 0
+
+    @property
+    def prefixlen(self) -> int:
+        if self.proto is None:
+            return POLICY_PREFIX_PEER
+        return POLICY_PREFIX_PROTO + self.port_bits
+
+    def encode(self) -> bytes:
+        return _POLICY_KEY.pack(self.prefixlen, identity_bytes(self.subject), self.direction,
+                                identity_bytes(self.peer), self.proto or 0,
+                                port_bytes(self.port))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PolicyKey:
+        prefixlen, subject, direction, peer, proto, port = _POLICY_KEY.unpack(raw)
+        any_proto = prefixlen < POLICY_PREFIX_PROTO
+        return cls(int.from_bytes(subject, "big"), direction, int.from_bytes(peer, "big"),
+                   None if any_proto else proto, port_int(port),
+                   0 if any_proto else prefixlen - POLICY_PREFIX_PROTO)
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """policy_entry: allow or deny, how it matched, and the rule it comes from."""
+
+    action: int
+    match: int
+    rule: int
+
+    def encode(self) -> bytes:
+        return _POLICY_ENTRY.pack(self.action, self.match, self.rule)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PolicyEntry:
+        return cls(*_POLICY_ENTRY.unpack(raw))
+
+
+def policy_enforce_key(subject: int, direction: int) -> bytes:
+    """policy_enforce_key: a subject in default deny in a direction."""
+    return _POLICY_ENFORCE_KEY.pack(identity_bytes(subject), direction)
+
+
+def decode_policy_enforce_key(raw: bytes) -> tuple[int, int]:
+    subject, direction = _POLICY_ENFORCE_KEY.unpack(raw)
+    return int.from_bytes(subject, "big"), direction
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """policy_config: audit mode and the flow event rate per CPU."""
+
+    audit: bool
+    flow_rate: int
+
+    def encode(self) -> bytes:
+        return _POLICY_CONFIG.pack(POLICY_F_AUDIT if self.audit else 0, self.flow_rate)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PolicyConfig:
+        flags, rate = _POLICY_CONFIG.unpack(raw)
+        return cls(bool(flags & POLICY_F_AUDIT), rate)
+
+
+@dataclass(frozen=True)
+class FlowEvent:
+    """flow_event: one ring buffer record."""
+
+    ktime: int
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    src_identity: int
+    dst_identity: int
+    rule: int
+    ifindex: int
+    proto: int
+    verdict: int
+    reason: int
+    direction: int
+    point: int
+    tcp_flags: int
+    match: int
+
+    @classmethod
+    def decode(cls, raw: bytes) -> FlowEvent:
+        (ktime, saddr, daddr, sport, dport, src_id, dst_id, rule, ifindex, proto, verdict,
+         reason, direction, point, tcp_flags, match) = _FLOW_EVENT.unpack_from(raw)
+        return cls(ktime, ip_str(saddr), ip_str(daddr), port_int(sport), port_int(dport),
+                   int.from_bytes(src_id, "big"), int.from_bytes(dst_id, "big"), rule, ifindex,
+                   proto, verdict, reason, direction, point, tcp_flags, match)

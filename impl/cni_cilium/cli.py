@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from . import __version__, nodecli, paths
+from . import __version__, nodecli, paths, policycli
 from .config import ConfigError, Settings, defaults, load_settings_file
 from .preflight import FAIL, Verdict, evaluate, parse_os_release
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "backend change's disruption near 1/N)")
     agent.set_defaults(func=cmd_agent)
     nodecli.register(sub)
+    policycli.register(sub)
 
     kube_proxy = sub.add_parser("kube-proxy", help="kube-proxy replacement helpers")
     kp_sub = kube_proxy.add_subparsers(dest="kube_proxy_command", metavar="SUBCOMMAND")

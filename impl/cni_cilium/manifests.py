@@ -1,4 +1,5 @@
-"""Kubernetes-shaped desired state: parse and validate Node, Pod, Service, EndpointSlice.
+"""Kubernetes-shaped desired state: parse and validate Node, Pod, Service, EndpointSlice,
+and CiliumClusterwideNetworkPolicy (`cni_cilium.policy.parse`).
 
 Pure: takes YAML text or loaded documents, returns typed objects and one problem line per
 fault, naming the object and the field ("Service default/web: spec.ports[0].port: ...").
@@ -17,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from .config import LB_ALGORITHM_ANNOTATION, LB_ALGORITHMS
+from .policy.model import ClusterwideNetworkPolicy
 
 PROTOCOLS = ("TCP", "UDP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
@@ -150,7 +152,7 @@ class Pod:
         return (self.kind, self.namespace, self.name)
 
 
-KubeObject = Union[Service, EndpointSlice, Node, Pod]
+KubeObject = Union[Service, EndpointSlice, Node, Pod, ClusterwideNetworkPolicy]
 
 
 class _Ctx:
@@ -478,11 +480,18 @@ def parse_pod(doc: dict, ctx: _Ctx) -> Pod | None:
                tuple(ports))
 
 
+def parse_clusterwide_policy(doc: dict, ctx: _Ctx) -> ClusterwideNetworkPolicy | None:
+    from .policy.parse import parse_clusterwide_policy as parse  # it builds on this module
+
+    return parse(doc, ctx)
+
+
 PARSERS = {
     "Service": parse_service,
     "EndpointSlice": parse_endpoint_slice,
     "Node": parse_node,
     "Pod": parse_pod,
+    "CiliumClusterwideNetworkPolicy": parse_clusterwide_policy,
 }
 
 

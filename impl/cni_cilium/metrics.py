@@ -85,6 +85,18 @@ def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
                      [_sample("reconcile_total", rec.get("count", 0))])
     lines += _family("reconcile_errors_total", "counter", "Reconciliations that failed.",
                      [_sample("reconcile_errors_total", rec.get("errors", 0))])
+    policy = status.get("policy", {})
+    lines += _family("policy_audit_mode", "gauge",
+                     "1 when policyAuditMode is on: verdicts that would drop are AUDIT.",
+                     [_sample("policy_audit_mode", int(bool(policy.get("auditMode"))))])
+    lines += _family("policies", "gauge", "CiliumClusterwideNetworkPolicies in effect.",
+                     [_sample("policies", len(policy.get("policies", [])))])
+    lines += _family("policy_identities", "gauge", "Security identities this node knows.",
+                     [_sample("policy_identities", policy.get("identities", 0))])
+    lines += _family("policy_entries", "gauge", "Verdict entries in the policy map.",
+                     [_sample("policy_entries", policy.get("entries", 0))])
+    lines += _family("flows_seen_total", "counter", "Flow events the agent has read.",
+                     [_sample("flows_seen_total", policy.get("flows", {}).get("seen", 0))])
     drops = {k: v for k, v in stats.items() if k.startswith("drop_")}
     events = {k: v for k, v in stats.items() if not k.startswith("drop_")}
     lines += _family("datapath_events_total", "counter",

@@ -175,8 +175,11 @@ def cmd_bpf_ct_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     for r in rows:
+        # policy-in/out entries translate nothing: they say the connection was allowed
+        nat = (f"{_NAT_LABEL[r['kind']]}={r['nat']}" if r["kind"] in _NAT_LABEL
+               else "allowed")
         print(f"{r['protocol']} {r['source']:21} -> {r['destination']:21} {r['kind']:8} "
-              f"{_NAT_LABEL.get(r['kind'], 'nat')}={r['nat']:21} expires={r['expiresIn']}s "
+              f"{nat:30} expires={r['expiresIn']}s "
               f"packets={r['packets']} bytes={r['bytes']} flags={','.join(r['flags']) or '-'}")
     print(f"{len(rows)} entries", file=sys.stderr)
     return EXIT_OK

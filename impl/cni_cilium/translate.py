@@ -40,6 +40,7 @@ from .bpfabi import (
 )
 from .config import Settings
 from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
+from .policy.compute import POLICY_MAPS, PolicyTranslation, translate_policies
 from .tunnel import VXLAN_VNI, uses_overlay
 
 DEFAULT_CLUSTER_CIDR = "10.100.0.0/16"
@@ -63,10 +64,11 @@ HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer 
                          "(cilium#10789)")
 
 # Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg);
-# slots, maglev tables and source ranges exist before the frontend that uses them.
+# slots, maglev tables and source ranges exist before the frontend that uses them;
+# identities and verdicts before the default deny that needs them (policy.compute).
 MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_maglev",
-                "lb_src_ranges", "lb_frontends")
-ARRAY_MAPS = ("node_cfg", "tunnel_cfg")
+                "lb_src_ranges", "lb_frontends", *POLICY_MAPS)
+ARRAY_MAPS = ("node_cfg", "tunnel_cfg", "policy_cfg")
 
 STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
 
@@ -178,6 +180,7 @@ class Translation:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lb_mode: dict[str, str] = field(default_factory=dict)   # protocol -> mode in effect
+    policy: PolicyTranslation | None = None
 
     @property
     def services(self) -> int:
@@ -339,6 +342,10 @@ def translate(state: DesiredState) -> Translation:
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
                            owner, hc_owner, node_ips, state.maglev_table_size, out)
+    out.policy = translate_policies(settings, node, nodes, state.objects)
+    out.maps.update(out.policy.maps)
+    out.problems += out.policy.problems
+    out.warnings += out.policy.warnings
     return out
 
 

@@ -10,7 +10,10 @@ CNI_HARNESS_MATRIX_ENTRY; otherwise the entry is found from `uname -r`).
   say: refused where expected is `expected-unsupported` (pytest.xfail), accepted there fails;
 - a tc program compiled here counts real packets sent between two namespaces;
 - the datapath's own IPv4 option code (bpf/lib/ipopt.h, DSR's carrier) inserts an option
-  on one namespace's egress and strips it on the other's ingress, real datagrams between.
+  on one namespace's egress and strips it on the other's ingress, real datagrams between;
+- the whole datapath (bpf/cni_cilium.c, every program) passes this kernel's verifier: a
+  program grown past what an older verifier takes fails here in a minute, not in a
+  traffic lab's deploy.
 """
 
 from __future__ import annotations
@@ -256,6 +259,30 @@ def test_datapath_ip_option_code_inserts_and_strips_on_this_kernel(record_proper
     assert results == {"inserted": count, "insertFailed": 0, "stripped": count,
                        "stripFailed": 0}
     assert received == {"received": count, "withOptions": 0}
+
+
+def test_the_whole_datapath_passes_this_kernels_verifier(record_property, tmp_path):
+    from cni_cilium.datapath import loader
+
+    bpffs = str(tmp_path / "bpffs")
+    os.makedirs(bpffs)
+    subprocess.run(["mount", "-t", "bpf", "bpf", bpffs], check=True)
+    try:
+        loaded = loader.load(loader.find_bpf_dir(DATAPATH_DIR),
+                             pin_root=os.path.join(bpffs, "cni-cilium"), bpffs=bpffs)
+        verified = {}
+        for name, fd in sorted(loaded.prog_fds.items()):
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as fh:
+                info = dict(line.split(":\t", 1) for line in fh.read().splitlines()
+                            if ":\t" in line)
+            # verified_insns: kernels >= 5.16 say how many instructions the verifier walked
+            verified[name] = int(info.get("verified_insns", "0").strip() or 0) or None
+        del loaded
+    finally:
+        subprocess.run(["umount", bpffs], check=False)
+    evidence(record_property, kernelRelease=RELEASE, programs=sorted(verified),
+             verifiedInstructions=verified)
+    assert sorted(verified) == sorted(loader.PROGRAMS)
 
 
 def test_local_cluster_runs_on_this_kernel(record_property):

@@ -71,6 +71,8 @@ def test_map_capacities_match_the_declarations(maps_h):
                          maps_h):
         size = m.group(2)
         declared[m.group(1)] = len(bpfabi.STAT_NAMES) if size == "STAT_MAX" else int(size)
+    for m in re.finditer(r'^BPF_RINGBUF_PINNED\((\w+),\s*(\d+),', maps_h, re.M):
+        declared[m.group(1)] = int(m.group(2))
     assert declared == bpfabi.MAP_CAPACITY
 
 
@@ -102,7 +104,11 @@ def test_sizes_are_the_c_struct_sizes():
                             "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8,
                             "tunnel_endpoint": 8, "tunnel_config": 8, "lb_maglev_key": 12,
                             "lb_maglev_chunk": 128, "lb_backend_key": 8, "lb_conn_count": 8,
-                            "lb_affinity_key": 12, "lb_affinity": 12, "lb_src_range_key": 16}
+                            "lb_affinity_key": 12, "lb_affinity": 12, "lb_src_range_key": 16,
+                            "ipcache_entry": 8,
+                            "policy_key": 20, "policy_entry": 8, "policy_enforce_key": 8,
+                            "policy_enforce": 4, "policy_config": 8, "flow_event": 48,
+                            "flow_limit": 16}
 
 
 def test_the_maglev_chunk_size_matches_the_c_define(maps_h):
@@ -133,3 +139,42 @@ def test_lb_entries_of_the_algorithms_round_trip_through_bytes():
     raw = bpfabi.src_range_key(table, "192.0.2.0/24")
     assert raw[:4] == (64 + 24).to_bytes(4, "little")
     assert bpfabi.decode_src_range_key(raw) == (table, "192.0.2.0/24")
+
+
+def test_policy_constants_match_the_c_defines(maps_h):
+    defines = c_defines(maps_h)
+    prefixes = r"^(ID|POLICY|FLOW|DROP)_[A-Z0-9_]+$"
+    python = {name: getattr(bpfabi, name) for name in dir(bpfabi)
+              if re.match(prefixes, name) and isinstance(getattr(bpfabi, name), int)}
+    c_side = {n: v for n, v in defines.items() if re.match(prefixes, n)}
+    assert python == c_side
+
+
+def test_policy_entries_encode_as_the_lpm_compares_them():
+    key = bpfabi.PolicyKey(300, bpfabi.POLICY_INGRESS, 6, 6, 8064, 11)
+    raw = key.encode()
+    assert raw[:4] == (bpfabi.POLICY_PREFIX_PROTO + 11).to_bytes(4, "little")
+    assert raw[4:8] == (300).to_bytes(4, "big") and raw[12:16] == (6).to_bytes(4, "big")
+    assert raw[18:20] == (8064).to_bytes(2, "big")            # network order: bits compare
+    assert bpfabi.PolicyKey.decode(raw) == key
+    any_proto = bpfabi.PolicyKey(1, bpfabi.POLICY_EGRESS, 0)
+    assert any_proto.prefixlen == bpfabi.POLICY_PREFIX_PEER
+    assert bpfabi.PolicyKey.decode(any_proto.encode()) == any_proto
+    entry = bpfabi.PolicyEntry(bpfabi.POLICY_DENY, bpfabi.POLICY_MATCH_L3_L4, 17)
+    assert bpfabi.PolicyEntry.decode(entry.encode()) == entry
+    assert bpfabi.decode_ipcache_value(bpfabi.ipcache_value(16777300)) == 16777300
+    assert bpfabi.decode_policy_enforce_key(bpfabi.policy_enforce_key(7, 2)) == (7, 2)
+    cfg = bpfabi.PolicyConfig(True, 1000)
+    assert bpfabi.PolicyConfig.decode(cfg.encode()) == cfg
+
+
+def test_flow_events_decode():
+    raw = ((123).to_bytes(8, "little") + bytes([10, 99, 0, 100, 10, 99, 0, 11])
+           + (41000).to_bytes(2, "big") + (22).to_bytes(2, "big") + (2).to_bytes(4, "big")
+           + (1).to_bytes(4, "big") + (5).to_bytes(4, "little") + (3).to_bytes(4, "little")
+           + bytes([6, bpfabi.FLOW_DROPPED, bpfabi.DROP_POLICY_DENIED, bpfabi.POLICY_INGRESS,
+                    bpfabi.POLICY_POINT_HOST_INGRESS, 0x02, 0, 0]) + bytes(4))
+    ev = bpfabi.FlowEvent.decode(raw)
+    assert (ev.saddr, ev.sport, ev.daddr, ev.dport) == ("10.99.0.100", 41000, "10.99.0.11", 22)
+    assert (ev.src_identity, ev.dst_identity, ev.rule, ev.ifindex) == (2, 1, 5, 3)
+    assert (ev.verdict, ev.reason, ev.tcp_flags) == (bpfabi.FLOW_DROPPED, 133, 0x02)

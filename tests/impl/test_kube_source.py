@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from cni_cilium.manifests import EndpointSlice, Node, Pod, Service
+from cni_cilium.policy.model import ClusterwideNetworkPolicy
 from cni_cilium.sources.kube import (
     KINDS,
     KubeSource,
@@ -27,9 +28,16 @@ from cni_cilium.sources.kube import (
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "kube")
 FILES = {"Node": "nodes.json", "Pod": "pods.json", "Service": "services.json",
-         "EndpointSlice": "endpointslices.json"}
+         "EndpointSlice": "endpointslices.json",
+         "CiliumClusterwideNetworkPolicy": "ciliumclusterwidenetworkpolicies.json"}
 PATHS = {"/api/v1/nodes": "Node", "/api/v1/pods": "Pod", "/api/v1/services": "Service",
-         "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice"}
+         "/apis/discovery.k8s.io/v1/endpointslices": "EndpointSlice",
+         "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies":
+         "CiliumClusterwideNetworkPolicy"}
+
+
+TYPO_POLICY = ("CiliumClusterwideNetworkPolicy typo: spec.egress[0].toEntities[0]: unknown "
+               "entity 'wrld'")
 
 
 def recorded(kind: str) -> dict:
@@ -114,6 +122,19 @@ def test_normal_api_states_are_skipped_not_reported_as_problems(kind, name, reas
 
 
 @pytest.mark.unit
+def test_clusterwide_policies_from_the_api():
+    docs_rule = translate_object("CiliumClusterwideNetworkPolicy",
+                                 item("CiliumClusterwideNetworkPolicy",
+                                      "allow-control-plane-connectivity"))
+    assert isinstance(docs_rule.obj, ClusterwideNetworkPolicy) and docs_rule.key == (
+        "CiliumClusterwideNetworkPolicy", "", "allow-control-plane-connectivity")
+    assert docs_rule.obj.specs[0].ingress[0].entities == ("kube-apiserver",)
+    typo = translate_object("CiliumClusterwideNetworkPolicy",
+                            item("CiliumClusterwideNetworkPolicy", "typo"))
+    assert typo.obj is None and any("unknown entity 'wrld'" in p for p in typo.problems)
+
+
+@pytest.mark.unit
 def test_pods_and_endpoint_slices():
     pod = translate_object("Pod", item("Pod", "web-7d4b9c-abcde")).obj
     assert pod == Pod("default", "web-7d4b9c-abcde", "cni-cilium-worker", "10.100.1.17",
@@ -162,8 +183,9 @@ def test_snapshot_is_oldest_first_with_every_problem():
     assert names[0] == ("Node", "cni-cilium-control-plane")
     assert names.index(("Service", "kubernetes")) < names.index(("Service", "web"))
     assert len([o for o in objects if o.kind == "Service"]) == 5
-    assert problems == ["Service default/broken: spec.ports[0].protocol: unsupported protocol "
-                        "'SCTP'; allowed: TCP, UDP"]
+    assert problems[0] == ("Service default/broken: spec.ports[0].protocol: unsupported "
+                           "protocol 'SCTP'; allowed: TCP, UDP")
+    assert len(problems) == 2 and problems[1].startswith(TYPO_POLICY)
     assert store.synced()
     assert store.skipped()["Service/default/db-headless"].startswith("headless")
 
@@ -210,8 +232,9 @@ class FakeApiServer:
     """Serves the recorded lists and watch streams on 127.0.0.1, like the API server's
     list and watch endpoints, and records what was asked."""
 
-    def __init__(self, watch_events: dict[str, list[list[dict]]]):
+    def __init__(self, watch_events: dict[str, list[list[dict]]], paths: dict | None = None):
         self.watch_events = watch_events          # kind -> one event list per watch call
+        served = PATHS if paths is None else paths
         self.requests: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         server = self
@@ -223,7 +246,7 @@ class FakeApiServer:
             def do_GET(self):
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                kind = PATHS.get(url.path)
+                kind = served.get(url.path)
                 with server.lock:
                     server.requests.append((url.path, query))
                 if kind is None:
@@ -265,20 +288,26 @@ class FakeApiServer:
             return sum(1 for p, q in self.requests if p == path and "watch" not in q)
 
 
-@pytest.mark.unit
-def test_kube_source_lists_watches_and_relists_after_410():
+def synced_source(server: FakeApiServer) -> KubeSource:
+    """A started source on the fake server, synced (the caller closes it)."""
     from kubernetes import client
 
+    cfg = client.Configuration()
+    cfg.host = server.url
+    source = KubeSource(client.ApiClient(cfg), watch_timeout=5, retry_seconds=0.1)
+    source.start()
+    assert source.wait_synced(timeout=20), source.errors
+    return source
+
+
+@pytest.mark.unit
+def test_kube_source_lists_watches_and_relists_after_410():
     heartbeat, cidr, port_change, bookmark, _deleted, expired = events()
     watch_events = {"Node": [[heartbeat, cidr], [expired]],
                     "Service": [[port_change, bookmark]]}
     with FakeApiServer(watch_events) as server:
-        cfg = client.Configuration()
-        cfg.host = server.url
-        source = KubeSource(client.ApiClient(cfg), watch_timeout=5, retry_seconds=0.1)
+        source = synced_source(server)
         try:
-            source.start()
-            assert source.wait_synced(timeout=20), source.errors
             deadline = time.monotonic() + 20
 
             def service_watched():
@@ -323,6 +352,19 @@ def test_kube_source_reports_an_unreachable_api_and_keeps_retrying():
 
 
 @pytest.mark.unit
+def test_without_the_policy_crd_there_are_no_policies_and_the_rest_is_served():
+    core = {p: k for p, k in PATHS.items() if k != "CiliumClusterwideNetworkPolicy"}
+    with FakeApiServer({}, paths=core) as server:
+        source = synced_source(server)
+        try:
+            kinds = {o.kind for o in source.read()[0]}
+            assert "Node" in kinds and "CiliumClusterwideNetworkPolicy" not in kinds
+            assert "not installed" in source.errors["CiliumClusterwideNetworkPolicy"]
+        finally:
+            source.close()
+
+
+@pytest.mark.unit
 def test_fixtures_have_the_api_schema():
     """The recorded objects pass the Kubernetes client's models: no invented field or type."""
     from cni_harness.providers.kind import model_problems
@@ -330,7 +372,7 @@ def test_fixtures_have_the_api_schema():
     models = {"Node": "V1Node", "Pod": "V1Pod", "Service": "V1Service",
               "EndpointSlice": "V1EndpointSlice"}
     problems: list[str] = []
-    for kind, model in models.items():
+    for kind, model in models.items():      # the policy CRD has no client model
         doc = recorded(kind)
         model_problems(doc, f"{model}List", kind, problems)
     for event in events():
@@ -357,8 +399,9 @@ def test_module_cli_prints_what_the_agent_would_get(tmp_path):
     kinds = [o["kind"] for o in doc["objects"]]
     assert kinds.count("Node") == 2 and kinds.count("Service") == 5
     assert doc["skipped"]["Pod/default/pending-1"] == "not scheduled to a node yet"
-    assert doc["problems"] == ["Service default/broken: spec.ports[0].protocol: unsupported "
-                               "protocol 'SCTP'; allowed: TCP, UDP"]
+    assert doc["problems"][0] == ("Service default/broken: spec.ports[0].protocol: "
+                                  "unsupported protocol 'SCTP'; allowed: TCP, UDP")
+    assert len(doc["problems"]) == 2 and doc["problems"][1].startswith(TYPO_POLICY)
 
 
 # --- the agent takes either source -------------------------------------------------------------

@@ -241,6 +241,8 @@ def agent_manifests(image: str = DEFAULT_IMAGE, namespace: str = AGENT_NAMESPACE
              {"apiGroups": [""], "resources": ["nodes", "pods", "services"],
               "verbs": ["get", "list", "watch"]},
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+              "verbs": ["get", "list", "watch"]},
+             {"apiGroups": ["cilium.io"], "resources": ["ciliumclusterwidenetworkpolicies"],
               "verbs": ["get", "list", "watch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": AGENT_NAME, "labels": labels},

@@ -184,13 +184,15 @@ class Lab:
 
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
               timeout: float = 2.0, size: int | None = None, sport: int | None = None,
-              rst: bool = False) -> list[dict]:
+              rst: bool = False, source: str | None = None) -> list[dict]:
         """`count` tries from `where`: each the peer server's answer or {"error": ...}
         (`size`: UDP payload bytes; `sport`: source port of the first try, counting up;
-        `rst`: TCP connections end with a reset, leaving no TIME_WAIT)."""
+        `rst`: TCP connections end with a reset, leaving no TIME_WAIT; `source`: source
+        address)."""
         extra = ["--size", str(size)] if size is not None else []
         extra += ["--sport", str(sport)] if sport else []
         extra += ["--rst"] if rst else []
+        extra += ["--source", source] if source else []
         res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
                                str(port), "--count", str(count), "--timeout", str(timeout),
                                *extra], timeout=30 + count * (timeout + 1), check=True)
@@ -222,6 +224,48 @@ class Lab:
     def metric(self, node_name: str, sample: str) -> float:
         """One sample of a node agent's Prometheus metrics (0 when absent)."""
         return self.metrics(node_name).get(sample, 0.0)
+
+    def flows(self, nodes: Sequence[str] | None = None, last: int = 2000,
+              **filters: str | int) -> list[dict]:
+        """Flows the nodes' agents report (`cni-cilium observe --json`), every node's (or
+        the named ones') merged oldest first; `filters`: verdict, from_ip, to_ip, to_port,
+        protocol as `observe` takes them."""
+        args = ["observe", "--json", "--last", str(last)]
+        for name, value in sorted(filters.items()):
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        found = []
+        for name in nodes or [n.name for n in self.provider.nodes()]:
+            res = self.run(node(name), [AGENT_CLI, *args], check=True)
+            found += [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+        return sorted(found, key=lambda f: (f["time"], f["node"], f["seq"]))
+
+    def wait_policies(self, names: Sequence[str], addresses: Sequence[str] = (),
+                      timeout: float = 20) -> None:
+        """Until every node's agent has exactly the policies `names` in effect and knows the
+        identity of each of `addresses` (pods it must tell apart)."""
+        for info in self.provider.nodes():
+            def ready(name=info.name) -> bool:
+                doc = self.agent(name, "policy", "get")
+                if sorted(p["name"] for p in doc["policies"]) != sorted(names):
+                    return False
+                identities = self.agent(name, "identity", "list")["identities"]
+                known = {a.split("/")[0] for i in identities for a in i["addresses"]}
+                return set(addresses) <= known
+            self.wait_for(f"policies {sorted(names)} on {info.name}", ready, timeout)
+
+    def client_ssh_argv(self, node_name: str, command: str, timeout: int = 3) -> list[str]:
+        """A real ssh from the external client namespace to a node's sshd on its address
+        (the provider's key and host keys), running `command` there."""
+        key = getattr(self.provider, "ssh_key_path", None)
+        if not key:
+            raise LabError(f"provider {self.provider.name} has no ssh key for the client")
+        known = os.path.join(os.path.dirname(key), "known_hosts")
+        target = next(n for n in self.plan.nodes if n.name == node_name)
+        return self.argv(CLIENT, [
+            "ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+            "-o", f"HostKeyAlias={target.netns}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", "-o", "LogLevel=ERROR",
+            f"root@{target.ip}", command])
 
     def datapath_counters(self) -> dict[str, dict[str, float]]:
         """Per node, the datapath's non-zero counters (events and drops by reason)."""

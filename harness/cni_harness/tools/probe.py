@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Ask a peer server (tools/peer_server.py) who it is and whom it saw.
 
-`probe.py tcp|udp HOST PORT [--count N] [--timeout S] [--size BYTES] [--sport PORT] [--rst]`
+`probe.py tcp|udp HOST PORT [--count N] [--timeout S] [--size BYTES] [--sport PORT]
+[--rst] [--source ADDR]`
 prints one JSON list: for each try either the server's answer ({"name", "peer", ...};
 UDP answers add "replyFrom", the source the answer came from) or {"error": "..."}. Every
 try is a new
@@ -21,11 +22,12 @@ import sys
 MAX_COUNT = 500
 
 
-def tcp_once(host: str, port: int, timeout: float, sport: int = 0, rst: bool = False) -> dict:
+def tcp_once(host: str, port: int, timeout: float, sport: int = 0, rst: bool = False,
+             saddr: str = "") -> dict:
     """One HTTP/1.0 request on a new connection; `rst`: close it with a reset once the
     answer is in, so neither end keeps TIME_WAIT state for the 4-tuple (a fixed source
     port can be used again at once, even through another node to the same backend)."""
-    source = ("0.0.0.0", sport) if sport else None
+    source = (saddr or "0.0.0.0", sport) if sport or saddr else None
     with socket.create_connection((host, port), timeout=timeout,
                                   source_address=source) as sock:
         sock.settimeout(timeout)
@@ -45,13 +47,14 @@ def tcp_once(host: str, port: int, timeout: float, sport: int = 0, rst: bool = F
     return json.loads(body)
 
 
-def udp_once(host: str, port: int, timeout: float, size: int = 3, sport: int = 0) -> dict:
+def udp_once(host: str, port: int, timeout: float, size: int = 3, sport: int = 0,
+             saddr: str = "") -> dict:
     """One datagram of `size` bytes; the answer gets `replyFrom`, the address it came from
     (an unconnected socket takes answers from anywhere, so this is what the client saw)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        if sport:
-            sock.bind(("0.0.0.0", sport))
+        if sport or saddr:
+            sock.bind((saddr or "0.0.0.0", sport))
         sock.sendto(b"who" + b"." * max(0, size - 3), (host, port))
         data, peer = sock.recvfrom(4096)
     answer = json.loads(data)
@@ -72,15 +75,19 @@ def main() -> int:
                              "the kernel's choice); fresh tuples never meet old conntrack state")
     parser.add_argument("--rst", action="store_true",
                         help="tcp: end each connection with a reset (no TIME_WAIT anywhere)")
+    parser.add_argument("--source", default="", metavar="ADDR",
+                        help="source address (one of this host's; default: the route's)")
     args = parser.parse_args()
     results = []
     for i in range(min(args.count, MAX_COUNT)):
         sport = args.sport + i if args.sport else 0
         try:
             if args.mode == "tcp":
-                results.append(tcp_once(args.host, args.port, args.timeout, sport, args.rst))
+                results.append(tcp_once(args.host, args.port, args.timeout, sport, args.rst,
+                                        args.source))
             else:
-                results.append(udp_once(args.host, args.port, args.timeout, args.size, sport))
+                results.append(udp_once(args.host, args.port, args.timeout, args.size, sport,
+                                        args.source))
         except (OSError, ValueError) as exc:
             results.append({"error": f"{type(exc).__name__}: {exc}"})
     json.dump(results, sys.stdout)

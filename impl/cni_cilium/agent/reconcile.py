@@ -38,6 +38,7 @@ from ..datapath import compilecache, loader
 from ..datapath.bpfsys import PinnedMap
 from ..datapath.writer import write_ops
 from ..maglev import DEFAULT_TABLE_SIZE
+from ..policyapi import PolicyService
 from ..preflight import extra_lb_refusal
 from ..sources import DesiredStateSource
 from ..translate import (
@@ -112,6 +113,9 @@ class Agent:
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
         self._manifests_seen: tuple = ()
         self._manifests_seen_at = self._settling_since = 0.0
+        # Policies: /policy, /identities, /flows and the flow ring buffer's reader.
+        self.policy = PolicyService(node_name, lambda: self.translation and
+                                    self.translation.policy)
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -131,11 +135,13 @@ class Agent:
             log.info("bpf: removed maps of an older layout: %s", stale)
         self._hc = HealthCheckServer()
         self._hc.start()
+        self.policy.start(self.datapath.pin_dir)
         self._api = api.serve(paths.AGENT_SOCKET, {
             "/status": lambda: api.json_response(self.status()),
             "/services": lambda: api.json_response(self.services()),
             "/metrics": lambda: reporting.metrics_response(self),
             "/healthz": lambda: api.json_response({"ok": True}),
+            **self.policy.routes(),
         })
 
     def _boot_state(self) -> None:
@@ -189,6 +195,7 @@ class Agent:
         self.config_problems = []
         if settings != self.settings:
             log.info("config changed: %s", settings.effective()["settings"])
+            logging.getLogger().setLevel(logging.DEBUG if settings.debugLogging else logging.INFO)
             tunnel_changed = settings.tunnelMode != self.settings.tunnelMode
             self.settings = settings
             if tunnel_changed:
@@ -373,6 +380,7 @@ class Agent:
     def close(self) -> None:
         """Stop serving; the datapath stays in place (programs attached, maps pinned)."""
         self.source.close()
+        self.policy.close()
         if self._api is not None:
             self._api.shutdown()
             self._api.server_close()

@@ -76,6 +76,7 @@ def status(agent: Agent) -> dict:
         }
     doc["devices"] = agent.devices.attachment_view()
     doc["maps"] = _map_fill(agent)
+    doc["policy"] = agent.policy.status(datapath_stats(agent))
     return doc
 
 

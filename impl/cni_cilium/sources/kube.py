@@ -8,13 +8,16 @@ an IPv6 EndpointSlice, a Node without a pod CIDR yet: normal API states, not bad
 translated desired state changed, so Node heartbeats and Pod status churn cost the agent no
 reconcile.
 
-Edge: `KubeSource` lists and watches Nodes, Pods, Services and EndpointSlices with the
-official `kubernetes` client, one thread per resource, relisting when a watch expires (410).
+Edge: `KubeSource` lists and watches Nodes, Pods, Services, EndpointSlices and
+CiliumClusterwideNetworkPolicies with the official `kubernetes` client, one thread per
+resource, relisting when a watch expires (410). A cluster without the policy CRD has no
+policies: its 404 counts as an empty list (said in `errors`), the rest is served.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -25,10 +28,14 @@ from ..manifests import KubeObject, parse_documents
 
 log = logging.getLogger("cni-cilium.sources.kube")
 
-KINDS = ("Node", "Pod", "Service", "EndpointSlice")
+POLICY_KIND = "CiliumClusterwideNetworkPolicy"
+KINDS = ("Node", "Pod", "Service", "EndpointSlice", POLICY_KIND)
 API_VERSIONS = {"Node": "v1", "Pod": "v1", "Service": "v1",
-                "EndpointSlice": "discovery.k8s.io/v1"}
-NAMESPACED = {"Node": False, "Pod": True, "Service": True, "EndpointSlice": True}
+                "EndpointSlice": "discovery.k8s.io/v1", POLICY_KIND: "cilium.io/v2"}
+NAMESPACED = {"Node": False, "Pod": True, "Service": True, "EndpointSlice": True,
+              POLICY_KIND: False}
+# Kinds served by a CRD that may not be installed: a 404 is "none of them".
+OPTIONAL_KINDS = {POLICY_KIND: ("cilium.io", "v2", "ciliumclusterwidenetworkpolicies")}
 FINISHED_PHASES = ("Succeeded", "Failed")
 
 Key = Tuple[str, str, str]
@@ -218,9 +225,14 @@ def _list_functions(api_client: Any) -> dict[str, Callable[..., Any]]:
 
     core = client.CoreV1Api(api_client)
     discovery = client.DiscoveryV1Api(api_client)
-    return {"Node": core.list_node, "Pod": core.list_pod_for_all_namespaces,
-            "Service": core.list_service_for_all_namespaces,
-            "EndpointSlice": discovery.list_endpoint_slice_for_all_namespaces}
+    custom = client.CustomObjectsApi(api_client)
+    functions = {"Node": core.list_node, "Pod": core.list_pod_for_all_namespaces,
+                 "Service": core.list_service_for_all_namespaces,
+                 "EndpointSlice": discovery.list_endpoint_slice_for_all_namespaces}
+    for kind, (group, version, plural) in OPTIONAL_KINDS.items():
+        functions[kind] = functools.partial(custom.list_cluster_custom_object, group, version,
+                                            plural)
+    return functions
 
 
 def load_api_client(kubeconfig: str | None = None) -> Any:
@@ -323,7 +335,11 @@ class KubeSource:
             except ApiException as exc:
                 if exc.status == 410:
                     continue
-                self._failed(kind, f"API error {exc.status}: {exc.reason}")
+                if exc.status == 404 and kind in OPTIONAL_KINDS:
+                    self._failed(kind, f"the {kind} CRD is not installed: none apply")
+                    self.store.replace(kind, [])   # said first: waiters then see why
+                else:
+                    self._failed(kind, f"API error {exc.status}: {exc.reason}")
             except Exception as exc:  # the loop outlives any API failure; it retries
                 self._failed(kind, f"{type(exc).__name__}: {exc}")
             self._stop.wait(self.retry_seconds)

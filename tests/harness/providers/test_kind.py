@@ -88,7 +88,8 @@ def test_agent_manifests_pass_the_kubernetes_schema_and_say_what_the_agent_needs
     rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
     granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {("", "nodes"), ("", "pods"), ("", "services"),
-                       ("discovery.k8s.io", "endpointslices")}
+                       ("discovery.k8s.io", "endpointslices"),
+                       ("cilium.io", "ciliumclusterwidenetworkpolicies")}
     assert all(set(rule["verbs"]) == {"get", "list", "watch"} for rule in rules)
 
 
