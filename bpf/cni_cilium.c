@@ -6,7 +6,8 @@
  *   from_netdev     uplink ingress: reverse SNAT/masquerade, reverse NAT, NodePort and
  *                   LoadBalancer translation (SNAT or DSR to remote backends), DSR option
  *                   of packets for this node's pods
- *   to_netdev       uplink egress: masquerade of pod -> world traffic
+ *   to_netdev       uplink egress: egress gateway (lib/egress.h), masquerade of pod ->
+ *                   world traffic
  *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
  *                   (and, in VXLAN mode, its connections to other nodes' pods)
  *   from_overlay    VXLAN device ingress (VXLAN mode): decapsulated packets from other
@@ -23,6 +24,7 @@
 #include "lib/tunnel.h"
 #include "lib/fib.h"
 #include "lib/dsr.h"
+#include "lib/egress.h"
 
 #define FROM_POD 0
 #define FROM_NETDEV 1
@@ -121,6 +123,8 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (dsr_receive(skb, &p, cfg) < 0)
 		return TC_ACT_SHOT;
 	nat = snat_reverse(skb, &p, cfg);
+	if (nat == 0)
+		nat = egress_reverse(skb, &p, cfg);
 	if (nat < 0)
 		return TC_ACT_SHOT;
 	ret = lb_reverse(skb, &p, &flags);
@@ -143,11 +147,17 @@ int to_netdev(struct __sk_buff *skb)
 	struct lpm_v4_key dst = {};
 	struct node_config *cfg;
 	struct pkt p = {};
+	int ret;
 
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
 	cfg = node_config();
-	if (!cfg || !(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
+	if (!cfg)
+		return TC_ACT_OK;
+	ret = egress_gateway(skb, &p, cfg);
+	if (ret != EGRESS_PASS)
+		return ret;
+	if (!(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
 		return TC_ACT_OK;
 	if ((p.saddr & cfg->pod_cidr_mask) != cfg->pod_cidr_addr)
 		return TC_ACT_OK;

@@ -27,7 +27,7 @@ POD_IFNAME = "eth0"
 POD_LOG_DIR = "/var/log/pods"
 POD_RUN_DIR = "/run/cni-harness/pods"
 _PORT = re.compile(r"^(?:(?P<name>[a-z0-9-]+)=)?(?P<port>\d+)(?::(?P<host>\d+))?"
-                   r"(?:/(?P<proto>TCP|UDP|tcp|udp))?$")
+                   r"(?:@(?P<hostip>[0-9.]+))?(?:/(?P<proto>TCP|UDP|tcp|udp))?$")
 
 
 class PodError(RuntimeError):
@@ -75,15 +75,18 @@ class PodRecord:
 
 
 def parse_port(text: str) -> dict:
-    """`[NAME=]PORT[:HOSTPORT][/PROTO]` -> a container port."""
+    """`[NAME=]PORT[:HOSTPORT][@HOSTIP][/PROTO]` -> a container port."""
     m = _PORT.match(text)
-    if not m:
-        raise PodError(f"--port {text!r}: expected [NAME=]PORT[:HOSTPORT][/TCP|UDP]")
+    if not m or (m["hostip"] and not m["host"]):
+        raise PodError(f"--port {text!r}: expected [NAME=]PORT[:HOSTPORT][@HOSTIP][/TCP|UDP] "
+                       "(HOSTIP only with HOSTPORT)")
     port = {"containerPort": int(m["port"]), "protocol": (m["proto"] or "TCP").upper()}
     if m["name"]:
         port["name"] = m["name"]
     if m["host"]:
         port["hostPort"] = int(m["host"])
+    if m["hostip"]:
+        port["hostIP"] = m["hostip"]
     return port
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from . import api, paths
+from .arp import VipAnnouncer
 from .bpfabi import (
     MAP_CAPACITY,
     STAT_NAMES,
@@ -41,8 +42,9 @@ from .datapath import loader, routes, tc, vxlan
 from .datapath.bpfsys import PinnedMap
 from .datapath.writer import write_ops
 from .hostdev import HOST_DEV, ensure_host_devices, gateway_of
-from .manifests import parse_documents
+from .manifests import Node, parse_documents
 from .metrics import render_metrics
+from .nodehealth import NodeHealth
 from .sources import DesiredStateSource
 from .translate import (
     DEFAULT_CLUSTER_CIDR,
@@ -225,6 +227,12 @@ class Agent:
         self._live_backends: frozenset | None = None   # None: not checked since start
         self.stale_ct_removed = 0
         self._attached_by_me: set[tuple[str, str]] = set()
+        # Egress gateway: the other agents' liveness (health port) and the VIPs announced.
+        self.health = NodeHealth(node_name)
+        self.vips = VipAnnouncer()
+        self.egress_active: dict[str, str | None] = {}
+        self.egress_moves: dict[str, int] = {}
+        self.egress_last_move: dict[str, dict] = {}
         # Where Nodes, Pods, Services and EndpointSlices come from: the manifest directory,
         # or the Kubernetes API (sources.kube) where a cluster exists.
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
@@ -250,9 +258,12 @@ class Agent:
             log.info("bpf: removed maps of an older layout: %s", stale)
         self._hc = HealthCheckServer()
         self._hc.start()
+        self.health.start()
+        self.vips.start()
         self._api = api.serve(paths.AGENT_SOCKET, {
             "/status": lambda: api.json_response(self.status()),
             "/services": lambda: api.json_response(self.services()),
+            "/egress": lambda: api.json_response(self.egress()),
             "/metrics": self._metrics_response,
             "/healthz": lambda: api.json_response({"ok": True}),
         })
@@ -288,7 +299,7 @@ class Agent:
     # ---------------------------------------------------------------- inputs
     def _inputs_signature(self) -> tuple:
         return (_file_signature(self.config_path), self.source.signature(),
-                _dir_signature(paths.ENDPOINT_DIR, (".json",)))
+                _dir_signature(paths.ENDPOINT_DIR, (".json",)), self.health.revision)
 
     def _reload_settings(self) -> None:
         try:
@@ -338,7 +349,9 @@ class Agent:
         translation = translate(DesiredState(self.settings_in_effect(), self.node_name,
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
-                                             tunnel_ifindex=self.tunnel_ifindex))
+                                             tunnel_ifindex=self.tunnel_ifindex,
+                                             node_addresses=self.health.addresses(),
+                                             egress=self.health.view()))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
@@ -348,6 +361,7 @@ class Agent:
             self._sync_routes(translation)
             self._forget_gone_backends(translation)
             self._hc.update(translation.node.internal_ip, translation.health_checks)
+            self._apply_egress(translation, objects)
         self._sync_endpoints()
         with self.lock:
             self.translation = translation
@@ -375,6 +389,27 @@ class Agent:
             self.stale_ct_removed += removed
             log.info("conntrack: removed %d connections to backends that are gone; their next "
                      "packets choose a live backend", removed)
+
+    def _apply_egress(self, translation: Translation, objects: list) -> None:
+        """After the maps: tell the health endpoint who the peers are, announce the VIPs
+        this node is active for (their reverse NAT is programmed already), log moves."""
+        self.health.configure(translation.node.internal_ip, self.uplink or "",
+                              {o.name: o.internal_ip for o in objects if isinstance(o, Node)})
+        self.vips.update(translation.egress.announce, self.uplink)
+        self.health.publish(self.vips.announced(),
+                            {gw.name: gw.active_node for gw in translation.egress.gateways})
+        for gw in translation.egress.gateways:
+            before = self.egress_active.get(gw.name)
+            if before is not None and before != gw.active_node:   # not the first election
+                self.egress_moves[gw.name] = self.egress_moves.get(gw.name, 0) + 1
+                self.egress_last_move[gw.name] = {"at": time.time(), "from": before,
+                                                  "to": gw.active_node}
+                log.warning("egress gateway %s: active node %s -> %s (%s)", gw.name,
+                            before or "none", gw.active_node or "none", gw.ready.reason)
+            elif before != gw.active_node or gw.name not in self.egress_active:
+                log.info("egress gateway %s: active node %s (%s)", gw.name,
+                         gw.active_node or "none", gw.ready.reason)
+            self.egress_active[gw.name] = gw.active_node
 
     def _report_changes(self, problems: list[str], warnings: list[str]) -> None:
         """Log each problem and warning once, when it appears."""
@@ -645,6 +680,10 @@ class Agent:
                 "endpoints": [r.to_dict() for r in self.endpoints.values()],
                 "services": {"services": tr.services if tr else 0,
                              "frontends": len(tr.frontends) if tr else 0},
+                "hostPorts": {"frontends": tr.host_ports if tr else 0,
+                              "defaultAddresses": list(tr.host_port_addresses) if tr else [],
+                              "allAddresses": settings.hostPortAllAddresses},
+                "egress": self._egress_summary(tr),
                 "healthChecks": [{"port": port, "service": f"{hc.namespace}/{hc.name}",
                                   "localEndpoints": hc.local_endpoints, "status": hc.status}
                                  for port, hc in sorted(tr.health_checks.items())] if tr else [],
@@ -658,6 +697,27 @@ class Agent:
             }
         doc["devices"] = self._attachment_view()
         doc["maps"] = self._map_fill()
+        return doc
+
+    def _egress_summary(self, tr: Translation | None) -> dict:
+        eg = tr.egress if tr else None
+        return {
+            "gateways": [{**g.to_dict(), "moves": self.egress_moves.get(g.name, 0),
+                          "lastMove": self.egress_last_move.get(g.name)}
+                         for g in (eg.gateways if eg else [])],
+            "policies": len(eg.policies) if eg else 0,
+            "entries": eg.entries_by_action() if eg else {},
+            "announcing": self.vips.status(),
+            "health": self.health.status(),
+        }
+
+    def egress(self) -> dict:
+        """Gateways (election, status), policies and this node's view of the agents."""
+        with self.lock:
+            tr = self.translation
+            doc = {"node": self.node_name, **self._egress_summary(tr)}
+            doc["policies"] = [p.to_dict() for p in tr.egress.policies] if tr and \
+                tr.egress else []
         return doc
 
     def _tunnel_view(self, tr: Translation | None) -> dict:
@@ -682,7 +742,7 @@ class Agent:
     def _quick_signature(self) -> tuple:
         """Changes whenever a file is added, removed or renamed (atomic writes do that)."""
         return (_file_signature(self.config_path), self.source.quick_signature(),
-                _file_signature(paths.ENDPOINT_DIR))
+                _file_signature(paths.ENDPOINT_DIR), self.health.revision)
 
     def run(self) -> None:
         next_check = next_status = next_scan = 0.0
@@ -732,6 +792,8 @@ class Agent:
                 os.unlink(paths.AGENT_SOCKET)
         if self._hc is not None:
             self._hc.stop()
+        self.health.stop()
+        self.vips.stop()
         for bpf_map in self._maps.values():
             bpf_map.close()
         if self._ipr is not None:

@@ -19,10 +19,12 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 23,
+    "stats": 28,
     "agent_state": 8,
     "tunnel_map": 4096,
     "tunnel_cfg": 1,
+    "egress_policy": 16384,
+    "egress_ips": 256,
 }
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -62,13 +64,19 @@ CFG_F_MASQUERADE = 0x01
 
 TUNNEL_F_NODE = 0x01
 
+# egress_gw.action
+EGW_EXCLUDED, EGW_SNAT, EGW_REDIRECT, EGW_NO_GATEWAY = 1, 2, 3, 4
+EGW_ACTIONS = {EGW_EXCLUDED: "excluded", EGW_SNAT: "snat", EGW_REDIRECT: "redirect",
+               EGW_NO_GATEWAY: "no-gateway"}
+
 # enum stat_id, in order.
 STAT_NAMES = (
     "svc_new", "svc_established", "rev_dnat", "snat_new", "snat", "rev_snat", "masq_new",
     "masq", "fib_redirect", "drop_no_backend", "drop_no_slot", "drop_nat_exhausted",
     "drop_fib", "drop_rewrite", "drop_not_service", "dsr_opt_added", "dsr_opt_received",
     "drop_dsr_too_big", "drop_dsr_option", "tunnel_encap", "tunnel_decap", "drop_tunnel",
-    "drop_tunnel_source",
+    "drop_tunnel_source", "egw_snat_new", "egw_snat", "egw_redirect", "egw_rev_snat",
+    "drop_no_egress_gw",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.
@@ -87,6 +95,8 @@ _NODE_CONFIG = struct.Struct("=4s4s4sHHII")
 _LPM_KEY = struct.Struct("=I4s")
 _TUNNEL_ENDPOINT = struct.Struct("=4sB3x")
 _TUNNEL_CONFIG = struct.Struct("=II")
+_EGRESS_KEY = struct.Struct("=I4s4s")
+_EGRESS_GW = struct.Struct("=4s4s6sBx")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -101,6 +111,8 @@ SIZES = {
     "lpm_v4_key": _LPM_KEY.size,
     "tunnel_endpoint": _TUNNEL_ENDPOINT.size,
     "tunnel_config": _TUNNEL_CONFIG.size,
+    "egress_key": _EGRESS_KEY.size,
+    "egress_gw": _EGRESS_GW.size,
 }
 
 
@@ -302,6 +314,57 @@ class TunnelConfig:
     @classmethod
     def decode(cls, raw: bytes) -> TunnelConfig:
         return cls(*_TUNNEL_CONFIG.unpack(raw))
+
+
+@dataclass(frozen=True, order=True)
+class EgressKey:
+    """egress_key: a pod's address and one destination prefix."""
+
+    pod: str
+    destination: str     # CIDR
+
+    def encode(self) -> bytes:
+        net = ipaddress.IPv4Network(self.destination)
+        return _EGRESS_KEY.pack(32 + net.prefixlen, ip_bytes(self.pod),
+                                net.network_address.packed)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EgressKey:
+        prefixlen, pod, dest = _EGRESS_KEY.unpack(raw)
+        return cls(ip_str(pod), f"{ip_str(dest)}/{prefixlen - 32}")
+
+
+@dataclass(frozen=True)
+class EgressAction:
+    """egress_gw: what to do with a pod's traffic to a destination prefix."""
+
+    action: int                   # EGW_*
+    egress_ip: str = "0.0.0.0"    # EGW_SNAT
+    gateway_ip: str = "0.0.0.0"   # EGW_REDIRECT
+    gateway_mac: str = "00:00:00:00:00:00"
+
+    def encode(self) -> bytes:
+        mac = bytes(int(part, 16) for part in self.gateway_mac.split(":"))
+        return _EGRESS_GW.pack(ip_bytes(self.egress_ip), ip_bytes(self.gateway_ip), mac,
+                               self.action)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EgressAction:
+        egress_ip, gateway_ip, mac, action = _EGRESS_GW.unpack(raw)
+        return cls(action, ip_str(egress_ip), ip_str(gateway_ip),
+                   ":".join(f"{b:02x}" for b in mac))
+
+    @property
+    def name(self) -> str:
+        return EGW_ACTIONS.get(self.action, str(self.action))
+
+
+def egress_ip_key(addr: str) -> bytes:
+    """egress_ips key: an address in network order."""
+    return ip_bytes(addr)
+
+
+EGRESS_IP_VALUE = b"\x01"
 
 
 def index_key(index: int) -> bytes:

@@ -1,4 +1,5 @@
-"""Node commands of `cni-cilium`: status, wait-ready, service list, bpf ct list, bpf remove."""
+"""Node commands of `cni-cilium`: status, wait-ready, service list, egress list, bpf ct list,
+bpf remove."""
 
 from __future__ import annotations
 
@@ -45,6 +46,53 @@ def cmd_service_list(args: argparse.Namespace) -> int:
     return _agent_view("/services", args, print_services)
 
 
+def cmd_egress_list(args: argparse.Namespace) -> int:
+    return _agent_view("/egress", args, print_egress)
+
+
+def _gateway_line(gw: dict) -> str:
+    status = gw["status"]
+    cond = status["conditions"][0]
+    return (f"{gw['name']:20} {gw['mode']:40} {gw['egressIP'] or '-':15} "
+            f"{status['activeNodeName'] or '-':10} {','.join(status['readyNodes']) or '-':20} "
+            f"{cond['status']}/{cond['reason']}")
+
+
+def print_egress(doc: dict) -> None:
+    print(f"{'GATEWAY':20} {'MODE':40} {'EGRESS IP':15} {'ACTIVE':10} {'READY NODES':20} "
+          "READY")
+    for gw in doc["gateways"]:
+        print(_gateway_line(gw))
+        for node, why in sorted(gw["notReadyNodes"].items()):
+            print(f"  not eligible: {node}: {why}")
+        if gw["moves"]:
+            last = gw["lastMove"]
+            print(f"  moves seen by this agent: {gw['moves']} (last {last['from'] or 'none'} -> "
+                  f"{last['to'] or 'none'} at "
+                  f"{time.strftime('%H:%M:%S', time.localtime(last['at']))})")
+    print()
+    print(f"{'POLICY':20} {'GATEWAY':20} {'DESTINATIONS':24} {'EXCLUDED':24} {'ENTRIES':>7} PODS")
+    for pol in doc["policies"]:
+        print(f"{pol['name']:20} {pol['egressGatewayName']:20} "
+              f"{','.join(pol['destinationCIDRs']):24} "
+              f"{','.join(pol['excludedCIDRs']) or '-':24} {pol['entries']:>7} "
+              f"{len(pol['selectedPods'])}")
+        for pod in pol["selectedPods"]:
+            print(f"  {pod}")
+    announcing = doc["announcing"]
+    print()
+    for vip, info in announcing["vips"].items():
+        print(f"announcing {vip} on {', '.join(info['interfaces']) or '(no interface)'} "
+              f"({', '.join(info['macs'])})")
+    print(f"ARP replies {announcing['arpReplies']}, gratuitous ARP sent "
+          f"{announcing['gratuitousArpSent']}, takeovers {announcing['takeovers']}")
+    health = doc["health"]
+    peers = ", ".join(f"{n} {'ready' if p['ready'] else 'NOT READY (' + p['reason'] + ')'}"
+                      for n, p in health["peers"].items())
+    print(f"agents (health port {health['port']}, "
+          f"{'settled' if health['settled'] else 'first checks pending'}): {peers}")
+
+
 def print_status(doc: dict) -> None:
     modes = doc["modes"]
     print(f"node {doc['node']}: {doc['state']} (pid {doc['pid']}, up {doc['uptimeSeconds']} s, "
@@ -80,6 +128,12 @@ def print_status(doc: dict) -> None:
     svc = doc["services"]
     print(f"services: {svc['services']} ({svc['frontends']} frontends), health-check ports: "
           f"{len(doc['healthChecks'])}")
+    hp = doc.get("hostPorts", {})
+    print(f"host ports: {hp.get('frontends', 0)} frontends, bound to "
+          f"{', '.join(hp.get('defaultAddresses', [])) or '-'}"
+          f"{' (all addresses)' if hp.get('allAddresses') else ''}")
+    for gw in doc.get("egress", {}).get("gateways", []):
+        print(f"egress gateway {_gateway_line(gw)}")
     if doc.get("lastSelfHeal"):
         last = doc["lastSelfHeal"]
         print(f"last self-heal: {last['device']} {last['direction']} {last['program']} at "
@@ -229,6 +283,15 @@ def register(sub) -> None:
         "list", help="frontends, types, backends with state, algorithm, LB mode")
     service_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
     service_list.set_defaults(func=cmd_service_list)
+
+    egress = sub.add_parser("egress", help="egress gateways as this node's agent sees them")
+    egress_sub = egress.add_subparsers(dest="egress_command", metavar="SUBCOMMAND")
+    egress_sub.required = True
+    egress_list = egress_sub.add_parser(
+        "list", help="gateways (active node, ready nodes, egress IP, Ready condition), "
+        "policies with their selected pods, announced VIPs, the other agents' health")
+    egress_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    egress_list.set_defaults(func=cmd_egress_list)
 
     bpf = sub.add_parser("bpf", help="the datapath's BPF state on this node")
     bpf_sub = bpf.add_subparsers(dest="bpf_command", metavar="SUBCOMMAND")

@@ -34,7 +34,18 @@ from .bpfabi import (
     slot_key,
 )
 from .config import Settings
-from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
+from .egress import EGRESS_MAPS, EgressTranslation, EgressView, translate_egress
+from .hostport import default_addresses, host_port_frontends
+from .manifests import (
+    EgressGateway,
+    EgressGatewayPolicy,
+    EndpointSlice,
+    KubeObject,
+    Node,
+    Pod,
+    Service,
+    ServicePort,
+)
 from .tunnel import VXLAN_VNI, uses_overlay
 
 DEFAULT_CLUSTER_CIDR = "10.100.0.0/16"
@@ -50,11 +61,14 @@ IMPLEMENTED_ALGORITHMS = ("random",)
 HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer by DSR "
                          "(cilium#10789)")
 
-# Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg).
-MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_frontends")
+# Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg);
+# an egress IP is reversed (egress_ips) before traffic is SNATed to it (egress_policy).
+MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_frontends",
+                *EGRESS_MAPS)
 ARRAY_MAPS = ("node_cfg", "tunnel_cfg")
 
 STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
+HOST_PORT = "HostPort"     # frontend type of a pod's hostPort (service: "Pod ns/name")
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,10 @@ class DesiredState:
     previous_owners: Mapping[Frontend, str] = field(default_factory=dict)
     # The VXLAN device's ifindex when the overlay is in effect (0: not created yet).
     tunnel_ifindex: int = 0
+    # Every IPv4 address of this node (hostPort binding); empty: the InternalIP only.
+    node_addresses: tuple[str, ...] = ()
+    # The agents' health as this agent sees them (egress gateway election); None: unknown.
+    egress: EgressView | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +165,16 @@ class Translation:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lb_mode: dict[str, str] = field(default_factory=dict)   # protocol -> mode in effect
+    egress: EgressTranslation | None = None
+    host_port_addresses: tuple[str, ...] = ()   # where hostPorts without hostIP listen
 
     @property
     def services(self) -> int:
-        return len({f.service for f in self.frontends})
+        return len({f.service for f in self.frontends if f.type != HOST_PORT})
+
+    @property
+    def host_ports(self) -> int:
+        return sum(1 for f in self.frontends if f.type == HOST_PORT)
 
 
 @dataclass(frozen=True)
@@ -296,6 +320,13 @@ def translate(state: DesiredState) -> Translation:
         for sp in svc.ports:
             for _type, fe, _flags, _path in _frontends_of(svc, sp, node):
                 claims[fe].append(_svc_id(svc))
+    pods = [o for o in state.objects if isinstance(o, Pod)]
+    host_ports, hp_problems = host_port_frontends(node, pods, state.node_addresses,
+                                                  settings.hostPortAllAddresses)
+    out.problems.extend(hp_problems)
+    out.host_port_addresses = default_host_port_addresses(node, state, settings)
+    for hp in host_ports:                   # after every service: a service keeps its port
+        claims[hp.frontend].append(hp.owner)
     owner = {}
     for fe, claimants in claims.items():
         previous = state.previous_owners.get(fe)
@@ -305,7 +336,41 @@ def translate(state: DesiredState) -> Translation:
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
                            owner, hc_owner, node_ips, out)
+    _program_host_ports(host_ports, owner, out)
+    out.egress = translate_egress(
+        node, nodes, pods, [o for o in state.objects if isinstance(o, EgressGateway)],
+        [o for o in state.objects if isinstance(o, EgressGatewayPolicy)], state.egress)
+    maps.update(out.egress.maps)
+    out.problems.extend(out.egress.problems)
     return out
+
+
+def default_host_port_addresses(node: Node, state: DesiredState, settings: Settings
+                                ) -> tuple[str, ...]:
+    return default_addresses(node, state.node_addresses, settings.hostPortAllAddresses)
+
+
+def _program_host_ports(host_ports, owner: Mapping[Frontend, str], out: Translation) -> None:
+    """Each hostPort is a frontend of the node's own address with its pod as the only,
+    local backend (see `hostport`)."""
+    flags = FE_EXTERNAL | FE_NODEPORT | FE_LOCAL_ONLY
+    for hp in host_ports:
+        if owner[hp.frontend] != hp.owner:
+            out.problems.append(f"{hp.owner}: {hp.path}: frontend {hp.frontend} is already "
+                                f"used by {_claimant(owner[hp.frontend])}; not programmed")
+            continue
+        out.maps["lb_frontends"][hp.frontend.encode()] = FrontendValue(
+            1, flags, LB_ALGORITHMS["random"], LB_MODES["SNAT"]).encode()
+        out.maps["lb_slots"][slot_key(hp.frontend, 1)] = hp.backend.encode()
+        view = BackendView(hp.backend.addr, hp.backend.port, STATE_ACTIVE, True,
+                           hp.pod.node_name, f"{hp.pod.namespace}/{hp.pod.name}")
+        out.frontends.append(FrontendView(hp.owner, hp.port_name, HOST_PORT, hp.frontend,
+                                          flags, (view,), (hp.backend,), "random", "-",
+                                          "Local"))
+
+
+def _claimant(owner_id: str) -> str:
+    return owner_id if owner_id.startswith("Pod ") else f"Service {owner_id}"
 
 
 def owners(translation: Translation) -> dict[Frontend, str]:
@@ -385,10 +450,9 @@ def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
         for ftype, fe, flags, path in _frontends_of(svc, sp, node):
             if owner[fe] != sid or fe in done:
-                other = owner[fe] if owner[fe] != sid else "itself"
+                other = _claimant(owner[fe]) if owner[fe] != sid else "itself"
                 out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
-                                    f"by {'Service ' if other != 'itself' else ''}{other}; "
-                                    "not programmed")
+                                    f"by {other}; not programmed")
                 continue
             done.add(fe)
             selected = _selection(backends, bool(flags & FE_LOCAL_ONLY))

@@ -100,4 +100,24 @@ def test_entries_round_trip_through_bytes():
 def test_sizes_are_the_c_struct_sizes():
     assert bpfabi.SIZES == {"lb_key": 8, "lb_frontend": 8, "lb_slot_key": 12, "lb_backend": 8,
                             "ct_key": 16, "ct_entry": 32, "node_config": 24, "lpm_v4_key": 8,
-                            "tunnel_endpoint": 8, "tunnel_config": 8}
+                            "tunnel_endpoint": 8, "tunnel_config": 8, "egress_key": 12,
+                            "egress_gw": 16}
+
+
+def test_egress_actions_match_the_c_defines(maps_h):
+    defines = c_defines(maps_h)
+    c_actions = {n: v for n, v in defines.items() if n.startswith("EGW_")}
+    assert c_actions == {n: getattr(bpfabi, n) for n in c_actions}
+    assert set(bpfabi.EGW_ACTIONS) == set(c_actions.values())
+
+
+def test_egress_entries_round_trip_and_put_the_pod_before_the_prefix():
+    key = bpfabi.EgressKey("10.100.1.5", "203.0.113.0/24")
+    assert bpfabi.EgressKey.decode(key.encode()) == key
+    # prefixlen 32 + 24, then the pod address, then the destination: the LPM trie matches
+    # the pod exactly and the destination by its longest prefix.
+    assert key.encode() == (56).to_bytes(4, "little") + bytes([10, 100, 1, 5, 203, 0, 113, 0])
+    action = bpfabi.EgressAction(bpfabi.EGW_REDIRECT, "0.0.0.0", "10.99.0.12",
+                                 "02:00:0a:63:00:0c")
+    assert bpfabi.EgressAction.decode(action.encode()) == action
+    assert action.encode()[8:14] == bytes([2, 0, 10, 99, 0, 12]) and action.name == "redirect"

@@ -43,7 +43,7 @@ def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
     ("lb_frontends", "lb_key", "lb_frontend"), ("lb_slots", "lb_slot_key", "lb_backend"),
     ("ct4", "ct_key", "ct_entry"), ("node_cfg", None, "node_config"),
     ("no_masq", "lpm_v4_key", None), ("tunnel_map", "lpm_v4_key", "tunnel_endpoint"),
-    ("tunnel_cfg", None, "tunnel_config")])
+    ("tunnel_cfg", None, "tunnel_config"), ("egress_policy", "egress_key", "egress_gw")])
 def test_compiled_layouts_match_the_python_abi(loaded, name, key, value):
     table = loaded.bpf[name.encode()]
     if key:

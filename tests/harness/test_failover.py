@@ -1,0 +1,63 @@
+"""Failover figures from a request loop, and pod port arguments (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cni_harness.failover import Phase, failover_figures, parse_loop
+from cni_harness.pods import PodError, parse_port
+
+pytestmark = pytest.mark.unit
+
+
+def line(start: float, peer: str | None, took: float = 0.05) -> dict:
+    out = {"start": start, "end": start + took}
+    if peer is None:
+        out["error"] = "TimeoutError: timed out"
+    else:
+        out["peer"] = peer
+    return out
+
+
+LOOP = [line(9.0, "10.99.0.13"), line(10.2, "10.99.0.13"), line(10.4, None, 0.5),
+        line(11.0, None, 0.5), line(11.6, "10.99.0.12"), line(11.8, "10.99.0.12"),
+        line(30.0, "10.99.0.12"), line(30.2, None, 0.5), line(30.8, "10.99.0.12")]
+
+
+def test_parse_loop_skips_cut_lines():
+    text = "\n".join(json.dumps(x) for x in LOOP[:2]) + '\n{"start": 12, "pe'
+    assert parse_loop(text) == LOOP[:2]
+
+
+def test_figures_measure_from_the_event_to_the_first_request_through_the_new_gateway():
+    got = failover_figures(LOOP, 10.0, lambda x: x["peer"] == "10.99.0.12",
+                           [Phase("failover", 10.0, 25.0), Phase("return", 25.0, 40.0)])
+    assert got["switchedAfter"] == 1.65          # 11.6 + 0.05 - 10.0
+    assert got["longestOutage"] == 1.25          # 10.4 .. 11.65
+    assert got["failed"] == 3 and got["requests"] == 8 and not got["stillFailingAtEnd"]
+    assert got["failover"] == {"requests": 4, "failed": 2, "peers": ["10.99.0.12", "10.99.0.13"],
+                               "errors": ["TimeoutError: timed out"]}
+    assert got["return"]["failed"] == 1
+
+
+def test_no_switch_and_a_loop_ending_in_failures_are_reported():
+    got = failover_figures(LOOP[:4], 10.0, lambda x: x["peer"] == "10.99.0.12")
+    assert got["switchedAfter"] is None and got["stillFailingAtEnd"]
+    assert got["longestOutage"] == 1.1           # 10.4 .. 11.5
+
+
+@pytest.mark.parametrize("text,port", [
+    ("http=8080:8081", {"containerPort": 8080, "protocol": "TCP", "name": "http",
+                        "hostPort": 8081}),
+    ("53:5353@198.51.100.12/udp", {"containerPort": 53, "protocol": "UDP", "hostPort": 5353,
+                                   "hostIP": "198.51.100.12"}),
+])
+def test_pod_ports_take_a_host_port_and_host_ip(text, port):
+    assert parse_port(text) == port
+
+
+def test_a_host_ip_without_a_host_port_is_refused():
+    with pytest.raises(PodError, match="HOSTIP only with HOSTPORT"):
+        parse_port("8080@10.99.0.12")
