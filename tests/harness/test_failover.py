@@ -37,7 +37,7 @@ def test_figures_measure_from_the_event_to_the_first_request_through_the_new_gat
     assert got["switchedAfter"] == 1.65          # 11.6 + 0.05 - 10.0
     assert got["longestOutage"] == 1.25          # 10.4 .. 11.65
     assert got["failed"] == 3 and got["requests"] == 8 and not got["stillFailingAtEnd"]
-    assert got["failover"] == {"requests": 4, "failed": 2, "peers": ["10.99.0.12", "10.99.0.13"],
+    assert got["failover"] == {"requests": 5, "failed": 2, "peers": ["10.99.0.12", "10.99.0.13"],
                                "errors": ["TimeoutError: timed out"]}
     assert got["return"]["failed"] == 1
 
