@@ -142,8 +142,9 @@ class Lab:
 
     def argv(self, where: Where, argv: Sequence[str]) -> list[str]:
         """The host command line that runs argv at `where`."""
-        if where.kind == "pod":
-            node_name, inner = self.pods.exec_argv(where.name, list(argv))
+        if where.kind == "pod":               # "name" (namespace default) or "namespace/name"
+            namespace, _, name = where.name.rpartition("/")
+            node_name, inner = self.pods.exec_argv(name, list(argv), namespace or "default")
             return self.provider.exec_command(node_name, inner)
         if where.kind == "node":
             return self.provider.exec_command(where.name, list(argv))
@@ -348,7 +349,8 @@ class Lab:
 
     def start_peer_pod(self, node_name: str, name: str, labels: dict[str, str] | None = None,
                        host_network: bool = False, port: int = PEER_PORT,
-                       host_port: int | None = None, host_ip: str | None = None):
+                       host_port: int | None = None, host_ip: str | None = None,
+                       namespace: str = "default"):
         """A pod running the peer server on `port` (TCP and UDP); returns its record.
         `host_port` (and `host_ip`) publish both on that port of the node."""
         where = node(node_name)
@@ -360,8 +362,8 @@ class Lab:
             entry["hostPort"] = host_port
             if host_ip:
                 entry["hostIP"] = host_ip
-        rec = self.pods.run(node_name, name, argv, labels=labels or {}, ports=ports,
-                            host_network=host_network)
+        rec = self.pods.run(node_name, name, argv, namespace=namespace, labels=labels or {},
+                            ports=ports, host_network=host_network)
         self.wait_for(f"pod {name} answering", lambda: "error" not in self.probe(
             node(node_name), "tcp", rec.ip, port, timeout=1)[0], timeout=15)
         return rec
