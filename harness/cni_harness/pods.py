@@ -22,10 +22,13 @@ from .apiserver import ApiServer
 from .cniruntime import CniCallError, Network, invoke, load_network
 from .providers.base import NodeDown
 from .state import cluster_lock, read_json, write_atomic
+from .timescale import scaled
 
 POD_IFNAME = "eth0"
 POD_LOG_DIR = "/var/log/pods"
 POD_RUN_DIR = "/run/cni-harness/pods"
+CNI_TRY_AGAIN = 11          # the CNI spec's "try again later" (the agent is not up yet)
+RESTART_WAIT = 120.0        # how long a restarted node's pods wait for its agent
 _PORT = re.compile(r"^(?:(?P<name>[a-z0-9-]+)=)?(?P<port>\d+)(?::(?P<host>\d+))?"
                    r"(?:@(?P<hostip>[0-9.]+))?(?:/(?P<proto>TCP|UDP|tcp|udp))?$")
 
@@ -182,6 +185,20 @@ class PodRuntime:
             self._teardown(rec)
             raise
 
+    def _start_when_ready(self, rec: PodRecord, node_ip: str, pod_cidr: str) -> None:
+        """`_start`, tried again while the plugin says "try again later" (CNI code 11: the
+        node's agent is still starting after a boot), as a kubelet retries a sandbox."""
+        deadline = time.monotonic() + scaled(RESTART_WAIT)
+        while True:
+            try:
+                return self._start(rec, node_ip, pod_cidr)
+            except CniCallError as exc:
+                if (exc.error or {}).get("code") != CNI_TRY_AGAIN or \
+                        time.monotonic() > deadline:
+                    raise
+                self.progress(f"pod {rec.namespace}/{rec.name}: {exc}; trying again")
+                time.sleep(2)
+
     def _spawn(self, rec: PodRecord) -> int:
         pidfile = f"{POD_RUN_DIR}/{rec.container_id}.pid"
         enter = ["ip", "netns", "exec", rec.netns] if rec.netns else []
@@ -272,7 +289,7 @@ class PodRuntime:
                     invoke(self.provider, node, network, "DEL", rec.container_id,
                            rec.netns_path, POD_IFNAME, rec.namespace, rec.name,
                            prev_result=rec.cni_result)
-                self._start(rec, info.ip, info.pod_cidr)
+                self._start_when_ready(rec, info.ip, info.pod_cidr)
                 self._save(rec)
                 self.progress(f"pod {rec.namespace}/{rec.name} restarted on {node}: {rec.ip}")
                 restarted.append(rec)

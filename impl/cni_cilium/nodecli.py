@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from . import api, paths
-from .bpfabi import CT_KINDS, CtEntry, CtKey
+from .bpfabi import CT_KINDS, CtEntry, CtKey, EgressAction, EgressKey
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -204,6 +204,43 @@ def cmd_bpf_ct_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def egress_rows(items) -> list[dict]:
+    """Decoded egress_policy entries, by pod then destination."""
+    rows = []
+    for raw_key, raw_value in items:
+        key, action = EgressKey.decode(raw_key), EgressAction.decode(raw_value)
+        row = {"pod": key.pod, "destination": key.destination, "action": action.name}
+        if action.name == "snat":
+            row["egressIP"] = action.egress_ip
+        if action.name == "redirect":
+            row.update(gateway=action.gateway_ip, gatewayMAC=action.gateway_mac)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["pod"], r["destination"]))
+
+
+def cmd_bpf_egress_list(args: argparse.Namespace) -> int:
+    from .datapath.bpfsys import BpfError, PinnedMap
+    from .datapath.loader import LoadError, current_pin_dir
+
+    try:
+        pin_dir = args.pin_dir or current_pin_dir()
+        with PinnedMap(os.path.join(pin_dir, "egress_policy")) as egress:
+            rows = egress_rows(egress.items())
+    except (LoadError, BpfError, OSError) as exc:
+        print(f"error: cannot read the egress_policy map: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        target = {"snat": f"source {r.get('egressIP')}",
+                  "redirect": f"via {r.get('gateway')} ({r.get('gatewayMAC')})"}.get(
+                      r["action"], "")
+        print(f"{r['pod']:15} -> {r['destination']:18} {r['action']:10} {target}")
+    print(f"{len(rows)} entries", file=sys.stderr)
+    return EXIT_OK
+
+
 def _agent_running() -> int | None:
     try:
         with open(paths.AGENT_PID, encoding="ascii") as fh:
@@ -304,6 +341,17 @@ def register(sub) -> None:
     ct_list.add_argument("--all", action="store_true", help="include expired entries")
     ct_list.add_argument("--pin-dir", help="map directory (default: the installed layout's)")
     ct_list.set_defaults(func=cmd_bpf_ct_list)
+    egress_map = bpf_sub.add_parser("egress", help="egress gateway entries")
+    egress_map_sub = egress_map.add_subparsers(dest="egress_map_command", metavar="SUBCOMMAND")
+    egress_map_sub.required = True
+    egress_map_list = egress_map_sub.add_parser(
+        "list", help="(pod, destination) -> snat / redirect / excluded / no-gateway (reads the "
+        "pinned map)")
+    egress_map_list.add_argument("--json", action="store_true",
+                                 help="print machine-readable JSON")
+    egress_map_list.add_argument("--pin-dir", help="map directory (default: the installed "
+                                 "layout's)")
+    egress_map_list.set_defaults(func=cmd_bpf_egress_list)
     remove = bpf_sub.add_parser(
         "remove", help="detach every program, delete the agent's routes and pinned maps")
     remove.add_argument("--force", action="store_true", help="even while the agent runs")

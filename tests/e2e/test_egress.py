@@ -34,6 +34,7 @@ pytest.importorskip("cni_harness.providers.local", reason="needs the local clust
 from cni_harness.addressing import CLIENT_IP, WORLD_IP
 from cni_harness.failover import Phase, failover_figures, parse_loop
 from cni_harness.lab import (
+    AGENT_CLI,
     CLIENT,
     FABRIC,
     WORLD,
@@ -183,8 +184,7 @@ def cluster():
 def test_every_agent_elects_the_lowest_hash_and_reports_the_status(cluster, record_property):
     basic = cluster.settled("basic")
     vip = cluster.settled("vip")
-    cli = cluster.lab.run(node("node1"), ["/opt/cni-cilium/venv/bin/cni-cilium", "egress",
-                                          "list"], check=True).stdout
+    cli = cluster.lab.run(node("node1"), [AGENT_CLI, "egress", "list"], check=True).stdout
     metrics = cluster.lab.metrics("node1")
     evidence(record_property, basic=basic, vip=vip, cli=cli.splitlines(),
              metrics={k: v for k, v in metrics.items() if "egress" in k})
@@ -422,7 +422,11 @@ def test_traffic_follows_the_new_gateway_when_the_active_node_goes_down(
              downSeconds=round(marks["down"] - marks["event"], 2), figures=figures,
              moved=moved, final=final, router_mac_after=router_after,
              new_mac=watcher.new_mac, marks={k: round(v - marks["event"], 2)
-                                              for k, v in marks.items()})
+                                              for k, v in marks.items()},
+             watcher={"node1": watcher.node1_at and round(watcher.node1_at - marks["event"], 2),
+                      "router": watcher.router_at and round(watcher.router_at - marks["event"],
+                                                            2)},
+             failed_requests=[x for x in lines if "error" in x][:40])
     print(f"egress failover {mode}/{event}: first request through {new} "
           f"{figures['switchedAfter']} s after taking {old} down; longest outage "
           f"{figures['longestOutage']} s; failed during the return "
