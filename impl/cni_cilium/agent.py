@@ -682,7 +682,8 @@ class Agent:
                              "frontends": len(tr.frontends) if tr else 0},
                 "hostPorts": {"frontends": tr.host_ports if tr else 0,
                               "defaultAddresses": list(tr.host_port_addresses) if tr else [],
-                              "allAddresses": settings.hostPortAllAddresses},
+                              "allAddresses": settings.hostPortAllAddresses,
+                              "nodeAddresses": list(self.health.addresses())},
                 "egress": self._egress_summary(tr),
                 "healthChecks": [{"port": port, "service": f"{hc.namespace}/{hc.name}",
                                   "localEndpoints": hc.local_endpoints, "status": hc.status}
