@@ -1,4 +1,5 @@
-"""Failover figures from a request loop, and pod port arguments (pure)."""
+"""The harness pieces for the egress and hostPort suites (pure): failover figures from a
+request loop, pod port arguments with hostPort/hostIP, egress objects in the API server."""
 
 from __future__ import annotations
 
@@ -61,3 +62,27 @@ def test_pod_ports_take_a_host_port_and_host_ip(text, port):
 def test_a_host_ip_without_a_host_port_is_refused():
     with pytest.raises(PodError, match="HOSTIP only with HOSTPORT"):
         parse_port("8080@10.99.0.12")
+
+
+def test_the_api_server_stores_egress_objects_as_cluster_scoped_files(tmp_path, monkeypatch):
+    from cni_harness.apiserver import ApiServer
+
+    monkeypatch.setenv("CNI_HARNESS_STATE_DIR", str(tmp_path))
+    api = ApiServer(str(tmp_path / "egw"), "egw")
+    gateway = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "EgressGateway",
+               "metadata": {"name": "gw", "namespace": "ignored"},
+               "spec": {"nodeSelector": {}, "sourceIP": {
+                   "mode": "VirtualIPAddress", "virtualIPAddress": {"ip": "10.99.0.250"}}}}
+    policy = {"apiVersion": "network.deckhouse.io/v1alpha1", "kind": "EgressGatewayPolicy",
+              "metadata": {"name": "pol"},
+              "spec": {"egressGatewayName": "gw", "destinationCIDRs": ["0.0.0.0/0"],
+                       "selectors": [{"podSelector": {"matchLabels": {"app": "a"}}}]}}
+    bad = {**policy, "metadata": {"name": "bad"}, "spec": {**policy["spec"],
+                                                           "destinationCIDRs": []}}
+    report = api.apply([gateway, policy, bad], "test")
+    assert report.applied == ["EgressGateway gw", "EgressGatewayPolicy pol"]
+    assert report.problems == ["EgressGatewayPolicy bad: spec.destinationCIDRs: at least one "
+                               "IPv4 CIDR is required (0.0.0.0/0: everywhere outside the "
+                               "cluster)"]
+    assert sorted(api.desired_files()) == ["egressgateway-gw.yaml",
+                                           "egressgatewaypolicy-pol.yaml"]
