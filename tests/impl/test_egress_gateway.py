@@ -394,3 +394,47 @@ def test_translate_carries_the_egress_maps_and_status():
     tr = translate(state)
     assert tr.maps["egress_policy"] and tr.egress.gateways[0].name == "gw"
     assert tr.problems == []
+
+
+def test_metrics_cli_and_map_listing_show_the_agents_view(capsys):
+    from cni_cilium.metrics import render_metrics
+    from cni_cilium.nodecli import egress_rows, print_egress
+
+    active = next(n for n in NODES if n.name == active_for("gw", ["node2", "node3"]))
+    tr = translate_egress(active, NODES, PODS, [VIP], [POLICY],
+                          view(announcing={active.name: ["10.99.0.250"]}))
+    summary = {
+        "gateways": [{**g.to_dict(), "moves": 1,
+                      "lastMove": {"at": 0.0, "from": "node9", "to": active.name}}
+                     for g in tr.gateways],
+        "entries": tr.entries_by_action(),
+        "announcing": {"vips": {"10.99.0.250": {"interfaces": ["eth0"],
+                                                "macs": [MACS[active.name]]}},
+                       "arpReplies": 3, "gratuitousArpSent": 6, "takeovers": 1,
+                       "errors": {}},
+        "health": {"port": 4240, "settled": True,
+                   "peers": {n: p.to_dict() for n, p in view().peers.items()}}}
+    lines = set(render_metrics({"egress": summary, "hostPorts": {"frontends": 2}},
+                               {}).splitlines())
+    for expected in (
+            f'cni_cilium_egress_gateway_active{{gateway="gw",node="{active.name}"}} 1',
+            'cni_cilium_egress_gateway_ready_nodes{gateway="gw"} 2',
+            'cni_cilium_egress_gateway_ready{gateway="gw",'
+            'reason="ElectionSucceedAndVirtualIPAnnounced"} 1',
+            'cni_cilium_egress_gateway_moves_total{gateway="gw"} 1',
+            'cni_cilium_egress_policy_entries{action="snat"} 3',
+            'cni_cilium_egress_vip_announced{vip="10.99.0.250"} 1',
+            "cni_cilium_egress_gratuitous_arp_total 6",
+            'cni_cilium_agent_peer_ready{node="node2"} 1',
+            "cni_cilium_host_port_frontends 2"):
+        assert expected in lines, expected
+    print_egress({**summary, "policies": [p.to_dict() for p in tr.policies]})
+    out = capsys.readouterr().out
+    assert f"10.99.0.250     {active.name}" in out
+    assert "True/ElectionSucceedAndVirtualIPAnnounced" in out
+    assert f"moves seen by this agent: 1 (last node9 -> {active.name}" in out
+    assert "  prod/app-3 10.100.3.5 node3" in out
+    assert "announcing 10.99.0.250 on eth0" in out
+    rows = egress_rows(tr.maps["egress_policy"].items())
+    assert {r["action"] for r in rows} == {"snat", "excluded"}
+    assert {r["egressIP"] for r in rows if r["action"] == "snat"} == {"10.99.0.250"}
