@@ -216,7 +216,9 @@ class NodeHealth:
                 changed = True
             if doc is not None:
                 self._docs[name] = doc
-        self._tracker.record(self.node_name, bool(node_ip))
+        # This agent counts itself ready as its peers would: serving its document.
+        self._tracker.record(self.node_name, self._server is not None,
+                             self._server_error or "health endpoint not listening yet")
         self._tracker.forget([*peers, self.node_name])
         self._rounds += 1
         own = self._document()
