@@ -441,3 +441,32 @@ def test_traffic_follows_the_new_gateway_when_the_active_node_goes_down(
     # ...and requests after its return go through with the gateway's source.
     assert figures["after"]["requests"] >= 5 and figures["after"]["failed"] == 0, figures
     assert figures["after"]["peers"] == [new_source]
+
+
+def test_the_vip_moves_when_only_the_active_nodes_agent_dies(cluster, record_property):
+    """The node stays up, its agent is killed (nodeinit starts it again): its peers stop
+    seeing its health document, elect the other worker, which takes the VIP over."""
+    lab = cluster.lab
+    old = cluster.settled("vip")["activeNodeName"]
+    new = next(n for n in WORKERS if n != old)
+    pid = cluster.lab.agent(old, "status")["pid"]
+    killed_at = time.time()
+    lab.run(node(old), ["kill", "-9", str(pid)], check=True)
+    moved = lab.wait_for(f"egw-vip on {new}", lambda: (
+        lambda st: st if st["activeNodeName"] == new and st["agree"] else None)(
+            cluster.status("vip")), timeout=60)
+    moved_after = time.time() - killed_at
+    router = lab.wait_for("the router's entry for the VIP on the new node", lambda: (
+        lambda mac: mac if mac == cluster.mac(new) else None)(
+            lab.neighbour_mac(FABRIC, VIP)), timeout=20)
+    through = cluster.world_peers(pod("v-1"))
+    back = cluster.settled("vip", timeout=120)       # the restarted agent is ready again
+    after = cluster.world_peers(pod("v-1"))
+    evidence(record_property, old=old, new=new, moved=moved, router_mac=router,
+             moved_after_seconds=round(moved_after, 2), through_new=through, back=back,
+             after_return=after)
+    assert moved["activeNodeName"] == new and router == cluster.mac(new)
+    assert through == [VIP] * 3
+    assert back["activeNodeName"] == new                 # no move back
+    assert after == [VIP] * 3
+
