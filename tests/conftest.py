@@ -33,21 +33,24 @@ def venv_bin():
 
 @pytest.fixture(scope="session")
 def local_cluster():
-    """A 3-node local namespace cluster named `lct`, removed at the end of the session."""
+    """A 3-node local namespace cluster named `lct<run suffix>`, removed at the end of the
+    session (its name: `local_cluster.cluster`)."""
     from cni_harness.testing import fresh_local_cluster as make
+    from cni_harness.testing import run_cluster_name
 
-    with make("lct") as provider:
+    with make(run_cluster_name("lct")) as provider:
         yield provider
 
 
 @pytest.fixture(scope="session")
 def deployed_cluster():
-    """A 3-node local cluster named `lcd` with the module deployed (agent running).
-    `deployed_cluster.first_deploy` is the result of that first deploy."""
-    from cni_harness.deploy import run_playbook
+    """A 3-node local cluster named `lcd<run suffix>` with the module deployed (agent
+    running). `deployed_cluster.first_deploy` is the result of that first deploy."""
+    from cni_harness.deploy.playbook import run_playbook
     from cni_harness.testing import fresh_local_cluster as make
+    from cni_harness.testing import run_cluster_name
 
-    with make("lcd") as provider:
+    with make(run_cluster_name("lcd")) as provider:
         result = run_playbook(provider)
         assert result.rc == 0, result.failed_tasks
         provider.first_deploy = result

@@ -175,7 +175,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
     """Throughput and request rate to one backend pod on node2: pod to pod, through a
     ClusterIP, and from the external client through node1's NodePort in SNAT and then, with
     the agents switched to DSR, by direct server return."""
-    from .lab import CLIENT, PEER_PORT, pod
+    from .suites.lab import CLIENT, PEER_PORT, pod
 
     progress("starting benchmark pods and services ...")
     docs = [{"apiVersion": "v1", "kind": "Service",
@@ -248,44 +248,3 @@ def format_traffic_results(results: dict, seconds: float, rounds: int) -> str:
         lines.append(f"{label:24} {r['gbps']:>8.2f} Gb/s {r['gbps_ratio']:>6.2f} "
                      f"{r['rps']:>11.0f} {r['rps_ratio']:>6.2f}")
     return "\n".join(lines)
-
-
-def cmd_bench(args) -> int:
-    """`cni-harness bench datapath`: print the datapath figures of this machine."""
-    from .lab import LabError, deployed_lab
-
-    def progress(message: str) -> None:
-        print(f"==> {message}", flush=True)
-
-    counts = [int(c) for c in args.services.split(",") if c]
-    compile_s, results = program_benchmark(counts, progress=progress)
-    report: dict = {"compileSeconds": compile_s,
-                    "programming": [{**r.__dict__, "total_s": r.total_s} for r in results]}
-    text = [format_program_results(compile_s, results)]
-    if not args.no_traffic:
-        try:
-            lab, created = deployed_lab(args.name, TRAFFIC_CONFIG, progress=progress)
-        except LabError as exc:
-            print(f"error: traffic benchmark: {exc}")
-            return 1
-        try:
-            traffic = traffic_benchmark(lab, args.seconds, args.rounds, progress)
-        finally:
-            if created:
-                lab.provider.down()
-        report["traffic"] = traffic
-        text.append(format_traffic_results(traffic, args.seconds, args.rounds))
-    print(json.dumps(report, indent=2) if args.json else "\n\n".join(text))
-    return 0
-
-
-def add_arguments(bench) -> None:
-    """Options of `cni-harness bench datapath` (the cluster for the traffic figures is
-    `--name`: created and removed unless it already runs)."""
-    bench.add_argument("--services", default="1000,10000",
-                       help="service counts to program (10 backends each; default %(default)s)")
-    bench.add_argument("--no-traffic", action="store_true",
-                       help="only the map programming figures (no cluster needed)")
-    bench.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    bench.add_argument("--rounds", type=int, default=3, help="rounds per path (median)")
-

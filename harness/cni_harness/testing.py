@@ -2,17 +2,26 @@
 
 `root_netns_snapshot` records the root network namespace (links, addresses, routes) so a
 suite can prove the testbed never touched it; `fresh_local_cluster` brings a cluster up (after
-removing a stale one of the same name) and always takes it down again.
+removing a stale one of the same name) and always takes it down again; `run_cluster_name`
+gives the clusters of one test run names no other run on this host uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
+import string
 import subprocess
 from typing import Iterator
 
-from .providers.local import LocalProvider
+from .providers.local.addressing import validate_cluster_name
+from .providers.local.provider import LocalProvider
+
+# Drawn once per process (one pytest run): two runs on one host, by two people or two
+# worktrees, never build clusters of the same name.
+RUN_SUFFIX = "".join(random.SystemRandom().choices(string.ascii_lowercase + string.digits,
+                                                   k=5))
 
 # Link attributes that change on their own (counters, timestamps) are left out.
 _LINK_KEYS = ("ifname", "ifindex", "link_type", "address", "flags", "mtu", "master")
@@ -32,6 +41,15 @@ def root_netns_snapshot() -> dict:
     routes = sorted(json.dumps(r, sort_keys=True)
                     for r in _ip_json("route", "show", "table", "all"))
     return {"links": links, "addresses": addrs, "routes": routes}
+
+
+def run_cluster_name(prefix: str) -> str:
+    """`prefix` + this run's suffix, e.g. lct3k9xa. Kept short: the name prefixes the
+    cluster's network namespaces and must pass `validate_cluster_name` (at most 12
+    characters, so at most 7 for the prefix)."""
+    name = prefix + RUN_SUFFIX
+    validate_cluster_name(name)
+    return name
 
 
 @contextlib.contextmanager

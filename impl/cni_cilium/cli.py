@@ -93,7 +93,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .agent import run
+    from .agent.main import run
 
     return run(args.config, args.node_name, bpf_dir=args.bpf_dir, log_file=args.log_file,
                cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr,

@@ -305,7 +305,7 @@ def _delete_link(ipr: Any, name: str) -> bool:
 def add(env: CniEnv, conf: NetConf) -> dict:
     from pyroute2 import IPRoute
 
-    from .hostdev import ensure_host_devices
+    from .datapath.hostdev import ensure_host_devices
 
     if not os.path.exists(env.netns):
         raise CniError(ERR_UNKNOWN_CONTAINER, f"CNI_NETNS {env.netns}: no such namespace")

@@ -253,9 +253,7 @@ def _agent_running() -> int | None:
 
 def cmd_bpf_remove(args: argparse.Namespace) -> int:
     """Take the datapath out: filters, owned routes, pinned maps (for uninstall and tests)."""
-    from pyroute2 import IPRoute
-
-    from .datapath import routes, tc, vxlan
+    from .datapath import links, routes, tc, vxlan
 
     pid = _agent_running()
     if pid is not None and not args.force:
@@ -263,11 +261,10 @@ def cmd_bpf_remove(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     removed = []
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
+    with links.open_netlink() as ipr:
+        for index, name in links.all_links(ipr):
             for direction in (tc.INGRESS, tc.EGRESS):
-                if tc.detach(ipr, link["index"], direction):
+                if tc.detach(ipr, index, direction):
                     removed.append(f"{name} {direction}")
         for cidr in routes.owned_routes(ipr):
             routes.delete(ipr, cidr)

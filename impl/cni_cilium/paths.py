@@ -6,6 +6,7 @@ agent's file handling without touching the real /etc or /run.
 
 from __future__ import annotations
 
+import json
 import os
 
 ROOT = os.environ.get("CNI_CILIUM_ROOT", "/")
@@ -36,3 +37,12 @@ LOG_DIR = _p("var", "log", "cni-cilium")
 AGENT_LOG = os.path.join(LOG_DIR, "agent.log")
 BPFFS = _p("sys", "fs", "bpf")
 PIN_DIR = os.path.join(BPFFS, "cni-cilium")
+
+
+def write_json_atomic(path: str, doc: dict) -> None:
+    """Write a JSON file (status, network state, start error) so readers never see a
+    half-written one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -24,7 +24,7 @@ def datapath_counters_on_failure(request, record_property):
     report = getattr(request.node, "rep_call", None)
     if report is None or not report.failed:
         return
-    from cni_harness.lab import Lab
+    from cni_harness.suites.lab import Lab
 
     labs = [value.lab for value in request.node.funcargs.values()
             if isinstance(getattr(value, "lab", None), Lab)]

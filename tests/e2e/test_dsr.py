@@ -1,13 +1,14 @@
 """The DSR-asymmetry suite: which way the replies go in each LB mode, proven from captures.
 
-One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER, default `lab`, already
-runs; else created and removed). The external client talks to node1's NodePort (and a
-LoadBalancer IP routed to node1) of a service whose only backend runs on node2, while
-tcpdump captures in node1, node2, the client and the fabric. The agents' mode is switched
-by rewriting the module config file every node's agent reads (what `deploy --config`
-writes); each agent picks it up live and the suite waits until every status shows it.
+One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER, default `lab` + a
+suffix unique to the run, already runs; else created and removed). The external client
+talks to node1's NodePort (and a LoadBalancer IP routed to node1) of a service whose only
+backend runs on node2, while tcpdump captures in node1, node2, the client and the fabric.
+The agents' mode is switched by rewriting the module config file every node's agent reads
+(what `deploy --config` writes); each agent picks it up live and the suite waits until
+every status shows it.
 
-Asserted from the captures and the answers (`cni_harness.asymmetry`): in DSR, replies
+Asserted from the captures and the answers (`cni_harness.evidence.asymmetry`): in DSR, replies
 leave node2's uplink straight to the client with node1's address and port, none crosses
 node1's uplink, the backend saw the client's address and the first packets carried the DSR
 option; in SNAT, replies pass node1 and the backend saw node1's address. Hybrid is TCP as
@@ -26,17 +27,19 @@ import time
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.addressing import CLIENT_IP
-from cni_harness.asymmetry import Flow, Observation, check_dsr, check_snat
-from cni_harness.evidence import Captures
-from cni_harness.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
-from cni_harness.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from cni_harness.evidence.asymmetry import Flow, Observation, check_dsr, check_snat
+from cni_harness.evidence.capture import Captures
+from cni_harness.providers.local.addressing import CLIENT_IP
+from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
+from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 RESULTS_ENV = "CNI_HARNESS_RESULTS_DIR"    # where `cni-harness run` wants evidence files
 RECEIVING, BACKEND = "node1", "node2"
@@ -122,8 +125,7 @@ class Bed:
         after = self.guard_drops()
         drops = ({n: c - (before or {}).get(n, 0) for n, c in after.items()}
                  if after is not None else {})
-        texts = {label: cap.text for label, cap in running.by_label.items()}
-        obs = Observation.from_captures(flow, texts, answers, drops)
+        obs = Observation(flow, running.packets(), answers, drops)
         if self.results_dir:
             prefix = f"{self.case}-{protocol}-{sport}-{int(time.time() * 1000) % 100000}"
             obs.files = running.save(self.results_dir, prefix)

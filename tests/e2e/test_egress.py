@@ -1,15 +1,16 @@
 """The egress suite: Egress Gateway in both modes, with failover, with real packets.
 
-One 3-node local cluster ($CNI_HARNESS_CLUSTER, reused when running, else created and
-removed), native routing unless $CNI_HARNESS_TUNNEL_MODE says VXLAN. Two EgressGateways
-select the workers (node2, node3): `egw-basic` (PrimaryIPFromEgressGatewayNodeInterface,
-eth0) and `egw-vip` (VirtualIPAddress 10.99.0.250, on the node network, announced by ARP).
-Their policies send the traffic of pods labelled egress=basic (namespace default) and
-egress=vip to the world subnet 203.0.113.0/24, except 203.0.113.128/25. Every node runs one
-pod of each kind (b-N, v-N), node1 also an unlabelled pod and an egress=basic pod in
-another namespace. The world host (203.0.113.10, and 203.0.113.200 in the excluded range)
-and the external client (10.99.0.100, not a destination) run the peer server, which reports
-the source address it saw.
+One 3-node local cluster ($CNI_HARNESS_CLUSTER, reused when running, else one named for
+this run, created and removed), native routing unless $CNI_HARNESS_TUNNEL_MODE says VXLAN.
+Two EgressGateways select the workers (node2, node3): `egw-basic`
+(PrimaryIPFromEgressGatewayNodeInterface, eth0) and `egw-vip` (VirtualIPAddress
+10.99.0.250, on the node network, announced by ARP). Their policies send the traffic of
+pods labelled egress=basic (namespace default) and egress=vip to the world subnet
+203.0.113.0/24, except 203.0.113.128/25. Every node runs one pod of each kind (b-N, v-N),
+node1 also an unlabelled pod and an egress=basic pod in another namespace. The world host
+(203.0.113.10, and 203.0.113.200 in the excluded range) and the external client
+(10.99.0.100, not a destination) run the peer server, which reports the source address it
+saw.
 
 Failover cases stop (then start) or reboot the active node of one gateway while a pod on
 node1 makes a request every 0.2 s to the world; the figures (time from taking the node down
@@ -29,11 +30,12 @@ import time
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.addressing import CLIENT_IP, WORLD_IP
-from cni_harness.failover import Phase, failover_figures, parse_loop
-from cni_harness.lab import (
+from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.suites.failover import Phase, failover_figures, parse_loop
+from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
     FABRIC,
@@ -45,10 +47,11 @@ from cni_harness.lab import (
     pod,
     progress_log,
 )
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("egw")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 TUNNEL_MODE = os.environ.get("CNI_HARNESS_TUNNEL_MODE", "Disabled")
 if TUNNEL_MODE not in ("Disabled", "VXLAN"):

@@ -27,8 +27,8 @@ import time
 import pytest
 import yaml
 
-from cni_harness.entryjob import ENTRY_ENV
-from cni_harness.matrix import KernelEntry, load_matrix
+from cni_harness.matrix.entryjob import ENTRY_ENV
+from cni_harness.matrix.matrix import KernelEntry, load_matrix
 
 pytestmark = pytest.mark.e2e
 
@@ -262,7 +262,9 @@ def test_local_cluster_runs_on_this_kernel(record_property):
     """The local provider (namespace nodes, overlays, bridge fabric, sshd per node) comes up
     on this kernel and one node reaches another's sshd over the fabric."""
     cli = os.path.join(os.path.dirname(sys.executable), "cni-harness")
-    name = "qmkernel"
+    from cni_harness.testing import run_cluster_name
+
+    name = run_cluster_name("qmk")
 
     def harness(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([cli, *args], capture_output=True, text=True, timeout=600,

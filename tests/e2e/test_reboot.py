@@ -1,8 +1,8 @@
 """The reboot-on-mode-change suite: tunnelMode Disabled -> VXLAN -> Disabled through Ansible.
 
 For each change, three phases on one 3-node local cluster ($CNI_HARNESS_CLUSTER, default
-`lab`; reused when it runs, else created and removed), each with evidence (every agent's
-status, a capture summary of the fabric, the pod-to-pod mesh):
+`lab` + a suffix unique to the run; reused when it runs, else created and removed), each
+with evidence (every agent's status, a capture summary of the fabric, the pod-to-pod mesh):
 
 1. the config changes, nothing reboots (site.yml with `cni_cilium_tunnel_reboot=false`):
    every agent reports `rebootRequired` with the pending mode, logs it and exposes it as a
@@ -30,19 +30,23 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_harness.capture import summarize_pcap
-from cni_harness.deploy import REBOOT, SITE, run_playbook
-from cni_harness.lab import LabUnavailable, deployed_lab, node, pod
+from cni_harness.deploy.playbook import REBOOT, SITE, run_playbook
+from cni_harness.evidence.capture import Captures
+from cni_harness.evidence.pcap import summarize
+from cni_harness.suites.lab import FABRIC, LabUnavailable, deployed_lab, node, pod
+from cni_harness.testing import run_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 SKIP_REBOOT = os.environ.get("CNI_HARNESS_SKIP_REBOOT") == "1"
 RESULTS_DIR = os.environ.get("CNI_HARNESS_RESULTS_DIR")
@@ -137,13 +141,14 @@ class Rig:
 
     def captured_mesh(self, label: str) -> tuple[dict, dict]:
         """The mesh while tcpdump watches the fabric: (mesh, capture summary)."""
-        with self.lab.capture_fabric(CAPTURE_FILTER) as cap:
+        # On every port of the fabric: a capture on the bridge itself would miss what it
+        # forwards between ports.
+        with Captures([self.lab.capture(FABRIC, CAPTURE_FILTER)]) as caps:
             mesh = self.mesh()
+            time.sleep(0.3)                        # let the last packets reach the capture
         if RESULTS_DIR:
-            os.makedirs(RESULTS_DIR, exist_ok=True)
-            with open(os.path.join(RESULTS_DIR, f"reboot-{label}.pcap"), "wb") as fh:
-                fh.write(cap["pcap"])
-        return mesh, summarize_pcap(cap["pcap"], POD_CIDR)
+            caps.save(RESULTS_DIR, f"reboot-{label}")
+        return mesh, summarize(caps.packets()["fabric"], POD_CIDR)
 
     def generations(self) -> dict[str, int]:
         return {n: self.provider.generation(n) for n in NODES}

@@ -1,8 +1,9 @@
 """The traffic suite: every datapath path of the kube-proxy replacement, with real packets.
 
 One 3-node local cluster (reused when one named $CNI_HARNESS_CLUSTER already runs, else
-created and removed), deployed with `bpfLBMode` $CNI_HARNESS_LB_MODE (default Hybrid, the
-module's default; SNAT and DSR change only what remote backends see). Pods run a server
+created and removed; without the variable: `lab` + a suffix unique to the run), deployed
+with `bpfLBMode` $CNI_HARNESS_LB_MODE (default Hybrid, the module's default; SNAT and DSR
+change only what remote backends see). Pods run a server
 that reports the peer address it saw; clients are the pods, the nodes, the external client
 namespace and the world host. Every test asserts on what was observed (who answered, which
 source address the server saw, HTTP codes, tc filters, counters) and attaches it as
@@ -26,11 +27,12 @@ from collections import Counter
 
 import pytest
 
-pytest.importorskip("cni_harness.providers.local", reason="needs the local cluster provider")
+pytest.importorskip("cni_harness.providers.local.provider",
+                    reason="needs the local cluster provider")
 
-from cni_cilium.hostdev import gateway_of
-from cni_harness.addressing import CLIENT_IP, WORLD_IP
-from cni_harness.lab import (
+from cni_cilium.datapath.hostdev import gateway_of
+from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
+from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
     FABRIC,
@@ -41,11 +43,12 @@ from cni_harness.lab import (
     pod,
     progress_log,
 )
+from cni_harness.testing import run_cluster_name
 from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
+CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
 KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
 # The suite runs in either tunnel mode (a reused cluster in another mode is rebooted into
 # this one by the deploy, as site.yml does on a tunnelMode change).

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cni_harness import PROJECT_ROOT
-from cni_harness.matrixrun import entry_time_scale
+from cni_harness.matrix.run import entry_time_scale
 from cni_harness.timescale import ENV, TCG_SCALE, scaled, time_scale
 
 pytestmark = pytest.mark.unit

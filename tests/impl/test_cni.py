@@ -1,7 +1,7 @@
 """The CNI plugin's spec surface: environment, config, results and errors.
 
 The plumbing itself (veth, routes, leases in a real node) is exercised by
-tests/harness/test_pods.py on a local cluster.
+tests/harness/cluster/test_pods.py on a local cluster.
 """
 
 from __future__ import annotations

@@ -367,7 +367,8 @@ def test_module_cli_prints_what_the_agent_would_get(tmp_path):
 @pytest.mark.unit
 def test_the_agent_reconciles_on_the_kube_sources_changes(tmp_path):
     """The agent's change detection follows the source it was given (no datapath needed)."""
-    from cni_cilium.agent import Agent, ManifestReader
+    from cni_cilium.agent.inputs import ManifestReader
+    from cni_cilium.agent.reconcile import Agent
     from cni_cilium.config import defaults
 
     source = KubeSource(api_client=None)          # fed by hand: no threads started
@@ -387,7 +388,7 @@ def test_the_agent_reconciles_on_the_kube_sources_changes(tmp_path):
 @pytest.mark.unit
 def test_the_agent_opens_the_api_source_only_once_it_listed_everything(tmp_path, monkeypatch):
 
-    from cni_cilium import agent
+    from cni_cilium.agent import main as agent
 
     with FakeApiServer({}) as server:
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server.url)

@@ -11,8 +11,8 @@ import pytest
 
 from cni_cilium.cni import conflist
 from cni_harness import PROJECT_ROOT
-from cni_harness.deploy import run_playbook
-from cni_harness.testing import fresh_local_cluster
+from cni_harness.deploy.playbook import run_playbook
+from cni_harness.testing import fresh_local_cluster, run_cluster_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ def test_second_deploy_changes_nothing(deployed_cluster):
 
 
 def test_testinfra_checks_pass_on_every_node(deployed_cluster, venv_bin):
-    res = subprocess.run([venv_bin("cni-harness"), "check", "--name", "lcd"],
+    res = subprocess.run([venv_bin("cni-harness"), "check", "--name", deployed_cluster.cluster],
                          capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "24 passed" in res.stdout             # 8 checks x 3 nodes
@@ -104,7 +104,7 @@ def test_the_agent_starts_at_boot_after_sshd(deployed_cluster):
 
 
 def test_an_unsupported_host_stops_the_play_before_anything_is_touched():
-    with fresh_local_cluster("lcu", nodes=1) as provider:
+    with fresh_local_cluster(run_cluster_name("lcu"), nodes=1) as provider:
         provider.put_file("node1", "/etc/os-release",
                           b'ID=ubuntu\nVERSION_ID="18.04"\nPRETTY_NAME="Ubuntu 18.04.6 LTS"\n')
         result = run_playbook(provider)
@@ -119,7 +119,8 @@ def test_an_unsupported_host_stops_the_play_before_anything_is_touched():
 def test_a_bad_config_is_refused_before_deploying(venv_bin, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tunnelMode: Sideways\n")
-    res = subprocess.run([venv_bin("cni-harness"), "deploy", "--name", "lcd", "--config",
+    res = subprocess.run([venv_bin("cni-harness"), "deploy", "--name", run_cluster_name("lcd"),
+                          "--config",
                           str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2 and "tunnelMode: invalid value 'Sideways'" in res.stderr
 

@@ -28,8 +28,8 @@ from cni_cilium.config import settings_from_mapping
 from cni_cilium.preflight import evaluate
 
 from .. import PROJECT_ROOT
-from ..inventory import render_inventory
-from ..matrix import VAGRANT_PROVIDERS, OsEntry
+from ..deploy.inventory import render_inventory
+from ..matrix.matrix import VAGRANT_PROVIDERS, OsEntry
 from .base import (
     Availability,
     NodeInfo,
@@ -527,7 +527,7 @@ class VagrantProvider(Provider):
 
     @property
     def state_dir(self) -> str:
-        """Where deploy keeps its ansible-runner data (cni_harness.deploy)."""
+        """Where deploy keeps its ansible-runner data (cni_harness.deploy.playbook)."""
         return self.directory
 
     @property

@@ -10,8 +10,7 @@ program marks the inner frame as addressed to its node).
 from __future__ import annotations
 
 from ..tunnel import VXLAN_DEVICE, VXLAN_PORT
-
-IFF_NOARP = 0x80
+from .links import IFF_NOARP, set_noarp
 
 
 def _vxlan_data(link) -> dict:
@@ -41,7 +40,7 @@ def ensure_device(ipr, mtu: int, name: str = VXLAN_DEVICE, port: int = VXLAN_POR
     if link.get_attr("IFLA_MTU") != mtu:
         ipr.link("set", index=index, mtu=mtu)
     if not link["flags"] & IFF_NOARP:
-        ipr.link("set", index=index, flags=IFF_NOARP, change=IFF_NOARP)
+        set_noarp(ipr, index)
     ipr.link("set", index=index, state="up")
     with open(f"/proc/sys/net/ipv4/conf/{name}/rp_filter", "w", encoding="ascii") as fh:
         fh.write("0")

@@ -1,0 +1,268 @@
+"""The harness as API server: stores desired state and hands it to every node as files.
+
+`ApiServer` keeps one YAML file per object under the cluster's state dir (`objects/`),
+validates with `cni_cilium.manifests` (an invalid object is refused with a line naming the
+object and field; every valid one is kept), fills allocations (`controller.py`), keeps
+the Pod objects of the pods `pod run` made, derives EndpointSlices, and writes one file per
+object into every node's /etc/cni-cilium/manifests/ (`NodeFiles`), where the agent reads
+them. The kind provider can replace `NodeFiles` with the Kubernetes API; nothing else here
+depends on how the files reach the nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+import yaml
+
+from cni_cilium.manifests import Pod, Service, parse_documents
+
+from ..state import cluster_lock, write_atomic
+from .controller import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NOT_APPLIED,
+    Key,
+    allocate_service,
+    describe,
+    doc_key,
+    endpoint_slices,
+    manifest_filename,
+    used_by,
+)
+
+NODE_MANIFEST_DIR = "/etc/cni-cilium/manifests"   # cni_cilium.paths.MANIFEST_DIR on a node
+
+# Runs on each node (any provider) with the wanted files as JSON on stdin: writes what
+# differs atomically, removes the harness's files that are no longer wanted, and leaves
+# files it does not own (00-*.yaml from the configure role) alone.
+SYNC_SCRIPT = r"""
+import json, os, sys
+d = sys.argv[1]
+want = json.load(sys.stdin)
+os.makedirs(d, exist_ok=True)
+changed = []
+for name, text in sorted(want.items()):
+    path = os.path.join(d, name)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if fh.read() == text:
+                continue
+    except FileNotFoundError:
+        pass
+    tmp = os.path.join(d, "." + name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    changed.append(name)
+for name in sorted(os.listdir(d)):
+    if name.endswith(".yaml") and name[:1].isalpha() and name not in want:
+        os.unlink(os.path.join(d, name))
+        changed.append(name)
+print(json.dumps(changed))
+"""
+
+
+class Distributor(Protocol):
+    def sync(self, files: dict[str, str], nodes: Sequence[str] | None = None) -> dict[str, dict]:
+        """Make every node's manifest dir hold exactly `files`; per-node result."""
+
+
+class NodeFiles:
+    """Distribution through a provider's `exec` (ssh, nsenter, ...), nodes in parallel."""
+
+    def __init__(self, provider: Any):
+        self.provider = provider
+
+    def _sync_one(self, node: str, payload: str) -> dict:
+        try:
+            res = self.provider.exec(node, ["python3", "-c", SYNC_SCRIPT, NODE_MANIFEST_DIR],
+                                     input=payload, timeout=60)
+            return {"changed": json.loads(res.stdout or "[]")}
+        except subprocess.CalledProcessError as exc:
+            return {"error": (exc.stderr or str(exc)).strip().splitlines()[-1:]}
+        except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
+            return {"error": str(exc)}
+
+    def sync(self, files: dict[str, str], nodes: Sequence[str] | None = None) -> dict[str, dict]:
+        names = list(nodes) if nodes else [n.name for n in self.provider.nodes()]
+        payload = json.dumps(files)
+        with ThreadPoolExecutor(max_workers=min(8, len(names) or 1)) as pool:
+            results = list(pool.map(lambda n: self._sync_one(n, payload), names))
+        return dict(zip(names, results))
+
+
+@dataclass
+class ApplyReport:
+    applied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    nodes: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _flatten(docs: Iterable[Any]) -> list[Any]:
+    out = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(
+                doc.get("items"), list):
+            out.extend(_flatten(doc["items"]))
+        elif doc is not None:
+            out.append(doc)
+    return out
+
+
+def _normalise(doc: dict, key: Key) -> dict:
+    out = dict(doc)
+    meta = dict(out.get("metadata") or {})
+    if key[1]:
+        meta["namespace"] = key[1]
+    out["metadata"] = meta
+    return out
+
+
+class ApiServer:
+    """Desired state of one cluster (see the module docstring)."""
+
+    def __init__(self, state_dir: str, cluster: str, distributor: Distributor | None = None):
+        self.state_dir = state_dir
+        self.cluster = cluster
+        self.object_dir = os.path.join(state_dir, "objects")
+        self.distributor = distributor
+
+    @classmethod
+    def for_provider(cls, provider: Any) -> ApiServer:
+        return cls(provider.state_dir, provider.cluster, NodeFiles(provider))
+
+    # ------------------------------------------------------------ store
+
+    def _path(self, key: Key) -> str:
+        return os.path.join(self.object_dir, manifest_filename(key))
+
+    def objects(self) -> dict[Key, dict]:
+        """Every stored object (applied ones and Pods), by key."""
+        out: dict[Key, dict] = {}
+        if not os.path.isdir(self.object_dir):
+            return out
+        for name in sorted(os.listdir(self.object_dir)):
+            if not name.endswith(".yaml"):
+                continue
+            with open(os.path.join(self.object_dir, name), encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh)
+            key = doc_key(doc)
+            if key:
+                out[key] = doc
+        return out
+
+    def _store(self, key: Key, doc: dict) -> None:
+        write_atomic(self._path(key), yaml.safe_dump(doc, sort_keys=False))
+
+    def _unstore(self, key: Key) -> bool:
+        try:
+            os.unlink(self._path(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    # ------------------------------------------------------------ changes
+
+    def apply(self, docs: Iterable[Any], source: str = "<input>") -> ApplyReport:
+        """Validate and store objects; invalid ones are refused one by one."""
+        report = ApplyReport()
+        with cluster_lock(self.cluster):
+            stored = self.objects()
+            for index, doc in enumerate(_flatten(docs)):
+                key = doc_key(doc)
+                if key is None:
+                    problems = parse_documents([doc], source)[1]
+                    report.problems.extend(problems or [
+                        f"{source} document {index}: kind and metadata.name are required"])
+                    continue
+                if key[0] in NOT_APPLIED:
+                    report.problems.append(f"{describe(key)}: kind: {NOT_APPLIED[key[0]]}")
+                    continue
+                candidate = _normalise(doc, key)
+                problems: list[str] = []
+                if key[0] == "Service":
+                    others = [d for k, d in stored.items() if k[0] == "Service" and k != key]
+                    candidate, problems = allocate_service(candidate, stored.get(key),
+                                                           used_by(others))
+                problems += parse_documents([candidate], source)[1]
+                if problems:
+                    report.problems.extend(problems)
+                    continue
+                if stored.get(key) == candidate:
+                    report.unchanged.append(describe(key))
+                    continue
+                stored[key] = candidate
+                self._store(key, candidate)
+                report.applied.append(describe(key))
+            if report.applied:
+                report.nodes = self.sync()
+        return report
+
+    def delete(self, docs: Iterable[Any], source: str = "<input>") -> ApplyReport:
+        """Remove objects by kind, namespace and name."""
+        report = ApplyReport()
+        with cluster_lock(self.cluster):
+            for index, doc in enumerate(_flatten(docs)):
+                key = doc_key(doc)
+                if key is None:
+                    report.problems.append(
+                        f"{source} document {index}: kind and metadata.name are required")
+                elif key[0] in NOT_APPLIED:
+                    report.problems.append(f"{describe(key)}: kind: {NOT_APPLIED[key[0]]}")
+                elif self._unstore(key):
+                    report.deleted.append(describe(key))
+                else:
+                    report.not_found.append(describe(key))
+            if report.deleted:
+                report.nodes = self.sync()
+        return report
+
+    def put_pod(self, doc: dict, sync: bool = True) -> dict[str, dict]:
+        """Store a Pod object (from the pod runtime) and redistribute."""
+        key = doc_key(doc)
+        problems = parse_documents([doc], "pod")[1]
+        if key is None or key[0] != "Pod" or problems:
+            raise ValueError("; ".join(problems) or "not a Pod")
+        with cluster_lock(self.cluster):
+            self._store(key, doc)
+            return self.sync() if sync else {}
+
+    def remove_pod(self, namespace: str, name: str) -> dict[str, dict]:
+        with cluster_lock(self.cluster):
+            self._unstore(("Pod", namespace, name))
+            return self.sync()
+
+    # ------------------------------------------------------------ what nodes get
+
+    def desired_files(self) -> dict[str, str]:
+        """Every object plus the derived EndpointSlices, one YAML text per file name."""
+        stored = self.objects()
+        parsed, _problems = parse_documents(list(stored.values()), "store")
+        services = [o for o in parsed if isinstance(o, Service)]
+        pods = [o for o in parsed if isinstance(o, Pod)]
+        docs = {k: d for k, d in stored.items()
+                if not (k[0] == "EndpointSlice" and
+                        (d.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL)
+                        == MANAGED_BY)}
+        for slice_doc in endpoint_slices(services, pods):
+            docs[doc_key(slice_doc)] = slice_doc
+        return {manifest_filename(k): yaml.safe_dump(d, sort_keys=False)
+                for k, d in sorted(docs.items())}
+
+    def sync(self, nodes: Sequence[str] | None = None) -> dict[str, dict]:
+        """Hand the desired files to the nodes (all, or the ones named)."""
+        if self.distributor is None:
+            return {}
+        return self.distributor.sync(self.desired_files(), nodes)

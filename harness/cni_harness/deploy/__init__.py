@@ -1,0 +1,1 @@
+"""Installing the module on a provider's nodes: the Ansible inventory and playbook runs."""

@@ -1,0 +1,1 @@
+"""Reports of suite and matrix runs: JUnit merged, Markdown and HTML."""

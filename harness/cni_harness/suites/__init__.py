@@ -1,0 +1,1 @@
+"""Running suites (pytest per suite, JUnit, reports) and the `Lab` they drive traffic with."""

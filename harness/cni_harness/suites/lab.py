@@ -1,0 +1,349 @@
+"""A traffic lab on a provider's cluster: pods running the peer server, services, and
+commands run where traffic starts (a pod, a node, the external client, the world host).
+
+Suites and benchmarks use this one facade, so "send N requests from X to Y and say who
+answered and whom they saw" is written once. Tools run with the system Python: copied to
+the nodes (any provider), used in place for the client and world namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .. import tools
+from ..timescale import scaled
+
+TOOLS_DIR = os.path.dirname(os.path.abspath(tools.__file__))
+NODE_TOOLS_DIR = "/opt/cni-harness/tools"
+TOOLS = ("peer_server.py", "probe.py")
+AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
+MODULE_CONFIG = "/etc/cni-cilium/config.yaml"   # docs/architecture.md, files on a node
+PEER_PORT = 8080
+DATAPATH_METRICS = "cni_cilium_datapath_"   # the agent's datapath_{events,drops}_total
+
+
+class LabError(RuntimeError):
+    """A lab command failed in a way that is not the traffic under test."""
+
+
+class LabUnavailable(LabError):
+    """This host cannot run the local provider; the message says what is missing."""
+
+
+def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
+                 progress: Callable[[str], None] = lambda _m: None) -> tuple[Lab, bool]:
+    """A running local cluster with the module deployed with `config_text`, and whether it
+    was created here (then the caller removes it). A cluster that already runs is reused."""
+
+    from ..deploy.playbook import run_playbook
+    from ..providers.local.provider import LocalProvider
+
+    available = LocalProvider.availability()
+    if not available.ok:
+        raise LabUnavailable(f"local provider unavailable: {available.reason()}")
+    provider = LocalProvider(cluster, nodes=nodes, progress=progress)
+    created = provider.status().get("state") != "running"
+    if created:
+        provider.down()          # whatever an earlier crashed run left
+        provider.up()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(config_text)
+    try:
+        result = run_playbook(provider, config=fh.name, progress=progress)
+    finally:
+        os.unlink(fh.name)
+    if result.rc != 0:
+        raise LabError(f"deploy to cluster {cluster} failed: {result.failed_tasks}")
+    lab = Lab(provider, progress=progress)
+    lab.install_tools()
+    return lab, created
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {sample name with its labels: value}."""
+    samples = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            samples[sample] = float(value)
+    return samples
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a command runs: a pod (namespace/name), a node, the client or the world."""
+
+    kind: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}".strip()
+
+
+CLIENT = Where("client")
+WORLD = Where("world")
+FABRIC = Where("fabric")    # the node network's bridge/router namespace
+
+
+def pod(name: str) -> Where:
+    return Where("pod", name)
+
+
+def node(name: str) -> Where:
+    return Where("node", name)
+
+
+def progress_log(path: str | None) -> Callable[[str], None]:
+    """A progress callback appending timestamped lines to `path` (flushed each line, so a
+    host following a guest's results directory sees them live); a no-op without a path."""
+    if not path:
+        return lambda _m: None
+    started = time.monotonic()
+
+    def emit(message: str) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"[{time.monotonic() - started:7.1f}s] {message}\n")
+    return emit
+
+
+class Lab:
+    """Commands, pods and objects on one provider's cluster."""
+
+    def __init__(self, provider: Any, progress: Callable[[str], None] = lambda _m: None):
+        from ..cluster.pods import PodRuntime
+
+        self.provider = provider
+        self.plan = provider.plan()
+        self.pods = PodRuntime(provider, progress=progress)
+        self.api = self.pods.api
+        self.progress = progress
+
+    # ------------------------------------------------------------ running commands
+
+    def tool(self, where: Where, name: str) -> str:
+        """Path of a tool as seen from `where`."""
+        return (os.path.join(NODE_TOOLS_DIR, name) if where.kind in ("pod", "node")
+                else os.path.join(TOOLS_DIR, name))
+
+    def install_tools(self) -> None:
+        for info in self.provider.nodes():
+            for name in TOOLS:
+                with open(os.path.join(TOOLS_DIR, name), "rb") as fh:
+                    self.provider.put_file(info.name, os.path.join(NODE_TOOLS_DIR, name),
+                                           fh.read(), mode=0o755)
+
+    def argv(self, where: Where, argv: Sequence[str]) -> list[str]:
+        """The host command line that runs argv at `where`."""
+        if where.kind == "pod":               # "name" (namespace default) or "namespace/name"
+            namespace, _, name = where.name.rpartition("/")
+            node_name, inner = self.pods.exec_argv(name, list(argv), namespace or "default")
+            return self.provider.exec_command(node_name, inner)
+        if where.kind == "node":
+            return self.provider.exec_command(where.name, list(argv))
+        netns = {"client": self.plan.client_netns, "world": self.plan.world_netns,
+                 "fabric": self.plan.fabric_netns}[where.kind]
+        return ["ip", "netns", "exec", netns, *argv]
+
+    def run(self, where: Where, argv: Sequence[str], timeout: float = 120, check: bool = False,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        res = subprocess.run(self.argv(where, argv), capture_output=True, text=True,
+                             timeout=scaled(timeout), check=False, input=input)
+        if check and res.returncode != 0:
+            raise LabError(f"{where}: {' '.join(argv)}: exit {res.returncode}: "
+                           f"{(res.stderr or res.stdout).strip()[-400:]}")
+        return res
+
+    def popen(self, where: Where, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(where, argv), **kwargs)
+
+    def stream(self, where: Where, host: str, port: int, seconds: int, rate: int,
+               max_seconds: int) -> subprocess.Popen:
+        """A long-lived HTTP download from the peer server's /stream (`seconds` at `rate`
+        bytes/s) run by curl at `where`; its stdout ends as "CODE BYTES REMOTE_IP"."""
+        url = f"http://{host}:{port}/stream?seconds={seconds}&rate={rate}"
+        return self.popen(where, ["curl", "-sS", "-o", "/dev/null", "-w",
+                                  "%{http_code} %{size_download} %{remote_ip}",
+                                  "-m", str(max_seconds), url],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
+              timeout: float = 2.0, size: int | None = None, sport: int | None = None
+              ) -> list[dict]:
+        """`count` tries from `where`: each the peer server's answer or {"error": ...}
+        (`size`: UDP payload bytes; `sport`: source port of the first try, counting up)."""
+        extra = ["--size", str(size)] if size is not None else []
+        extra += ["--sport", str(sport)] if sport else []
+        res = self.run(where, ["python3", self.tool(where, "probe.py"), protocol.lower(), host,
+                               str(port), "--count", str(count), "--timeout", str(timeout),
+                               *extra], timeout=30 + count * (timeout + 1), check=True)
+        return json.loads(res.stdout)
+
+    def capture(self, where: Where, bpf_filter: str = "", label: str | None = None):
+        """A packet capture on every interface at `where` (not started yet; `Captures`
+        starts and stops several together)."""
+        from ..evidence.capture import Capture
+
+        return Capture(label or where.name or where.kind,
+                       lambda argv: self.run(where, argv, timeout=60), bpf_filter)
+
+    # ------------------------------------------------------------ the agent on a node
+
+    def agent(self, node_name: str, *args: str, timeout: float = 30) -> Any:
+        """`cni-cilium ARGS --json` on a node, parsed."""
+        res = self.run(node(node_name), [AGENT_CLI, *args, "--json"], timeout=timeout,
+                       check=True)
+        return json.loads(res.stdout)
+
+    def metrics(self, node_name: str) -> dict[str, float]:
+        """Every sample of a node agent's Prometheus metrics: {sample with labels: value}."""
+        res = self.run(node(node_name), [
+            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
+            "http://agent/metrics"], check=True)
+        return parse_samples(res.stdout)
+
+    def metric(self, node_name: str, sample: str) -> float:
+        """One sample of a node agent's Prometheus metrics (0 when absent)."""
+        return self.metrics(node_name).get(sample, 0.0)
+
+    def datapath_counters(self) -> dict[str, dict[str, float]]:
+        """Per node, the datapath's non-zero counters (events and drops by reason)."""
+        return {info.name: {sample: value for sample, value in self.metrics(info.name).items()
+                            if sample.startswith(DATAPATH_METRICS) and value}
+                for info in self.provider.nodes()}
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20,
+                 interval: float = 0.2) -> Any:
+        """Poll until predicate() is truthy; returns its value, raises LabError on timeout.
+        `timeout` is for native speed: stretched by the time scale (emulated guests)."""
+        timeout = scaled(timeout)
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while True:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (LabError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                last_error = f" (last error: {exc})"
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {timeout} s waiting for {what}{last_error}")
+            time.sleep(interval)
+
+    def set_module_config(self, text: str, lb_modes: dict[str, str] | None = None,
+                          timeout: float = 20) -> None:
+        """Write the module config every node's agent reads (the file `deploy --config`
+        writes) and wait until each agent runs it (its status shows `lb_modes`, e.g.
+        {"TCP": "DSR", "UDP": "SNAT"}, when given)."""
+        for info in self.provider.nodes():
+            self.provider.put_file(info.name, MODULE_CONFIG, text.encode())
+        if lb_modes is None:
+            return
+        for info in self.provider.nodes():
+            self.wait_for(f"LB modes {lb_modes} on {info.name}", lambda n=info.name: self.agent(
+                n, "status")["modes"]["lbMode"] == lb_modes, timeout)
+
+    def module_config(self, node_name: str) -> str:
+        """The module config file on a node, as the agent reads it."""
+        return self.run(node(node_name), ["cat", MODULE_CONFIG], check=True).stdout
+
+    def wait_programmed(self, service: str, count_by_type: dict[str, int] | None = None,
+                        nodes: Sequence[str] | None = None, timeout: float = 20) -> None:
+        """Until every node's agent has the service's frontends (with `count_by_type`
+        selected backends per frontend type when given)."""
+        for name in nodes or [n.name for n in self.provider.nodes()]:
+            def ready(name=name) -> bool:
+                frontends = [f for f in self.agent(name, "service", "list")["frontends"]
+                             if f["service"] == service]
+                if not frontends:
+                    return False
+                if count_by_type is None:
+                    return True
+                return all(len(f["selected"]) == count_by_type[f["type"]]
+                           for f in frontends if f["type"] in count_by_type)
+            self.wait_for(f"{service} programmed on {name}", ready, timeout)
+
+    def egress_status(self, gateway: str, nodes: Sequence[str] | None = None) -> dict:
+        """An EgressGateway's status as the agents report it: every running agent's view
+        (`cni-cilium egress list`), the status they agree on (activeNodeName, readyNodes,
+        the Ready condition as the active node's agent gives it), and whether they agree.
+        Nodes whose agent does not answer (stopped, rebooting) are listed as such."""
+        views: dict[str, dict] = {}
+        down: dict[str, str] = {}
+        for name in nodes or [n.name for n in self.provider.nodes()]:
+            try:
+                doc = self.agent(name, "egress", "list", timeout=10)
+            except (LabError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
+                down[name] = str(exc).splitlines()[0][:200] if str(exc) else "no answer"
+                continue
+            gw = next((g for g in doc["gateways"] if g["name"] == gateway), None)
+            if gw is not None:
+                views[name] = gw
+        actives = {v["status"]["activeNodeName"] for v in views.values()}
+        active = actives.pop() if len(actives) == 1 else None
+        authority = views.get(active) if active else None
+        chosen = authority or next(iter(views.values()), None)
+        return {
+            "gateway": gateway, "agree": len({json.dumps(v["status"]["activeNodeName"])
+                                              for v in views.values()}) == 1,
+            "activeNodeName": active,
+            "readyNodes": chosen["status"]["readyNodes"] if chosen else [],
+            "conditions": chosen["status"]["conditions"] if chosen else [],
+            "egressIP": chosen["egressIP"] if chosen else None,
+            "byNode": {n: {"activeNodeName": v["status"]["activeNodeName"],
+                           "readyNodes": v["status"]["readyNodes"],
+                           "reason": v["status"]["conditions"][0]["reason"]}
+                       for n, v in views.items()},
+            "unreachable": down,
+        }
+
+    def neighbour_mac(self, where: Where, address: str) -> str | None:
+        """The MAC `where`'s neighbour table holds for an address (None: no usable entry)."""
+        res = self.run(where, ["ip", "-j", "neigh", "show", address], check=True)
+        for entry in json.loads(res.stdout or "[]"):
+            if entry.get("lladdr") and "FAILED" not in entry.get("state", []):
+                return entry["lladdr"]
+        return None
+
+    # ------------------------------------------------------------ pods and objects
+
+    def start_peer_pod(self, node_name: str, name: str, labels: dict[str, str] | None = None,
+                       host_network: bool = False, port: int = PEER_PORT,
+                       host_port: int | None = None, host_ip: str | None = None,
+                       namespace: str = "default"):
+        """A pod running the peer server on `port` (TCP and UDP); returns its record.
+        `host_port` (and `host_ip`) publish both on that port of the node."""
+        where = node(node_name)
+        argv = ["python3", self.tool(where, "peer_server.py"), "--name", name,
+                "--port", str(port)]
+        ports = [{"name": "http", "containerPort": port, "protocol": "TCP"},
+                 {"name": "dns", "containerPort": port, "protocol": "UDP"}]
+        for entry in ports if host_port else ():
+            entry["hostPort"] = host_port
+            if host_ip:
+                entry["hostIP"] = host_ip
+        rec = self.pods.run(node_name, name, argv, namespace=namespace, labels=labels or {},
+                            ports=ports, host_network=host_network)
+        self.wait_for(f"pod {name} answering", lambda: "error" not in self.probe(
+            node(node_name), "tcp", rec.ip, port, timeout=1)[0], timeout=15)
+        return rec
+
+    def apply(self, docs: list[dict]) -> None:
+        report = self.api.apply(docs, "lab")
+        if report.problems:
+            raise LabError(f"apply refused: {report.problems}")
+
+    def delete(self, docs: list[dict]) -> None:
+        self.api.delete(docs, "lab")
+
+    def service(self, name: str, namespace: str = "default") -> dict:
+        """The stored Service object (with the allocated ClusterIP and ports)."""
+        for key, doc in self.api.objects().items():
+            if key == ("Service", namespace, name):
+                return doc
+        raise LabError(f"no Service {namespace}/{name}")
