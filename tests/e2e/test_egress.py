@@ -463,9 +463,12 @@ def test_the_vip_moves_when_only_the_active_nodes_agent_dies(cluster, record_pro
     router = lab.neighbour_mac(FABRIC, VIP)
     back = cluster.settled("vip", timeout=120)       # the restarted agent is ready again
     after = cluster.world_peers(pod("v-1"))
+    last_move = next(g for g in cluster.agent_egress("node1")["gateways"]
+                     if g["name"] == "egw-vip")["lastMove"]
     evidence(record_property, old=old, new=new, moved=moved, router_mac=router,
-             moved_after_seconds=round(moved_after, 2), through_new=through, back=back,
-             after_return=after)
+             node1_moved_after_seconds=round(last_move["at"] - killed_at, 2),
+             all_agree_seen_after_seconds=round(moved_after, 2), through_new=through,
+             back=back, after_return=after)
     assert moved["activeNodeName"] == new and router == cluster.mac(new)
     assert through == [VIP] * 3
     assert back["activeNodeName"] == new                 # no move back
