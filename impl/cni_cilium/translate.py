@@ -35,7 +35,7 @@ from .bpfabi import (
 )
 from .config import Settings
 from .egress import EGRESS_MAPS, EgressTranslation, EgressView, translate_egress
-from .hostport import default_addresses, host_port_frontends
+from .hostport import HostPortFrontend, default_addresses, host_port_frontends
 from .manifests import (
     EgressGateway,
     EgressGatewayPolicy,
@@ -324,7 +324,8 @@ def translate(state: DesiredState) -> Translation:
     host_ports, hp_problems = host_port_frontends(node, pods, state.node_addresses,
                                                   settings.hostPortAllAddresses)
     out.problems.extend(hp_problems)
-    out.host_port_addresses = default_host_port_addresses(node, state, settings)
+    out.host_port_addresses = default_addresses(node, state.node_addresses,
+                                                settings.hostPortAllAddresses)
     for hp in host_ports:                   # after every service: a service keeps its port
         claims[hp.frontend].append(hp.owner)
     owner = {}
@@ -345,12 +346,8 @@ def translate(state: DesiredState) -> Translation:
     return out
 
 
-def default_host_port_addresses(node: Node, state: DesiredState, settings: Settings
-                                ) -> tuple[str, ...]:
-    return default_addresses(node, state.node_addresses, settings.hostPortAllAddresses)
-
-
-def _program_host_ports(host_ports, owner: Mapping[Frontend, str], out: Translation) -> None:
+def _program_host_ports(host_ports: Sequence[HostPortFrontend], owner: Mapping[Frontend, str],
+                        out: Translation) -> None:
     """Each hostPort is a frontend of the node's own address with its pod as the only,
     local backend (see `hostport`)."""
     flags = FE_EXTERNAL | FE_NODEPORT | FE_LOCAL_ONLY

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Sequence
 
+from ..egress import EgressView
 from ..manifests import Node
 from ..translate import Translation
 from .arp import VipAnnouncer
@@ -22,6 +23,8 @@ log = logging.getLogger("cni-cilium.agent")
 
 
 class EgressRuntime:
+    """The health endpoint and poller, the VIP announcer, and the moves seen (module doc)."""
+
     def __init__(self, node_name: str):
         self.health = NodeHealth(node_name)
         self.vips = VipAnnouncer()
@@ -41,7 +44,7 @@ class EgressRuntime:
     def revision(self) -> int:
         return self.health.revision
 
-    def view(self):
+    def view(self) -> EgressView:
         return self.health.view()
 
     def addresses(self) -> tuple[str, ...]:
