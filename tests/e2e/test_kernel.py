@@ -10,7 +10,10 @@ CNI_HARNESS_MATRIX_ENTRY; otherwise the entry is found from `uname -r`).
   say: refused where expected is `expected-unsupported` (pytest.xfail), accepted there fails;
 - a tc program compiled here counts real packets sent between two namespaces;
 - the datapath's own IPv4 option code (bpf/lib/ipopt.h, DSR's carrier) inserts an option
-  on one namespace's egress and strips it on the other's ingress, real datagrams between.
+  on one namespace's egress and strips it on the other's ingress, real datagrams between;
+- the whole datapath (bpf/cni_cilium.c, every program) passes this kernel's verifier, with
+  its maps pinned in a private bpffs: the check every feature growing the programs needs
+  on the oldest kernel, without a cluster.
 """
 
 from __future__ import annotations
@@ -256,6 +259,27 @@ def test_datapath_ip_option_code_inserts_and_strips_on_this_kernel(record_proper
     assert results == {"inserted": count, "insertFailed": 0, "stripped": count,
                        "stripFailed": 0}
     assert received == {"received": count, "withOptions": 0}
+
+
+def test_the_whole_datapath_passes_this_kernels_verifier(record_property, tmp_path):
+    from cni_cilium.datapath import loader
+
+    bpffs = str(tmp_path / "bpffs")
+    os.makedirs(bpffs)
+    subprocess.run(["mount", "-t", "bpf", "bpf", bpffs], check=True)
+    try:
+        loaded = loader.load(loader.find_bpf_dir(DATAPATH_DIR),
+                             pin_root=os.path.join(bpffs, "cni-cilium"), bpffs=bpffs)
+        programs = sorted(loaded.prog_fds)
+        maps = sorted(os.listdir(loaded.pin_dir))
+        seconds = round(loaded.compile_seconds, 2)
+        del loaded
+    finally:
+        subprocess.run(["umount", bpffs], check=False)
+    evidence(record_property, kernelRelease=RELEASE, programs=programs, maps=maps,
+             compileAndLoadSeconds=seconds)
+    assert programs == sorted(["from_container", "to_container", "from_netdev", "to_netdev",
+                               "from_host", "from_overlay"])
 
 
 def test_local_cluster_runs_on_this_kernel(record_property):
