@@ -6,7 +6,8 @@
  *   from_netdev     uplink ingress: reverse SNAT/masquerade, reverse NAT, NodePort and
  *                   LoadBalancer translation (SNAT or DSR to remote backends), DSR option
  *                   of packets for this node's pods
- *   to_netdev       uplink egress: masquerade of pod -> world traffic
+ *   to_netdev       uplink egress: egress gateway (lib/egress.h), masquerade of pod ->
+ *                   world traffic
  *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
  *                   (and, in VXLAN mode, its connections to other nodes' pods)
  *   from_overlay    VXLAN device ingress (VXLAN mode): decapsulated packets from other
@@ -28,6 +29,7 @@
 #include "lib/fib.h"
 #include "lib/dsr.h"
 #include "lib/policy.h"
+#include "lib/egress.h"
 
 #define FROM_POD 0
 #define FROM_NETDEV 1
@@ -139,6 +141,8 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (dsr_receive(skb, &p, cfg) < 0)
 		return TC_ACT_SHOT;
 	nat = snat_reverse(skb, &p, cfg);
+	if (nat == 0)
+		nat = egress_reverse(skb, &p, cfg);
 	if (nat < 0)
 		return TC_ACT_SHOT;
 	ret = lb_reverse(skb, &p, &flags);
@@ -164,6 +168,7 @@ int to_netdev(struct __sk_buff *skb)
 	struct lpm_v4_key dst = {};
 	struct node_config *cfg;
 	struct pkt p = {};
+	int ret;
 
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
@@ -172,6 +177,9 @@ int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (policy_host_egress(skb, &p, cfg) < 0)
 		return TC_ACT_SHOT;
+	ret = egress_gateway(skb, &p, cfg);
+	if (ret != EGRESS_PASS)
+		return ret;
 	if (!(cfg->flags & CFG_F_MASQUERADE) || !cfg->pod_cidr_mask)
 		return TC_ACT_OK;
 	if ((p.saddr & cfg->pod_cidr_mask) != cfg->pod_cidr_addr)

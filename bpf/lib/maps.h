@@ -219,7 +219,12 @@ enum stat_id {
 	STAT_FLOW_EVENTS = 30,        /* flow events written to the ring buffer (lib/flow.h) */
 	STAT_FLOW_SUPPRESSED = 31,    /* flow events over the per-CPU rate: not written */
 	STAT_FLOW_LOST = 32,          /* flow events the full ring buffer had no room for */
-	STAT_MAX = 33,
+	STAT_EGW_SNAT_NEW = 33,       /* egress gateway: a new flow SNATed to the egress IP */
+	STAT_EGW_SNAT = 34,
+	STAT_EGW_REDIRECT = 35,       /* sent to the gateway node, not masqueraded */
+	STAT_EGW_REV_SNAT = 36,       /* a reply to an egress IP other than the InternalIP */
+	STAT_DROP_NO_EGRESS_GW = 37,  /* selected traffic, but no ready gateway node */
+	STAT_MAX = 38,
 };
 
 BPF_TABLE_PINNED("hash", struct lb_key, struct lb_frontend, lb_frontends, 65536,
@@ -388,5 +393,34 @@ BPF_TABLE_PINNED("hash", struct policy_enforce_key, struct policy_enforce, polic
 BPF_TABLE_PINNED("array", u32, struct policy_config, policy_cfg, 1, PIN_DIR "/policy_cfg");
 BPF_TABLE_PINNED("percpu_array", u32, struct flow_limit, flow_limit, 1, PIN_DIR "/flow_limit");
 BPF_RINGBUF_PINNED(flow_events, 262144, PIN_DIR "/flow_events");
+
+/* Egress gateway (lib/egress.h). egress_policy: (pod address, destination prefix) -> what
+ * to do with that pod's traffic there; the longest destination prefix wins, so an excluded
+ * CIDR inside a destination CIDR is an entry of its own. Holds this node's selected pods,
+ * plus every selected pod of the cluster for the gateways this node is active for. */
+struct egress_key {
+	u32 prefixlen;      /* 32 (the pod address) + the destination prefix length */
+	__be32 saddr;       /* the pod */
+	__be32 daddr;       /* the destination prefix */
+};
+
+#define EGW_EXCLUDED 1    /* an excluded CIDR: the usual masquerade */
+#define EGW_SNAT 2        /* this node is the active gateway: SNAT to egress_ip */
+#define EGW_REDIRECT 3    /* another node is: send it there, not masqueraded */
+#define EGW_NO_GATEWAY 4  /* no ready gateway node: drop (never leave with another source) */
+
+struct egress_gw {
+	__be32 egress_ip;       /* EGW_SNAT: the source the world sees (interface IP or VIP) */
+	__be32 gateway_ip;      /* EGW_REDIRECT: the gateway node's InternalIP (VXLAN: outer) */
+	u8 gateway_mac[6];      /* EGW_REDIRECT: its uplink MAC (native routing: next hop) */
+	u8 action;              /* EGW_* */
+	u8 pad;
+};
+
+BPF_TABLE_PINNED("lpm_trie", struct egress_key, struct egress_gw, egress_policy, 16384,
+		 PIN_DIR "/egress_policy", BPF_F_NO_PREALLOC);
+/* Egress IPs this node SNATs to besides its InternalIP (a VIP, another interface's IP):
+ * replies to them are reverse-translated like replies to the InternalIP. */
+BPF_TABLE_PINNED("hash", __be32, u8, egress_ips, 256, PIN_DIR "/egress_ips");
 
 #endif

@@ -20,7 +20,7 @@ MAP_CAPACITY = {
     "ct4": 262144,
     "node_cfg": 1,
     "no_masq": 1024,
-    "stats": 33,
+    "stats": 38,
     "agent_state": 8,
     "tunnel_map": 4096,
     "tunnel_cfg": 1,
@@ -34,6 +34,8 @@ MAP_CAPACITY = {
     "policy_cfg": 1,
     "flow_limit": 1,
     "flow_events": 262144,      # bytes (a ring buffer)
+    "egress_policy": 16384,
+    "egress_ips": 256,
 }
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
@@ -84,6 +86,11 @@ CFG_F_MASQUERADE = 0x01
 
 TUNNEL_F_NODE = 0x01
 
+# egress_gw.action
+EGW_EXCLUDED, EGW_SNAT, EGW_REDIRECT, EGW_NO_GATEWAY = 1, 2, 3, 4
+EGW_ACTIONS = {EGW_EXCLUDED: "excluded", EGW_SNAT: "snat", EGW_REDIRECT: "redirect",
+               EGW_NO_GATEWAY: "no-gateway"}
+
 # enum stat_id, in order.
 STAT_NAMES = (
     "svc_new", "svc_established", "rev_dnat", "snat_new", "snat", "rev_snat", "masq_new",
@@ -93,6 +100,8 @@ STAT_NAMES = (
     "drop_tunnel_source", "drop_source_range", "affinity_hit", "maglev_fallback",
     "policy_allowed", "policy_audit", "drop_policy_denied",
     "drop_policy_deny", "flow_events", "flow_suppressed", "flow_lost",
+    "egw_snat_new", "egw_snat", "egw_redirect", "egw_rev_snat",
+    "drop_no_egress_gw",
 )
 
 # agent_state slots (u64 each): bookkeeping that lives as long as the node's bpffs.
@@ -119,6 +128,8 @@ _LB_AFFINITY_KEY = struct.Struct("=8s4s")
 _LB_AFFINITY = struct.Struct("=8sI")
 _LB_SRC_RANGE_KEY = struct.Struct("=I8s4s")
 SRC_RANGE_FE_BITS = 64   # the frontend part of an lb_src_ranges key always matches whole
+_EGRESS_KEY = struct.Struct("=I4s4s")
+_EGRESS_GW = struct.Struct("=4s4s6sBx")
 U32 = struct.Struct("=I")
 U64 = struct.Struct("=Q")
 
@@ -140,6 +151,10 @@ SIZES = {
     "lb_affinity_key": _LB_AFFINITY_KEY.size,
     "lb_affinity": _LB_AFFINITY.size,
     "lb_src_range_key": _LB_SRC_RANGE_KEY.size,
+
+
+    "egress_key": _EGRESS_KEY.size,
+    "egress_gw": _EGRESS_GW.size,
 }
 
 
@@ -450,6 +465,57 @@ def decode_src_range_key(raw: bytes) -> tuple[Frontend, str]:
 
 
 SRC_RANGE_VALUE = b"\x01"
+
+
+@dataclass(frozen=True, order=True)
+class EgressKey:
+    """egress_key: a pod's address and one destination prefix."""
+
+    pod: str
+    destination: str     # CIDR
+
+    def encode(self) -> bytes:
+        net = ipaddress.IPv4Network(self.destination)
+        return _EGRESS_KEY.pack(32 + net.prefixlen, ip_bytes(self.pod),
+                                net.network_address.packed)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EgressKey:
+        prefixlen, pod, dest = _EGRESS_KEY.unpack(raw)
+        return cls(ip_str(pod), f"{ip_str(dest)}/{prefixlen - 32}")
+
+
+@dataclass(frozen=True)
+class EgressAction:
+    """egress_gw: what to do with a pod's traffic to a destination prefix."""
+
+    action: int                   # EGW_*
+    egress_ip: str = "0.0.0.0"    # EGW_SNAT
+    gateway_ip: str = "0.0.0.0"   # EGW_REDIRECT
+    gateway_mac: str = "00:00:00:00:00:00"
+
+    def encode(self) -> bytes:
+        mac = bytes(int(part, 16) for part in self.gateway_mac.split(":"))
+        return _EGRESS_GW.pack(ip_bytes(self.egress_ip), ip_bytes(self.gateway_ip), mac,
+                               self.action)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EgressAction:
+        egress_ip, gateway_ip, mac, action = _EGRESS_GW.unpack(raw)
+        return cls(action, ip_str(egress_ip), ip_str(gateway_ip),
+                   ":".join(f"{b:02x}" for b in mac))
+
+    @property
+    def name(self) -> str:
+        return EGW_ACTIONS.get(self.action, str(self.action))
+
+
+def egress_ip_key(addr: str) -> bytes:
+    """egress_ips key: an address in network order."""
+    return ip_bytes(addr)
+
+
+EGRESS_IP_VALUE = b"\x01"
 
 
 def index_key(index: int) -> bytes:

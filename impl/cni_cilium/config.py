@@ -61,6 +61,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("svcSourceRangeCheck", "bool", False, doc="Honour loadBalancerSourceRanges."),
     Parameter("debugLogging", "bool", False, doc="Verbose agent logging."),
     Parameter("labelsRegex", "str-list", None, doc="Labels that count for identities."),
+    Parameter("hostPortAllAddresses", "bool", False,
+              doc="Bind hostPort on every node address instead of one (a private one "
+                  "preferred)."),
 )
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -78,6 +81,7 @@ class Settings:
     svcSourceRangeCheck: bool = False
     debugLogging: bool = False
     labelsRegex: tuple[str, ...] | None = None
+    hostPortAllAddresses: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property

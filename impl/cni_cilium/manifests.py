@@ -1,5 +1,6 @@
 """Kubernetes-shaped desired state: parse and validate Node, Pod, Service, EndpointSlice,
-and CiliumClusterwideNetworkPolicy (`cni_cilium.policy.parse`).
+and CiliumClusterwideNetworkPolicy (`cni_cilium.policy.parse`), and the egress gateway
+kinds (network.deckhouse.io/v1alpha1 EgressGateway and EgressGatewayPolicy, cluster-scoped).
 
 Pure: takes YAML text or loaded documents, returns typed objects and one problem line per
 fault, naming the object and the field ("Service default/web: spec.ports[0].port: ...").
@@ -119,6 +120,7 @@ class Node:
     internal_ip: str
     pod_cidr: str
     labels: dict[str, str] = field(default_factory=dict)
+    ready: bool = True          # status.conditions Ready; no conditions at all: ready
 
     kind = "Node"
 
@@ -133,6 +135,7 @@ class ContainerPort:
     protocol: str = "TCP"
     host_port: int | None = None
     name: str = ""
+    host_ip: str | None = None      # hostIP: bind the host port to this node address only
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,69 @@ class Pod:
         return (self.kind, self.namespace, self.name)
 
 
-KubeObject = Union[Service, EndpointSlice, Node, Pod, ClusterwideNetworkPolicy]
+EGRESS_API_VERSION = "network.deckhouse.io/v1alpha1"
+SOURCE_IP_PRIMARY = "PrimaryIPFromEgressGatewayNodeInterface"
+SOURCE_IP_VIRTUAL = "VirtualIPAddress"
+SOURCE_IP_MODES = (SOURCE_IP_PRIMARY, SOURCE_IP_VIRTUAL)
+# The pseudo-label that selects a pod's namespace in an EgressGatewayPolicy's podSelector.
+POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class EgressGateway:
+    """A group of nodes in hot standby; the active one gives selected pods' traffic its
+    source address (its interface's primary IP, or a virtual IP it announces)."""
+
+    name: str
+    node_selector: dict[str, str]
+    mode: str                                   # SOURCE_IP_MODES
+    interface_name: str = ""                    # PrimaryIPFromEgressGatewayNodeInterface
+    virtual_ip: str = ""                        # VirtualIPAddress
+    vip_interfaces: tuple[str, ...] = ()        # where the VIP is announced ("": uplink)
+
+    kind = "EgressGateway"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, "", self.name)
+
+
+@dataclass(frozen=True)
+class SelectorRequirement:
+    key: str
+    operator: str                   # SELECTOR_OPERATORS
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSelector:
+    """A label selector; `io.kubernetes.pod.namespace` matches the pod's namespace."""
+
+    match_labels: dict[str, str] = field(default_factory=dict)
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class EgressGatewayPolicy:
+    """Which pods' traffic to which destinations leaves through an EgressGateway."""
+
+    name: str
+    gateway: str
+    destination_cidrs: tuple[str, ...]
+    excluded_cidrs: tuple[str, ...] = ()
+    selectors: tuple[PodSelector, ...] = ()
+
+    kind = "EgressGatewayPolicy"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, "", self.name)
+
+
+KubeObject = Union[Service, EndpointSlice, Node, Pod, ClusterwideNetworkPolicy,
+                   EgressGateway, EgressGatewayPolicy]
 
 
 class _Ctx:
@@ -442,9 +507,15 @@ def parse_node(doc: dict, ctx: _Ctx) -> Node | None:
             internal = _ipv4(ctx, addr.get("address"), f"status.addresses[{i}].address")
     if internal is None and not ctx.problems:
         ctx.err("status.addresses", "an InternalIP address is required")
+    ready = True
+    for i, cond in enumerate(_list(ctx, status.get("conditions"), "status.conditions")):
+        cond = _mapping(ctx, cond, f"status.conditions[{i}]")
+        if cond.get("type") == "Ready":
+            ready = _enum(ctx, cond.get("status"), f"status.conditions[{i}].status",
+                          ("True", "False", "Unknown"), "Unknown") == "True"
     if ctx.problems or pod_cidr is None or internal is None:
         return None
-    return Node(name, internal, pod_cidr, labels)
+    return Node(name, internal, pod_cidr, labels, ready)
 
 
 def parse_pod(doc: dict, ctx: _Ctx) -> Pod | None:
@@ -468,8 +539,16 @@ def parse_pod(doc: dict, ctx: _Ctx) -> Pod | None:
             if hport is not None:
                 hport = _port(ctx, hport, f"{path}.hostPort")
             proto = _protocol(ctx, raw.get("protocol"), f"{path}.protocol")
+            host_ip = raw.get("hostIP")
+            if host_ip is not None:
+                host_ip = _ipv4(ctx, host_ip, f"{path}.hostIP")
+                if host_ip is not None and hport is None:
+                    ctx.err(f"{path}.hostIP", "only with hostPort")
+                if host_ip == "0.0.0.0":
+                    host_ip = None      # every address the default binds
             if cport is not None:
-                ports.append(ContainerPort(cport, proto, hport, str(raw.get("name", "") or "")))
+                ports.append(ContainerPort(cport, proto, hport, str(raw.get("name", "") or ""),
+                                           host_ip))
     status = _mapping(ctx, doc.get("status"), "status")
     pod_ip = status.get("podIP")
     if pod_ip is not None:
@@ -486,12 +565,129 @@ def parse_clusterwide_policy(doc: dict, ctx: _Ctx) -> ClusterwideNetworkPolicy |
     return parse(doc, ctx)
 
 
+def _api_version(ctx: _Ctx, doc: dict) -> None:
+    if doc.get("apiVersion", EGRESS_API_VERSION) != EGRESS_API_VERSION:
+        ctx.err("apiVersion", f"invalid value {doc.get('apiVersion')!r}; allowed: "
+                f"{EGRESS_API_VERSION}")
+
+
+def _ifname(ctx: _Ctx, value: Any, path: str) -> str | None:
+    if not isinstance(value, str) or not _IFNAME.match(value):
+        ctx.err(path, f"invalid interface name {value!r}; 1-15 letters, digits, '_.:-'")
+        return None
+    return value
+
+
+def parse_egress_gateway(doc: dict, ctx: _Ctx) -> EgressGateway | None:
+    _api_version(ctx, doc)
+    _ns, name, _obj_labels, _ann = _meta(ctx, doc, namespaced=False)
+    spec = _mapping(ctx, doc.get("spec"), "spec")
+    if not isinstance(spec.get("nodeSelector"), dict):
+        ctx.err("spec.nodeSelector", "required: a mapping of node label to value (exact "
+                "match; {} selects every node)")
+    selector = _labels(ctx, spec.get("nodeSelector"), "spec.nodeSelector")
+    source = _mapping(ctx, spec.get("sourceIP"), "spec.sourceIP")
+    mode = source.get("mode")
+    if mode not in SOURCE_IP_MODES:
+        ctx.err("spec.sourceIP.mode", f"invalid value {mode!r}; allowed: "
+                f"{', '.join(SOURCE_IP_MODES)}")
+    primary_path = "spec.sourceIP.primaryIPFromEgressGatewayNodeInterface"
+    virtual_path = "spec.sourceIP.virtualIPAddress"
+    primary = _mapping(ctx, source.get("primaryIPFromEgressGatewayNodeInterface"),
+                       primary_path)
+    virtual = _mapping(ctx, source.get("virtualIPAddress"), virtual_path)
+    interface, vip, vip_ifaces = "", "", []
+    if mode == SOURCE_IP_PRIMARY:
+        if virtual:
+            ctx.err(virtual_path, f"only with mode {SOURCE_IP_VIRTUAL}")
+        interface = _ifname(ctx, primary.get("interfaceName"),
+                            f"{primary_path}.interfaceName") or ""
+    elif mode == SOURCE_IP_VIRTUAL:
+        if primary:
+            ctx.err(primary_path, f"only with mode {SOURCE_IP_PRIMARY}")
+        vip = _ipv4(ctx, virtual.get("ip"), f"{virtual_path}.ip") or ""
+        if vip and (ipaddress.IPv4Address(vip).is_unspecified
+                    or ipaddress.IPv4Address(vip).is_loopback
+                    or ipaddress.IPv4Address(vip).is_multicast):
+            ctx.err(f"{virtual_path}.ip", f"{vip} cannot be announced; use a unicast address "
+                    "of the network the gateway nodes are on")
+        for i, iface in enumerate(_list(ctx, virtual.get("interfaces"),
+                                        f"{virtual_path}.interfaces")):
+            if (checked := _ifname(ctx, iface, f"{virtual_path}.interfaces[{i}]")):
+                vip_ifaces.append(checked)
+    if ctx.problems:
+        return None
+    return EgressGateway(name, selector, str(mode), interface, vip, tuple(vip_ifaces))
+
+
+def _pod_selector(ctx: _Ctx, value: Any, path: str) -> PodSelector:
+    raw = _mapping(ctx, value, path)
+    for key in raw:
+        if key not in ("matchLabels", "matchExpressions"):
+            ctx.err(f"{path}.{key}", "unknown field; allowed: matchLabels, matchExpressions")
+    labels = _labels(ctx, raw.get("matchLabels"), f"{path}.matchLabels")
+    exprs = []
+    for i, expr in enumerate(_list(ctx, raw.get("matchExpressions"),
+                                   f"{path}.matchExpressions")):
+        epath = f"{path}.matchExpressions[{i}]"
+        expr = _mapping(ctx, expr, epath)
+        key, op = expr.get("key"), expr.get("operator")
+        if not isinstance(key, str) or not key:
+            ctx.err(f"{epath}.key", "required: a label key")
+        if op not in SELECTOR_OPERATORS:
+            ctx.err(f"{epath}.operator", f"invalid value {op!r}; allowed: "
+                    f"{', '.join(SELECTOR_OPERATORS)}")
+        values = _list(ctx, expr.get("values"), f"{epath}.values")
+        if op in ("In", "NotIn") and not values:
+            ctx.err(f"{epath}.values", f"at least one value is required with {op}")
+        if op in ("Exists", "DoesNotExist") and values:
+            ctx.err(f"{epath}.values", f"must be empty with {op}")
+        exprs.append(SelectorRequirement(str(key), str(op), tuple(str(v) for v in values)))
+    return PodSelector(labels, tuple(exprs))
+
+
+def _cidr_list(ctx: _Ctx, value: Any, path: str) -> list[str]:
+    return [c for i, v in enumerate(_list(ctx, value, path))
+            if (c := _cidr(ctx, v, f"{path}[{i}]"))]
+
+
+def parse_egress_gateway_policy(doc: dict, ctx: _Ctx) -> EgressGatewayPolicy | None:
+    _api_version(ctx, doc)
+    _ns, name, _obj_labels, _ann = _meta(ctx, doc, namespaced=False)
+    spec = _mapping(ctx, doc.get("spec"), "spec")
+    gateway = spec.get("egressGatewayName")
+    if not isinstance(gateway, str) or not _DNS_SUBDOMAIN.match(gateway):
+        ctx.err("spec.egressGatewayName", f"required: the name of an EgressGateway, got "
+                f"{gateway!r}")
+    destinations = _cidr_list(ctx, spec.get("destinationCIDRs"), "spec.destinationCIDRs")
+    if not spec.get("destinationCIDRs"):
+        ctx.err("spec.destinationCIDRs", "at least one IPv4 CIDR is required (0.0.0.0/0: "
+                "everywhere outside the cluster)")
+    excluded = _cidr_list(ctx, spec.get("excludedCIDRs"), "spec.excludedCIDRs")
+    raw_selectors = _list(ctx, spec.get("selectors"), "spec.selectors")
+    if not raw_selectors:
+        ctx.err("spec.selectors", "at least one selector is required")
+    selectors = []
+    for i, raw in enumerate(raw_selectors):
+        raw = _mapping(ctx, raw, f"spec.selectors[{i}]")
+        if "podSelector" not in raw:
+            ctx.err(f"spec.selectors[{i}].podSelector", "required")
+        selectors.append(_pod_selector(ctx, raw.get("podSelector"),
+                                       f"spec.selectors[{i}].podSelector"))
+    if ctx.problems:
+        return None
+    return EgressGatewayPolicy(name, str(gateway), tuple(destinations), tuple(excluded),
+                               tuple(selectors))
+
+
 PARSERS = {
     "Service": parse_service,
     "EndpointSlice": parse_endpoint_slice,
     "Node": parse_node,
     "Pod": parse_pod,
     "CiliumClusterwideNetworkPolicy": parse_clusterwide_policy,
+    "EgressGateway": parse_egress_gateway,
+    "EgressGatewayPolicy": parse_egress_gateway_policy,
 }
 
 

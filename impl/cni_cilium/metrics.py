@@ -22,6 +22,49 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
     return [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} {kind}", *samples]
 
 
+def _egress_metrics(egress: Mapping) -> list[str]:
+    gateways = egress.get("gateways", [])
+    lines = _family("egress_gateway_active", "gauge",
+                    "1 for each gateway's active node as this agent elected it.",
+                    [_sample("egress_gateway_active", 1, {"gateway": g["name"],
+                                                          "node": g["status"]["activeNodeName"]})
+                     for g in gateways if g["status"]["activeNodeName"]])
+    lines += _family("egress_gateway_ready_nodes", "gauge", "Eligible nodes per gateway.",
+                     [_sample("egress_gateway_ready_nodes", len(g["status"]["readyNodes"]),
+                              {"gateway": g["name"]}) for g in gateways])
+    lines += _family("egress_gateway_ready", "gauge",
+                     "1 when the gateway's Ready condition is True, by reason.",
+                     [_sample("egress_gateway_ready",
+                              int(g["status"]["conditions"][0]["status"] == "True"),
+                              {"gateway": g["name"],
+                               "reason": g["status"]["conditions"][0]["reason"]})
+                      for g in gateways])
+    lines += _family("egress_gateway_moves_total", "counter",
+                     "Changes of the active node this agent has seen.",
+                     [_sample("egress_gateway_moves_total", g.get("moves", 0),
+                              {"gateway": g["name"]}) for g in gateways])
+    lines += _family("egress_policy_entries", "gauge",
+                     "egress_policy map entries on this node, by action.",
+                     [_sample("egress_policy_entries", n, {"action": a})
+                      for a, n in sorted(egress.get("entries", {}).items())])
+    announcing = egress.get("announcing", {})
+    lines += _family("egress_vip_announced", "gauge", "VIPs this node answers ARP for.",
+                     [_sample("egress_vip_announced", 1, {"vip": vip})
+                      for vip in sorted(announcing.get("vips", {}))])
+    lines += _family("egress_arp_replies_total", "counter", "ARP replies sent for VIPs.",
+                     [_sample("egress_arp_replies_total", announcing.get("arpReplies", 0))])
+    lines += _family("egress_gratuitous_arp_total", "counter",
+                     "Gratuitous ARP packets sent on VIP takeovers.",
+                     [_sample("egress_gratuitous_arp_total",
+                              announcing.get("gratuitousArpSent", 0))])
+    peers = egress.get("health", {}).get("peers", {})
+    lines += _family("agent_peer_ready", "gauge",
+                     "1 when this agent sees a node's agent as ready (health port checks).",
+                     [_sample("agent_peer_ready", int(p["ready"]), {"node": n})
+                      for n, p in sorted(peers.items())])
+    return lines
+
+
 def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
     """Metrics from the agent's status document and the datapath counters."""
     lines: list[str] = []
@@ -80,6 +123,10 @@ def render_metrics(status: Mapping, stats: Mapping[str, int]) -> str:
                      [_sample("service_frontends", services.get("frontends", 0))])
     lines += _family("manifest_problems", "gauge", "Objects refused (invalid or conflicting).",
                      [_sample("manifest_problems", len(status.get("problems", [])))])
+    lines += _family("host_port_frontends", "gauge", "hostPort frontends programmed.",
+                     [_sample("host_port_frontends",
+                              status.get("hostPorts", {}).get("frontends", 0))])
+    lines += _egress_metrics(status.get("egress", {}))
     rec = status.get("reconcile", {})
     lines += _family("reconcile_total", "counter", "Reconciliations run.",
                      [_sample("reconcile_total", rec.get("count", 0))])

@@ -1,5 +1,5 @@
-"""Node commands of `cni-cilium`: status, wait-ready, service list, bpf ct list, bpf remove,
-bpf cache key|build|list."""
+"""Node commands of `cni-cilium`: status, wait-ready, service list, egress list, bpf ct list,
+bpf remove, bpf cache key|build|list."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from . import api, paths
-from .bpfabi import CT_KINDS, CtEntry, CtKey
+from .bpfabi import CT_KINDS, CtEntry, CtKey, EgressAction, EgressKey
 from .datapath.bpfcache import origin_line
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -45,6 +45,53 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_service_list(args: argparse.Namespace) -> int:
     return _agent_view("/services", args, print_services)
+
+
+def cmd_egress_list(args: argparse.Namespace) -> int:
+    return _agent_view("/egress", args, print_egress)
+
+
+def _gateway_line(gw: dict) -> str:
+    status = gw["status"]
+    cond = status["conditions"][0]
+    return (f"{gw['name']:20} {gw['mode']:40} {gw['egressIP'] or '-':15} "
+            f"{status['activeNodeName'] or '-':10} {','.join(status['readyNodes']) or '-':20} "
+            f"{cond['status']}/{cond['reason']}")
+
+
+def print_egress(doc: dict) -> None:
+    print(f"{'GATEWAY':20} {'MODE':40} {'EGRESS IP':15} {'ACTIVE':10} {'READY NODES':20} "
+          "READY")
+    for gw in doc["gateways"]:
+        print(_gateway_line(gw))
+        for node, why in sorted(gw["notReadyNodes"].items()):
+            print(f"  not eligible: {node}: {why}")
+        if gw["moves"]:
+            last = gw["lastMove"]
+            print(f"  moves seen by this agent: {gw['moves']} (last {last['from'] or 'none'} -> "
+                  f"{last['to'] or 'none'} at "
+                  f"{time.strftime('%H:%M:%S', time.localtime(last['at']))})")
+    print()
+    print(f"{'POLICY':20} {'GATEWAY':20} {'DESTINATIONS':24} {'EXCLUDED':24} {'ENTRIES':>7} PODS")
+    for pol in doc["policies"]:
+        print(f"{pol['name']:20} {pol['egressGatewayName']:20} "
+              f"{','.join(pol['destinationCIDRs']):24} "
+              f"{','.join(pol['excludedCIDRs']) or '-':24} {pol['entries']:>7} "
+              f"{len(pol['selectedPods'])}")
+        for pod in pol["selectedPods"]:
+            print(f"  {pod}")
+    announcing = doc["announcing"]
+    print()
+    for vip, info in announcing["vips"].items():
+        print(f"announcing {vip} on {', '.join(info['interfaces']) or '(no interface)'} "
+              f"({', '.join(info['macs'])})")
+    print(f"ARP replies {announcing['arpReplies']}, gratuitous ARP sent "
+          f"{announcing['gratuitousArpSent']}, takeovers {announcing['takeovers']}")
+    health = doc["health"]
+    peers = ", ".join(f"{n} {'ready' if p['ready'] else 'NOT READY (' + p['reason'] + ')'}"
+                      for n, p in health["peers"].items())
+    print(f"agents (health port {health['port']}, "
+          f"{'settled' if health['settled'] else 'first checks pending'}): {peers}")
 
 
 def print_status(doc: dict) -> None:
@@ -87,6 +134,12 @@ def print_status(doc: dict) -> None:
     svc = doc["services"]
     print(f"services: {svc['services']} ({svc['frontends']} frontends), health-check ports: "
           f"{len(doc['healthChecks'])}")
+    hp = doc.get("hostPorts", {})
+    print(f"host ports: {hp.get('frontends', 0)} frontends, bound to "
+          f"{', '.join(hp.get('defaultAddresses', [])) or '-'}"
+          f"{' (all addresses)' if hp.get('allAddresses') else ''}")
+    for gw in doc.get("egress", {}).get("gateways", []):
+        print(f"egress gateway {_gateway_line(gw)}")
     if doc.get("lastSelfHeal"):
         last = doc["lastSelfHeal"]
         print(f"last self-heal: {last['device']} {last['direction']} {last['program']} at "
@@ -181,6 +234,43 @@ def cmd_bpf_ct_list(args: argparse.Namespace) -> int:
         print(f"{r['protocol']} {r['source']:21} -> {r['destination']:21} {r['kind']:8} "
               f"{nat:30} expires={r['expiresIn']}s "
               f"packets={r['packets']} bytes={r['bytes']} flags={','.join(r['flags']) or '-'}")
+    print(f"{len(rows)} entries", file=sys.stderr)
+    return EXIT_OK
+
+
+def egress_rows(items) -> list[dict]:
+    """Decoded egress_policy entries, by pod then destination."""
+    rows = []
+    for raw_key, raw_value in items:
+        key, action = EgressKey.decode(raw_key), EgressAction.decode(raw_value)
+        row = {"pod": key.pod, "destination": key.destination, "action": action.name}
+        if action.name == "snat":
+            row["egressIP"] = action.egress_ip
+        if action.name == "redirect":
+            row.update(gateway=action.gateway_ip, gatewayMAC=action.gateway_mac)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["pod"], r["destination"]))
+
+
+def cmd_bpf_egress_list(args: argparse.Namespace) -> int:
+    from .datapath.bpfsys import BpfError, PinnedMap
+    from .datapath.loader import LoadError, current_pin_dir
+
+    try:
+        pin_dir = args.pin_dir or current_pin_dir()
+        with PinnedMap(os.path.join(pin_dir, "egress_policy")) as egress:
+            rows = egress_rows(egress.items())
+    except (LoadError, BpfError, OSError) as exc:
+        print(f"error: cannot read the egress_policy map: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    for r in rows:
+        target = {"snat": f"source {r.get('egressIP')}",
+                  "redirect": f"via {r.get('gateway')} ({r.get('gatewayMAC')})"}.get(
+                      r["action"], "")
+        print(f"{r['pod']:15} -> {r['destination']:18} {r['action']:10} {target}")
     print(f"{len(rows)} entries", file=sys.stderr)
     return EXIT_OK
 
@@ -335,6 +425,15 @@ def register(sub) -> None:
     service_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
     service_list.set_defaults(func=cmd_service_list)
 
+    egress = sub.add_parser("egress", help="egress gateways as this node's agent sees them")
+    egress_sub = egress.add_subparsers(dest="egress_command", metavar="SUBCOMMAND")
+    egress_sub.required = True
+    egress_list = egress_sub.add_parser(
+        "list", help="gateways (active node, ready nodes, egress IP, Ready condition), "
+        "policies with their selected pods, announced VIPs, the other agents' health")
+    egress_list.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    egress_list.set_defaults(func=cmd_egress_list)
+
     bpf = sub.add_parser("bpf", help="the datapath's BPF state on this node")
     bpf_sub = bpf.add_subparsers(dest="bpf_command", metavar="SUBCOMMAND")
     bpf_sub.required = True
@@ -346,6 +445,17 @@ def register(sub) -> None:
     ct_list.add_argument("--all", action="store_true", help="include expired entries")
     ct_list.add_argument("--pin-dir", help="map directory (default: the installed layout's)")
     ct_list.set_defaults(func=cmd_bpf_ct_list)
+    egress_map = bpf_sub.add_parser("egress", help="egress gateway entries")
+    egress_map_sub = egress_map.add_subparsers(dest="egress_map_command", metavar="SUBCOMMAND")
+    egress_map_sub.required = True
+    egress_map_list = egress_map_sub.add_parser(
+        "list", help="(pod, destination) -> snat / redirect / excluded / no-gateway (reads the "
+        "pinned map)")
+    egress_map_list.add_argument("--json", action="store_true",
+                                 help="print machine-readable JSON")
+    egress_map_list.add_argument("--pin-dir", help="map directory (default: the installed "
+                                 "layout's)")
+    egress_map_list.set_defaults(func=cmd_bpf_egress_list)
     remove = bpf_sub.add_parser(
         "remove", help="detach every program, delete the agent's routes and pinned maps")
     remove.add_argument("--force", action="store_true", help="even while the agent runs")

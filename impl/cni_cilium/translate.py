@@ -39,7 +39,18 @@ from .bpfabi import (
     src_range_key,
 )
 from .config import Settings
-from .manifests import EndpointSlice, KubeObject, Node, Service, ServicePort
+from .egress import EGRESS_MAPS, EgressTranslation, EgressView, translate_egress
+from .hostport import HostPortFrontend, default_addresses, host_port_frontends
+from .manifests import (
+    EgressGateway,
+    EgressGatewayPolicy,
+    EndpointSlice,
+    KubeObject,
+    Node,
+    Pod,
+    Service,
+    ServicePort,
+)
 from .policy.compute import POLICY_MAPS, PolicyTranslation, translate_policies
 from .tunnel import VXLAN_VNI, uses_overlay
 
@@ -65,12 +76,14 @@ HOST_NETWORK_FALLBACK = ("host-network endpoints (a node address) cannot answer 
 
 # Write order: a tunnel prefix exists before the device that makes it used (tunnel_cfg);
 # slots, maglev tables and source ranges exist before the frontend that uses them;
-# identities and verdicts before the default deny that needs them (policy.compute).
+# identities and verdicts before the default deny that needs them (policy.compute);
+# an egress IP is reversed (egress_ips) before traffic is SNATed to it (egress_policy).
 MANAGED_MAPS = ("node_cfg", "no_masq", "tunnel_map", "tunnel_cfg", "lb_slots", "lb_maglev",
-                "lb_src_ranges", "lb_frontends", *POLICY_MAPS)
+                "lb_src_ranges", "lb_frontends", *POLICY_MAPS, *EGRESS_MAPS)
 ARRAY_MAPS = ("node_cfg", "tunnel_cfg", "policy_cfg")
 
 STATE_ACTIVE, STATE_TERMINATING, STATE_NOT_READY = "active", "terminating", "not-ready"
+HOST_PORT = "HostPort"     # frontend type of a pod's hostPort (service: "Pod ns/name")
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,10 @@ class DesiredState:
     tunnel_ifindex: int = 0
     # Positions of every maglev table (the agent's --maglev-table-size; a prime).
     maglev_table_size: int = maglev.DEFAULT_TABLE_SIZE
+    # Every IPv4 address of this node (hostPort binding); empty: the InternalIP only.
+    node_addresses: tuple[str, ...] = ()
+    # The agents' health as this agent sees them (egress gateway election); None: unknown.
+    egress: EgressView | None = None
 
 
 @dataclass(frozen=True)
@@ -181,10 +198,16 @@ class Translation:
     warnings: list[str] = field(default_factory=list)
     lb_mode: dict[str, str] = field(default_factory=dict)   # protocol -> mode in effect
     policy: PolicyTranslation | None = None
+    egress: EgressTranslation | None = None
+    host_port_addresses: tuple[str, ...] = ()   # where hostPorts without hostIP listen
 
     @property
     def services(self) -> int:
-        return len({f.service for f in self.frontends})
+        return len({f.service for f in self.frontends if f.type != HOST_PORT})
+
+    @property
+    def host_ports(self) -> int:
+        return sum(1 for f in self.frontends if f.type == HOST_PORT)
 
 
 @dataclass(frozen=True)
@@ -332,6 +355,14 @@ def translate(state: DesiredState) -> Translation:
         for sp in svc.ports:
             for _type, fe, _flags, _path in _frontends_of(svc, sp, node):
                 claims[fe].append(_svc_id(svc))
+    pods = [o for o in state.objects if isinstance(o, Pod)]
+    host_ports, hp_problems = host_port_frontends(node, pods, state.node_addresses,
+                                                  settings.hostPortAllAddresses)
+    out.problems.extend(hp_problems)
+    out.host_port_addresses = default_addresses(node, state.node_addresses,
+                                                settings.hostPortAllAddresses)
+    for hp in host_ports:                   # after every service: a service keeps its port
+        claims[hp.frontend].append(hp.owner)
     owner = {}
     for fe, claimants in claims.items():
         previous = state.previous_owners.get(fe)
@@ -342,11 +373,41 @@ def translate(state: DesiredState) -> Translation:
     for svc in services:
         _translate_service(svc, slices.get((svc.namespace, svc.name), []), node, settings,
                            owner, hc_owner, node_ips, state.maglev_table_size, out)
+    _program_host_ports(host_ports, owner, out)
     out.policy = translate_policies(settings, node, nodes, state.objects)
     out.maps.update(out.policy.maps)
     out.problems += out.policy.problems
     out.warnings += out.policy.warnings
+    out.egress = translate_egress(
+        node, nodes, pods, [o for o in state.objects if isinstance(o, EgressGateway)],
+        [o for o in state.objects if isinstance(o, EgressGatewayPolicy)], state.egress)
+    maps.update(out.egress.maps)
+    out.problems.extend(out.egress.problems)
     return out
+
+
+def _program_host_ports(host_ports: Sequence[HostPortFrontend], owner: Mapping[Frontend, str],
+                        out: Translation) -> None:
+    """Each hostPort is a frontend of the node's own address with its pod as the only,
+    local backend (see `hostport`)."""
+    flags = FE_EXTERNAL | FE_NODEPORT | FE_LOCAL_ONLY
+    for hp in host_ports:
+        if owner[hp.frontend] != hp.owner:
+            out.problems.append(f"{hp.owner}: {hp.path}: frontend {hp.frontend} is already "
+                                f"used by {_claimant(owner[hp.frontend])}; not programmed")
+            continue
+        out.maps["lb_frontends"][hp.frontend.encode()] = FrontendValue(
+            1, flags, LB_ALGORITHMS["random"], LB_MODES["SNAT"]).encode()
+        out.maps["lb_slots"][slot_key(hp.frontend, 1)] = hp.backend.encode()
+        view = BackendView(hp.backend.addr, hp.backend.port, STATE_ACTIVE, True,
+                           hp.pod.node_name, f"{hp.pod.namespace}/{hp.pod.name}")
+        out.frontends.append(FrontendView(hp.owner, hp.port_name, HOST_PORT, hp.frontend,
+                                          flags, (view,), (hp.backend,), "random", "-",
+                                          "Local"))
+
+
+def _claimant(owner_id: str) -> str:
+    return owner_id if owner_id.startswith("Pod ") else f"Service {owner_id}"
 
 
 def owners(translation: Translation) -> dict[Frontend, str]:
@@ -445,10 +506,9 @@ def _translate_service(svc: Service, slices: list[EndpointSlice], node: Node,
         backends = backends_of[sp]
         local_addrs.update(b.addr for b in backends if b.local and b.state == STATE_ACTIVE)
         if owner[fe] != sid or fe in done:
-            other = owner[fe] if owner[fe] != sid else "itself"
+            other = _claimant(owner[fe]) if owner[fe] != sid else "itself"
             out.problems.append(f"Service {sid}: {path}: frontend {fe} is already used "
-                                f"by {'Service ' if other != 'itself' else ''}{other}; "
-                                "not programmed")
+                                f"by {other}; not programmed")
             continue
         done.add(fe)
         selected = selection_of[fe]

@@ -12,7 +12,8 @@ evidence.
 Layout: web-1 (node1) and web-2 (node2) back `web` (NodePort, TCP+UDP) and `web-lb`
 (LoadBalancer); solo (node2) backs `stream` (NodePort) and `solo-local` (LoadBalancer,
 externalTrafficPolicy Local); cl-1 (node1) and cl-3 (node3) are client pods; host-1 is a
-host-network pod on node1; `manual` is a selector-less service with an applied slice.
+host-network pod on node1; `manual` is a selector-less service with an applied slice; hp
+(node2) publishes its port as hostPort 8090 (TCP and UDP).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
 from cni_harness.suites.lab import (
     AGENT_CLI,
     CLIENT,
+    FABRIC,
     WORLD,
     LabUnavailable,
     deployed_lab,
@@ -67,6 +69,8 @@ AGENT_UNIT = "cni-cilium-agent.service"
 NODECTL = "/usr/local/sbin/nodectl"
 TRIES = 16
 HOST_PORT = 8081
+POD_HOST_PORT = 8090            # hp's hostPort
+PUBLIC_ADDRESS = "198.51.100.12"   # TEST-NET-2: node2's second, public-looking address
 IPERF_PORT = 5201
 BULK_FLOOR_BYTES = 10_000_000   # in 2 s; ~100x below this machine's rate: catches stalls
 
@@ -154,6 +158,7 @@ def cluster():
         "cl-3": lab.start_peer_pod("node3", "cl-3", {"app": "client"}),
         "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
                                      port=HOST_PORT),
+        "hp": lab.start_peer_pod("node2", "hp", {"app": "hp"}, host_port=POD_HOST_PORT),
     }
     lab.pods.run("node2", "iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
                  labels={"app": "iperf"})
@@ -618,3 +623,88 @@ def test_agent_stops_on_sigterm_leaving_the_datapath_in_place(cluster, record_pr
     evidence(record_property, answers_while_stopped=names(answers))
     assert not errors(answers)
 
+
+
+# ---------------------------------------------------------------- hostPort
+
+def test_host_port_reaches_its_pod_on_its_node_from_outside_and_from_pods(
+        cluster, record_property):
+    lab, hp_node = cluster.lab, cluster.ip("node2")
+    tcp = lab.probe(CLIENT, "tcp", hp_node, POD_HOST_PORT, count=4)
+    udp = lab.probe(CLIENT, "udp", hp_node, POD_HOST_PORT, count=4)
+    from_pod = lab.probe(pod("cl-1"), "tcp", hp_node, POD_HOST_PORT, count=2)
+    elsewhere = lab.probe(CLIENT, "tcp", cluster.ip("node1"), POD_HOST_PORT, timeout=1)
+    frontends = [f for f in lab.agent("node2", "service", "list")["frontends"]
+                 if f["type"] == "HostPort"]
+    status = lab.agent("node2", "status")["hostPorts"]
+    metric = cluster.metric("node2", "cni_cilium_host_port_frontends")
+    evidence(record_property, tcp=tcp, udp=udp, from_pod=from_pod, node1=elsewhere,
+             frontends=frontends, status=status, metric=metric)
+    assert [a.get("name") for a in tcp + udp + from_pod] == ["hp"] * 10
+    assert {a["peer"] for a in tcp + udp} == {CLIENT_IP}          # the client's own source
+    assert {a["replyFrom"] for a in udp} == {f"{hp_node}:{POD_HOST_PORT}"}
+    assert {a["peer"] for a in from_pod} == {cluster.pods["cl-1"].ip}
+    assert "error" in elsewhere[0]                                   # only on hp's node
+    assert {f["frontend"] for f in frontends} == {f"{hp_node}:{POD_HOST_PORT}/TCP",
+                                                  f"{hp_node}:{POD_HOST_PORT}/UDP"}
+    assert {f["service"] for f in frontends} == {"Pod default/hp"}
+    assert status["defaultAddresses"] == [hp_node] and metric == 2
+
+
+def _public_address(cluster, present: bool) -> None:
+    """node2's second address, routed to node2 by the fabric router only."""
+    lab = cluster.lab
+    verb = "replace" if present else "del"
+    lab.run(node("node2"), ["ip", "addr", verb, f"{PUBLIC_ADDRESS}/32", "dev", "eth0"],
+            check=present)
+    lab.run(FABRIC, ["ip", "route", verb, f"{PUBLIC_ADDRESS}/32", "via", cluster.ip("node2")],
+            check=present)
+
+
+def _host_port_view(cluster) -> dict:
+    return cluster.lab.agent("node2", "status")["hostPorts"]
+
+
+def test_host_port_binds_the_private_address_by_default_and_every_address_with_the_option(
+        cluster, record_property):
+    lab, private = cluster.lab, cluster.ip("node2")
+    observed: dict = {}
+    _public_address(cluster, True)
+    try:
+        observed["seen"] = lab.wait_for("node2's agent to see its second address", lambda: (
+            lambda v: v if PUBLIC_ADDRESS in v["nodeAddresses"] else None)(
+                _host_port_view(cluster)))
+        observed["default"] = {
+            "private": lab.probe(CLIENT, "tcp", private, POD_HOST_PORT),
+            "public": lab.probe(CLIENT, "tcp", PUBLIC_ADDRESS, POD_HOST_PORT, timeout=1)}
+        lab.start_peer_pod("node2", "hp-pub", {"app": "hp-pub"}, host_port=POD_HOST_PORT + 1,
+                           host_ip=PUBLIC_ADDRESS)
+        observed["hostIP"] = {
+            "public": lab.probe(CLIENT, "tcp", PUBLIC_ADDRESS, POD_HOST_PORT + 1),
+            "private": lab.probe(CLIENT, "tcp", private, POD_HOST_PORT + 1, timeout=1)}
+        lab.set_module_config(CONFIG + "hostPortAllAddresses: true\n", PATH_OF)
+        observed["all"] = lab.wait_for("hostPorts on every address", lambda: (
+            lambda v: v if v["allAddresses"] and len(v["defaultAddresses"]) == 2 else None)(
+                _host_port_view(cluster)))
+        observed["with option"] = {
+            "public": lab.probe(CLIENT, "tcp", PUBLIC_ADDRESS, POD_HOST_PORT),
+            "public udp": lab.probe(CLIENT, "udp", PUBLIC_ADDRESS, POD_HOST_PORT),
+            "private": lab.probe(CLIENT, "tcp", private, POD_HOST_PORT)}
+    finally:
+        lab.set_module_config(CONFIG, PATH_OF)
+        lab.wait_for("hostPorts back on one address", lambda: not _host_port_view(
+            cluster)["allAddresses"])
+        _public_address(cluster, False)
+        if lab.pods.get("default", "hp-pub"):
+            lab.pods.delete("hp-pub")
+    evidence(record_property, **observed)
+    assert observed["seen"]["defaultAddresses"] == [private]     # RFC 1918 preferred
+    assert observed["default"]["private"][0].get("name") == "hp"
+    assert "error" in observed["default"]["public"][0]
+    assert observed["hostIP"]["public"][0].get("name") == "hp-pub"
+    assert "error" in observed["hostIP"]["private"][0]
+    assert observed["all"]["defaultAddresses"] == [private, PUBLIC_ADDRESS]
+    for label, answers in observed["with option"].items():
+        assert answers[0].get("name") == "hp" and answers[0]["peer"] == CLIENT_IP, label
+    assert observed["with option"]["public udp"][0]["replyFrom"] == \
+        f"{PUBLIC_ADDRESS}:{POD_HOST_PORT}"

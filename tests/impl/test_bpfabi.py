@@ -108,7 +108,7 @@ def test_sizes_are_the_c_struct_sizes():
                             "ipcache_entry": 8,
                             "policy_key": 20, "policy_entry": 8, "policy_enforce_key": 8,
                             "policy_enforce": 4, "policy_config": 8, "flow_event": 48,
-                            "flow_limit": 16}
+                            "flow_limit": 16, "egress_key": 12, "egress_gw": 16}
 
 
 def test_the_maglev_chunk_size_matches_the_c_define(maps_h):
@@ -178,3 +178,23 @@ def test_flow_events_decode():
     assert (ev.saddr, ev.sport, ev.daddr, ev.dport) == ("10.99.0.100", 41000, "10.99.0.11", 22)
     assert (ev.src_identity, ev.dst_identity, ev.rule, ev.ifindex) == (2, 1, 5, 3)
     assert (ev.verdict, ev.reason, ev.tcp_flags) == (bpfabi.FLOW_DROPPED, 133, 0x02)
+
+
+
+def test_egress_actions_match_the_c_defines(maps_h):
+    defines = c_defines(maps_h)
+    c_actions = {n: v for n, v in defines.items() if n.startswith("EGW_")}
+    assert c_actions == {n: getattr(bpfabi, n) for n in c_actions}
+    assert set(bpfabi.EGW_ACTIONS) == set(c_actions.values())
+
+
+def test_egress_entries_round_trip_and_put_the_pod_before_the_prefix():
+    key = bpfabi.EgressKey("10.100.1.5", "203.0.113.0/24")
+    assert bpfabi.EgressKey.decode(key.encode()) == key
+    # prefixlen 32 + 24, then the pod address, then the destination: the LPM trie matches
+    # the pod exactly and the destination by its longest prefix.
+    assert key.encode() == (56).to_bytes(4, "little") + bytes([10, 100, 1, 5, 203, 0, 113, 0])
+    action = bpfabi.EgressAction(bpfabi.EGW_REDIRECT, "0.0.0.0", "10.99.0.12",
+                                 "02:00:0a:63:00:0c")
+    assert bpfabi.EgressAction.decode(action.encode()) == action
+    assert action.encode()[8:14] == bytes([2, 0, 10, 99, 0, 12]) and action.name == "redirect"

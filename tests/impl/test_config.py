@@ -32,10 +32,20 @@ def test_defaults_match_the_documented_table():
     assert s.extraLoadBalancerAlgorithmsEnabled is False
     assert s.effective_create_node_routes is True
     assert s.effective_lb_mode == "Hybrid"
+    assert s.hostPortAllAddresses is False
     assert {p.name for p in PARAMETERS} == {
         "tunnelMode", "bpfLBMode", "policyAuditMode", "extraLoadBalancerAlgorithmsEnabled",
         "createNodeRoutes", "masqueradeMode", "svcSourceRangeCheck", "debugLogging",
-        "labelsRegex"}
+        "labelsRegex", "hostPortAllAddresses"}
+
+
+def test_host_port_all_addresses_is_a_boolean_setting():
+    assert settings_from_mapping({"hostPortAllAddresses": True}).hostPortAllAddresses is True
+    with pytest.raises(ConfigError) as err:
+        settings_from_mapping({"hostPortAllAddresses": "yes"})
+    assert err.value.problems == [
+        "hostPortAllAddresses: invalid value 'yes' (str); allowed: true, false (a YAML "
+        "boolean, not a string)"]
 
 
 def test_module_config_document_is_read_from_spec_settings():

@@ -140,6 +140,27 @@ def cmd_node_reboot(args: argparse.Namespace) -> int:
 
 
 @guarded
+def cmd_node_stop(args: argparse.Namespace) -> int:
+    provider = provider_for(args)
+    started = time.monotonic()
+    provider.stop_node(args.node)
+    print(f"{args.node} stopped in {time.monotonic() - started:.2f} s")
+    return EXIT_OK
+
+
+@guarded
+def cmd_node_start(args: argparse.Namespace) -> int:
+    provider = provider_for(args)
+    started = time.monotonic()
+    provider.start_node(args.node)
+    from ..cluster.pods import restart_node_pods
+    restart_node_pods(provider, args.node, progress=progress)
+    print(f"{args.node} started in {time.monotonic() - started:.2f} s: boot id "
+          f"{provider.boot_id(args.node)}")
+    return EXIT_OK
+
+
+@guarded
 def cmd_node_ssh(args: argparse.Namespace) -> int:
     provider = provider_for(args)
     provider.plan().node(args.node)
@@ -482,7 +503,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_cluster_status)
 
-    node = sub.add_parser("node", help="nodes of a cluster: exec, reboot, ssh")
+    node = sub.add_parser("node", help="nodes of a cluster: exec, reboot, stop, start, ssh")
     nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
     nsub.required = True
     ex = nsub.add_parser("exec", help="run a command as root on a node (its namespaces)",
@@ -499,6 +520,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.add_argument("node")
     rb.add_argument("--hard", action="store_true", help="kill at once (no service stop)")
     rb.set_defaults(func=cmd_node_reboot)
+    stop = nsub.add_parser("stop", help="shut a node down (services stopped, namespaces "
+                           "removed, disk kept); `node start` boots it again")
+    _cluster_args(stop)
+    stop.add_argument("node")
+    stop.set_defaults(func=cmd_node_stop)
+    start = nsub.add_parser("start", help="boot a stopped node and start its pods again")
+    _cluster_args(start)
+    start.add_argument("node")
+    start.set_defaults(func=cmd_node_start)
     ssh = nsub.add_parser("ssh", help="ssh to a node through its sshd",
                           usage="%(prog)s [--name NAME] NODE [-- CMD...]")
     _cluster_args(ssh)
@@ -520,7 +550,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     prun.add_argument("--namespace", default="default")
     prun.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     prun.add_argument("--port", action="append", default=[],
-                      metavar="[NAME=]PORT[:HOSTPORT][/PROTO]", help="a container port")
+                      metavar="[NAME=]PORT[:HOSTPORT][@HOSTIP][/PROTO]",
+                      help="a container port; with HOSTPORT reachable on that port of the "
+                      "node (HOSTIP: on that node address only)")
     prun.add_argument("--host-network", action="store_true",
                       help="run in the node's network namespace (no CNI)")
     prun.add_argument("--json", action="store_true")

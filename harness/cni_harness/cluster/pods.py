@@ -20,14 +20,17 @@ from cni_cilium.manifests import parse_documents
 
 from ..providers.base import NodeDown
 from ..state import cluster_lock, read_json, write_atomic
+from ..timescale import scaled
 from .apiserver import ApiServer
 from .cniruntime import CniCallError, Network, invoke, load_network
 
 POD_IFNAME = "eth0"
 POD_LOG_DIR = "/var/log/pods"
 POD_RUN_DIR = "/run/cni-harness/pods"
+CNI_TRY_AGAIN = 11          # the CNI spec's "try again later" (the agent is not up yet)
+RESTART_WAIT = 120.0        # how long a restarted node's pods wait for its agent
 _PORT = re.compile(r"^(?:(?P<name>[a-z0-9-]+)=)?(?P<port>\d+)(?::(?P<host>\d+))?"
-                   r"(?:/(?P<proto>TCP|UDP|tcp|udp))?$")
+                   r"(?:@(?P<hostip>[0-9.]+))?(?:/(?P<proto>TCP|UDP|tcp|udp))?$")
 
 
 class PodError(RuntimeError):
@@ -75,15 +78,18 @@ class PodRecord:
 
 
 def parse_port(text: str) -> dict:
-    """`[NAME=]PORT[:HOSTPORT][/PROTO]` -> a container port."""
+    """`[NAME=]PORT[:HOSTPORT][@HOSTIP][/PROTO]` -> a container port."""
     m = _PORT.match(text)
-    if not m:
-        raise PodError(f"--port {text!r}: expected [NAME=]PORT[:HOSTPORT][/TCP|UDP]")
+    if not m or (m["hostip"] and not m["host"]):
+        raise PodError(f"--port {text!r}: expected [NAME=]PORT[:HOSTPORT][@HOSTIP][/TCP|UDP] "
+                       "(HOSTIP only with HOSTPORT)")
     port = {"containerPort": int(m["port"]), "protocol": (m["proto"] or "TCP").upper()}
     if m["name"]:
         port["name"] = m["name"]
     if m["host"]:
         port["hostPort"] = int(m["host"])
+    if m["hostip"]:
+        port["hostIP"] = m["hostip"]
     return port
 
 
@@ -179,6 +185,20 @@ class PodRuntime:
             self._teardown(rec)
             raise
 
+    def _start_when_ready(self, rec: PodRecord, node_ip: str, pod_cidr: str) -> None:
+        """`_start`, tried again while the plugin says "try again later" (CNI code 11: the
+        node's agent is still starting after a boot), as a kubelet retries a sandbox."""
+        deadline = time.monotonic() + scaled(RESTART_WAIT)
+        while True:
+            try:
+                return self._start(rec, node_ip, pod_cidr)
+            except CniCallError as exc:
+                if (exc.error or {}).get("code") != CNI_TRY_AGAIN or \
+                        time.monotonic() > deadline:
+                    raise
+                self.progress(f"pod {rec.namespace}/{rec.name}: {exc}; trying again")
+                time.sleep(2)
+
     def _spawn(self, rec: PodRecord) -> int:
         pidfile = f"{POD_RUN_DIR}/{rec.container_id}.pid"
         enter = ["ip", "netns", "exec", rec.netns] if rec.netns else []
@@ -269,7 +289,7 @@ class PodRuntime:
                     invoke(self.provider, node, network, "DEL", rec.container_id,
                            rec.netns_path, POD_IFNAME, rec.namespace, rec.name,
                            prev_result=rec.cni_result)
-                self._start(rec, info.ip, info.pod_cidr)
+                self._start_when_ready(rec, info.ip, info.pod_cidr)
                 self._save(rec)
                 self.progress(f"pod {rec.namespace}/{rec.name} restarted on {node}: {rec.ip}")
                 restarted.append(rec)

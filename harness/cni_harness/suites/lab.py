@@ -151,8 +151,9 @@ class Lab:
 
     def argv(self, where: Where, argv: Sequence[str]) -> list[str]:
         """The host command line that runs argv at `where`."""
-        if where.kind == "pod":
-            node_name, inner = self.pods.exec_argv(where.name, list(argv))
+        if where.kind == "pod":               # "name" (namespace default) or "namespace/name"
+            namespace, _, name = where.name.rpartition("/")
+            node_name, inner = self.pods.exec_argv(name, list(argv), namespace or "default")
             return self.provider.exec_command(node_name, inner)
         if where.kind == "node":
             return self.provider.exec_command(where.name, list(argv))
@@ -324,18 +325,67 @@ class Lab:
                            for f in frontends if f["type"] in count_by_type)
             self.wait_for(f"{service} programmed on {name}", ready, timeout)
 
+    def egress_status(self, gateway: str, nodes: Sequence[str] | None = None) -> dict:
+        """An EgressGateway's status as the agents report it: every running agent's view
+        (`cni-cilium egress list`), the status they agree on (activeNodeName, readyNodes,
+        the Ready condition as the active node's agent gives it), and whether they agree.
+        Nodes whose agent does not answer (stopped, rebooting) are listed as such."""
+        views: dict[str, dict] = {}
+        down: dict[str, str] = {}
+        for name in nodes or [n.name for n in self.provider.nodes()]:
+            try:
+                doc = self.agent(name, "egress", "list", timeout=10)
+            except (LabError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
+                down[name] = str(exc).splitlines()[0][:200] if str(exc) else "no answer"
+                continue
+            gw = next((g for g in doc["gateways"] if g["name"] == gateway), None)
+            if gw is not None:
+                views[name] = gw
+        actives = {v["status"]["activeNodeName"] for v in views.values()}
+        active = actives.pop() if len(actives) == 1 else None
+        authority = views.get(active) if active else None
+        chosen = authority or next(iter(views.values()), None)
+        return {
+            "gateway": gateway, "agree": len({json.dumps(v["status"]["activeNodeName"])
+                                              for v in views.values()}) == 1,
+            "activeNodeName": active,
+            "readyNodes": chosen["status"]["readyNodes"] if chosen else [],
+            "conditions": chosen["status"]["conditions"] if chosen else [],
+            "egressIP": chosen["egressIP"] if chosen else None,
+            "byNode": {n: {"activeNodeName": v["status"]["activeNodeName"],
+                           "readyNodes": v["status"]["readyNodes"],
+                           "reason": v["status"]["conditions"][0]["reason"]}
+                       for n, v in views.items()},
+            "unreachable": down,
+        }
+
+    def neighbour_mac(self, where: Where, address: str) -> str | None:
+        """The MAC `where`'s neighbour table holds for an address (None: no usable entry)."""
+        res = self.run(where, ["ip", "-j", "neigh", "show", address], check=True)
+        for entry in json.loads(res.stdout or "[]"):
+            if entry.get("lladdr") and "FAILED" not in entry.get("state", []):
+                return entry["lladdr"]
+        return None
+
     # ------------------------------------------------------------ pods and objects
 
     def start_peer_pod(self, node_name: str, name: str, labels: dict[str, str] | None = None,
-                       host_network: bool = False, port: int = PEER_PORT):
-        """A pod running the peer server on `port` (TCP and UDP); returns its record."""
+                       host_network: bool = False, port: int = PEER_PORT,
+                       host_port: int | None = None, host_ip: str | None = None,
+                       namespace: str = "default"):
+        """A pod running the peer server on `port` (TCP and UDP); returns its record.
+        `host_port` (and `host_ip`) publish both on that port of the node."""
         where = node(node_name)
         argv = ["python3", self.tool(where, "peer_server.py"), "--name", name,
                 "--port", str(port)]
-        rec = self.pods.run(node_name, name, argv, labels=labels or {},
-                            ports=[{"name": "http", "containerPort": port, "protocol": "TCP"},
-                                   {"name": "dns", "containerPort": port, "protocol": "UDP"}],
-                            host_network=host_network)
+        ports = [{"name": "http", "containerPort": port, "protocol": "TCP"},
+                 {"name": "dns", "containerPort": port, "protocol": "UDP"}]
+        for entry in ports if host_port else ():
+            entry["hostPort"] = host_port
+            if host_ip:
+                entry["hostIP"] = host_ip
+        rec = self.pods.run(node_name, name, argv, namespace=namespace, labels=labels or {},
+                            ports=ports, host_network=host_network)
         self.wait_for(f"pod {name} answering", lambda: "error" not in self.probe(
             node(node_name), "tcp", rec.ip, port, timeout=1)[0], timeout=15)
         return rec

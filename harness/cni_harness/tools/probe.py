@@ -8,6 +8,9 @@ UDP answers add "replyFrom", the source the answer came from) or {"error": "..."
 try is a new
 connection (TCP) or a new socket (UDP), so each one is load-balanced afresh. (Rates are
 measured with wrk: `cni-harness bench datapath`.)
+`probe.py loop HOST PORT [--seconds S] [--interval I]` makes one TCP request every I seconds
+until S seconds passed, MAX_LOOP requests were made or its stdin closes, printing one JSON
+line per request as it ends: {"start", "end" (wall clock), and the answer or "error"}.
 Standalone: it runs with the system Python in pods and namespaces.
 """
 
@@ -18,8 +21,11 @@ import json
 import socket
 import struct
 import sys
+import time
 
 MAX_COUNT = 500
+MAX_LOOP = 2000
+MAX_LOOP_SECONDS = 300.0
 
 
 def tcp_once(host: str, port: int, timeout: float, sport: int = 0, rst: bool = False,
@@ -62,12 +68,37 @@ def udp_once(host: str, port: int, timeout: float, size: int = 3, sport: int = 0
     return answer
 
 
+def request_loop(host: str, port: int, seconds: float, interval: float,
+                 timeout: float) -> None:
+    """A bounded loop of requests, one JSON line each; ends early when stdin closes (the
+    caller is done), so nothing keeps running after a test."""
+    import select
+
+    started = time.monotonic()
+    for _ in range(MAX_LOOP):
+        if time.monotonic() - started > min(seconds, MAX_LOOP_SECONDS):
+            break
+        if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+            break                                    # EOF: told to stop
+        begin = time.time()
+        try:
+            line = tcp_once(host, port, timeout)
+        except (OSError, ValueError) as exc:
+            line = {"error": f"{type(exc).__name__}: {exc}"}
+        line.update(start=round(begin, 3), end=round(time.time(), 3))
+        print(json.dumps(line), flush=True)
+        time.sleep(max(0.0, interval - (time.time() - begin)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("tcp", "udp"))
+    parser.add_argument("mode", choices=("tcp", "udp", "loop"))
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--count", type=int, default=1, help="tries (tcp, udp)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration (loop)")
+    parser.add_argument("--interval", type=float, default=0.2,
+                        help="seconds from one request's start to the next one's (loop)")
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--size", type=int, default=3, help="UDP payload bytes (udp)")
     parser.add_argument("--sport", type=int, default=0,
@@ -78,6 +109,9 @@ def main() -> int:
     parser.add_argument("--source", default="", metavar="ADDR",
                         help="source address (one of this host's; default: the route's)")
     args = parser.parse_args()
+    if args.mode == "loop":
+        request_loop(args.host, args.port, args.seconds, args.interval, args.timeout)
+        return 0
     results = []
     for i in range(min(args.count, MAX_COUNT)):
         sport = args.sport + i if args.sport else 0

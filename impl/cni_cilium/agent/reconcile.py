@@ -56,6 +56,7 @@ from ..translate import (
 from ..tunnel import VXLAN_DEVICE, uses_overlay
 from . import status as reporting
 from .devices import NodeDevices
+from .egress import EgressRuntime
 from .inputs import ManifestReader, inputs_signature, quick_signature
 from .lbstate import LbState
 
@@ -116,6 +117,8 @@ class Agent:
         # Policies: /policy, /identities, /flows and the flow ring buffer's reader.
         self.policy = PolicyService(node_name, lambda: self.translation and
                                     self.translation.policy)
+        # Egress gateway: the other agents' liveness (health port) and the VIPs announced.
+        self.egress = EgressRuntime(node_name)
 
     # ---------------------------------------------------------------- start-up
     def start(self) -> None:
@@ -136,9 +139,11 @@ class Agent:
         self._hc = HealthCheckServer()
         self._hc.start()
         self.policy.start(self.datapath.pin_dir)
+        self.egress.start()
         self._api = api.serve(paths.AGENT_SOCKET, {
             "/status": lambda: api.json_response(self.status()),
             "/services": lambda: api.json_response(self.services()),
+            "/egress": lambda: api.json_response(reporting.egress(self)),
             "/metrics": lambda: reporting.metrics_response(self),
             "/healthz": lambda: api.json_response({"ok": True}),
             **self.policy.routes(),
@@ -175,10 +180,10 @@ class Agent:
 
     # ---------------------------------------------------------------- inputs
     def _inputs_signature(self) -> tuple:
-        return inputs_signature(self.config_path, self.source)
+        return (*inputs_signature(self.config_path, self.source), self.egress.revision)
 
     def _quick_signature(self) -> tuple:
-        return quick_signature(self.config_path, self.source)
+        return (*quick_signature(self.config_path, self.source), self.egress.revision)
 
     def _reload_settings(self) -> None:
         try:
@@ -232,7 +237,9 @@ class Agent:
                                              objects, cluster_cidr=self.cluster_cidr,
                                              previous_owners=previous,
                                              tunnel_ifindex=self.devices.tunnel_ifindex,
-                                             maglev_table_size=self.maglev_table_size))
+                                             maglev_table_size=self.maglev_table_size,
+                                             node_addresses=self.egress.addresses(),
+                                             egress=self.egress.view()))
         self._report_changes(problems + translation.problems, translation.warnings)
         ops: list[MapOp] = []
         if translation.node is not None:
@@ -244,6 +251,7 @@ class Agent:
             self.devices.sync_routes(translation, self.tunnel_in_effect, self.service_cidr)
             self._forget_gone_backends(translation)
             self._hc.update(translation.node.internal_ip, translation.health_checks)
+            self.egress.apply(translation, objects, self.devices.uplink)
         if not self.devices.sync_endpoints():
             self._retry = True
         with self.lock:
@@ -388,6 +396,7 @@ class Agent:
                 os.unlink(paths.AGENT_SOCKET)
         if self._hc is not None:
             self._hc.stop()
+        self.egress.stop()
         for bpf_map in self.maps.values():
             bpf_map.close()
         self.devices.close()

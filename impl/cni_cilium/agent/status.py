@@ -63,6 +63,11 @@ def status(agent: Agent) -> dict:
             "endpoints": [r.to_dict() for r in devices.endpoints.values()],
             "services": {"services": tr.services if tr else 0,
                          "frontends": len(tr.frontends) if tr else 0},
+            "hostPorts": {"frontends": tr.host_ports if tr else 0,
+                          "defaultAddresses": list(tr.host_port_addresses) if tr else [],
+                          "allAddresses": settings.hostPortAllAddresses,
+                          "nodeAddresses": list(agent.egress.addresses())},
+            "egress": agent.egress.summary(tr),
             "healthChecks": [{"port": port, "service": f"{hc.namespace}/{hc.name}",
                               "localEndpoints": hc.local_endpoints, "status": hc.status}
                              for port, hc in sorted(tr.health_checks.items())] if tr else [],
@@ -108,6 +113,15 @@ def datapath_stats(agent: Agent) -> dict[str, int]:
     """The datapath's counters and drop reasons, summed over CPUs."""
     stats = agent.maps["stats"]
     return {name: stats.percpu_sum_u64(index_key(i)) for i, name in enumerate(STAT_NAMES)}
+
+
+def egress(agent: Agent) -> dict:
+    """`/egress`: gateways (election, status), policies, this node's view of the agents."""
+    with agent.lock:
+        tr = agent.translation
+        return {"node": agent.node_name, **agent.egress.summary(tr),
+                "policies": [p.to_dict() for p in tr.egress.policies]
+                if tr and tr.egress else []}
 
 
 def services(agent: Agent) -> dict:

@@ -42,3 +42,35 @@ def set_noarp(ipr, index: int) -> None:
 def all_links(ipr) -> list[tuple[int, str]]:
     """(index, name) of every device."""
     return [(link["index"], link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+
+
+IFA_F_SECONDARY = 0x01
+# Devices whose addresses are not the node's: loopback, the pod gateway pair, pods, tunnel.
+NOT_NODE_DEVICES = ("lo", "cilium_", "lxc")
+
+
+def node_interfaces(ipr) -> tuple[dict[str, str], tuple[str, ...]]:
+    """({interface: its primary IPv4}, every IPv4 address of the node) in this network
+    namespace, leaving out loopback, cilium_* and pods' lxc* devices."""
+    names = dict(all_links(ipr))
+    primary: dict[str, str] = {}
+    addresses: list[str] = []
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        name = names.get(msg["index"], "")
+        addr = msg.get_attr("IFA_ADDRESS")
+        if not name or not addr or name.startswith(NOT_NODE_DEVICES):
+            continue
+        addresses.append(addr)
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        if not flags & IFA_F_SECONDARY:
+            primary.setdefault(name, addr)
+    return primary, tuple(addresses)
+
+
+def interface_mac(device: str) -> str:
+    """A device's MAC address ("" when it has none or is gone)."""
+    try:
+        with open(f"/sys/class/net/{device}/address", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

@@ -46,7 +46,8 @@ def test_every_program_is_accepted_by_the_verifier(loaded, bpffs):
     ("tunnel_cfg", None, "tunnel_config"), ("lb_maglev", "lb_maglev_key", "lb_maglev_chunk"),
     ("lb_conns", "lb_backend_key", "lb_conn_count"),
     ("lb_affinity", "lb_affinity_key", "lb_affinity"),
-    ("lb_src_ranges", "lb_src_range_key", None)])
+    ("lb_src_ranges", "lb_src_range_key", None),
+    ("egress_policy", "egress_key", "egress_gw")])
 def test_compiled_layouts_match_the_python_abi(loaded, name, key, value):
     table = loaded.bpf[name.encode()]
     if key:

@@ -115,10 +115,15 @@ def load_plan(state_dir: str) -> ClusterPlan:
 # ---------------------------------------------------------------- wiring (fabric side)
 
 def build_fabric(plan: ClusterPlan) -> None:
-    """The node network: a bridge acting as router, in its own namespace."""
+    """The node network: a bridge acting as router, in its own namespace. The bridge gets a
+    fixed MAC: by default it takes the lowest MAC of its ports, so a node's reboot (a new
+    port with a random MAC) could change the router's MAC under every neighbour entry that
+    points at it, and traffic through the router stops until those entries are probed
+    again (tens of seconds)."""
     add_netns(plan.fabric_netns)
     sysctl(plan.fabric_netns, ROUTER_SYSCTLS)
     ip_batch(plan.fabric_netns, ["link set lo up", "link add br0 type bridge",
+                                 f"link set br0 address {uplink_mac(ROUTER_IP)}",
                                  "link set br0 up", f"addr add {ROUTER_IP}/24 dev br0"])
 
 

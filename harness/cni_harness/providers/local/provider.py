@@ -343,6 +343,32 @@ class LocalProvider(Provider):
         os.kill(sup, signal.SIGUSR2 if hard else signal.SIGUSR1)
         self.wait_booted(node, generation)
 
+    def stop_node(self, node: str, timeout: float = STOP_TIMEOUT) -> None:
+        """Shut a node down: its services stop, its processes and namespaces go, its disk
+        stays (a powered-off machine). `start_node` boots it again."""
+        self.plan().node(node)
+        state, rt = self._node_state(node)
+        sup = rt.get("supervisorPid", 0)
+        if state != "running" or sup not in self._supervisors():
+            raise NodeDown(f"node {node} cannot be stopped: it is {state}")
+        os.kill(sup, signal.SIGTERM)
+        deadline = time.monotonic() + scaled(timeout)
+        while pid_alive(sup) or self._node_state(node)[0] not in ("stopped", "absent"):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"node {node} did not stop within {scaled(timeout):.0f} s; "
+                                   f"see {self.state_dir}/nodes/{node}/console.log")
+            time.sleep(0.05)
+
+    def start_node(self, node: str, timeout: float = REBOOT_TIMEOUT) -> None:
+        """Boot a stopped node (its boot sequence runs as after a reboot)."""
+        self.plan().node(node)
+        state, _rt = self._node_state(node)
+        if state not in ("stopped", "poweroff"):
+            raise ClusterError(f"node {node} is {state}; only a stopped node can be started")
+        with cluster_lock(self.cluster):
+            self._spawn_supervisor(node)
+        self._wait_running([node], {node: -1}, scaled(timeout))
+
     # ------------------------------------------------------------ fabric source guard
 
     def set_source_guard(self, enabled: bool) -> None:

@@ -145,6 +145,35 @@ def test_reboot_from_inside_the_node(local_cluster):
     assert node_sh(local_cluster, "node3", "hostname") == "node3"
 
 
+def test_stop_and_start_a_node_keep_its_disk_and_the_routers_mac(local_cluster, venv_bin):
+    """A stopped node is gone from the fabric (no namespace, no process) with its disk kept;
+    `start` boots it again. The router's MAC does not change with the node's new port."""
+    def router_mac() -> str:
+        return subprocess.run(["ip", "netns", "exec", f"{local_cluster.cluster}-fabric", "cat",
+                               "/sys/class/net/br0/address"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    before_mac = router_mac()
+    node_sh(local_cluster, "node2", "echo kept > /etc/lct-stop")
+    before = local_cluster.boot_id("node2")
+    res = harness(venv_bin, "node", "stop", "--name", local_cluster.cluster, "node2")
+    assert "stopped" in res.stdout
+    assert f"{local_cluster.cluster}-node2" not in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout
+    stopped = harness(venv_bin, "cluster", "status", "--name", local_cluster.cluster,
+                      "--json", check=False)
+    assert stopped.returncode == 1
+    assert {n["name"]: n["state"] for n in json.loads(stopped.stdout)["nodes"]}["node2"] == \
+        "stopped"
+    refused = harness(venv_bin, "node", "stop", "--name", local_cluster.cluster, "node2",
+                      check=False)
+    assert refused.returncode == 1 and "cannot be stopped: it is stopped" in refused.stderr
+    res = harness(venv_bin, "node", "start", "--name", local_cluster.cluster, "node2")
+    assert "started" in res.stdout and local_cluster.boot_id("node2") != before
+    assert node_sh(local_cluster, "node2", "cat /etc/lct-stop") == "kept"
+    assert before_mac == router_mac() == "02:00:0a:63:00:01"
+
+
 def test_up_on_a_running_cluster_is_a_no_op_and_a_size_change_is_refused(local_cluster,
                                                                           venv_bin):
     boot_id = local_cluster.boot_id("node1")
