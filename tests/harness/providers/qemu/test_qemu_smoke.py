@@ -57,8 +57,8 @@ def matrix_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("qemu-matrix"))
     res = subprocess.run([CLI, "matrix", "run", "--provider", "qemu",
                           "--entries", ",".join(ENTRIES), "--suites", ",".join(suites),
-                          "--out", out, "--timeout", "2400"],
-                         capture_output=True, text=True, timeout=5400, check=False)
+                          "--out", out, "--timeout", "1500"],
+                         capture_output=True, text=True, timeout=3600, check=False)
     return res, out, suites
 
 
