@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import string
 import subprocess
@@ -50,6 +51,27 @@ def run_cluster_name(prefix: str) -> str:
     name = prefix + RUN_SUFFIX
     validate_cluster_name(name)
     return name
+
+
+def suite_cluster_name(prefix: str) -> str:
+    """The cluster a suite uses: CNI_HARNESS_CLUSTER, else this run's own (`prefix`...)."""
+    return os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name(prefix)
+
+
+def keep_cluster() -> bool:
+    """CNI_HARNESS_KEEP=1: leave the suite's cluster up afterwards (to look at it)."""
+    return os.environ.get("CNI_HARNESS_KEEP") == "1"
+
+
+TUNNEL_MODES = ("Disabled", "VXLAN")
+
+
+def suite_tunnel_mode() -> str:
+    """CNI_HARNESS_TUNNEL_MODE (default Disabled), checked: a suite runs in either mode."""
+    mode = os.environ.get("CNI_HARNESS_TUNNEL_MODE", "Disabled")
+    if mode not in TUNNEL_MODES:
+        raise ValueError(f"CNI_HARNESS_TUNNEL_MODE={mode!r}: allowed {', '.join(TUNNEL_MODES)}")
+    return mode
 
 
 @contextlib.contextmanager

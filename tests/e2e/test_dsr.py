@@ -35,12 +35,12 @@ from cni_harness.evidence.capture import Captures
 from cni_harness.providers.local.addressing import CLIENT_IP
 from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
 from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
-from cni_harness.testing import run_cluster_name
+from cni_harness.testing import keep_cluster, suite_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CLUSTER = suite_cluster_name("lab")
+KEEP = keep_cluster()
 RESULTS_ENV = "CNI_HARNESS_RESULTS_DIR"    # where `cni-harness run` wants evidence files
 RECEIVING, BACKEND = "node1", "node2"
 HOST_PORT = 8081

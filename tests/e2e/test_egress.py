@@ -47,15 +47,16 @@ from cni_harness.suites.lab import (
     pod,
     progress_log,
 )
-from cni_harness.testing import run_cluster_name
+from cni_harness.testing import keep_cluster, suite_cluster_name, suite_tunnel_mode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("egw")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
-TUNNEL_MODE = os.environ.get("CNI_HARNESS_TUNNEL_MODE", "Disabled")
-if TUNNEL_MODE not in ("Disabled", "VXLAN"):
-    raise pytest.UsageError(f"CNI_HARNESS_TUNNEL_MODE={TUNNEL_MODE!r}: allowed Disabled, VXLAN")
+CLUSTER = suite_cluster_name("egw")
+KEEP = keep_cluster()
+try:
+    TUNNEL_MODE = suite_tunnel_mode()
+except ValueError as exc:
+    raise pytest.UsageError(str(exc)) from exc
 CONFIG = f"tunnelMode: {TUNNEL_MODE}\n"
 API = "network.deckhouse.io/v1alpha1"
 VIP = "10.99.0.250"

@@ -49,11 +49,12 @@ from cni_harness.suites.lab import (
     pod,
     progress_log,
 )
+from cni_harness.testing import keep_cluster, suite_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER", "lab")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CLUSTER = suite_cluster_name("lb")
+KEEP = keep_cluster()
 ALGORITHM = "service.cilium.io/lb-algorithm"
 EXTRA_ON = {"extraLoadBalancerAlgorithmsEnabled": True, "svcSourceRangeCheck": True}
 EXTRA_OFF = {"svcSourceRangeCheck": True}

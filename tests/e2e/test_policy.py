@@ -44,12 +44,12 @@ from cni_harness.suites.lab import (
     pod,
     progress_log,
 )
-from cni_harness.testing import run_cluster_name
+from cni_harness.testing import keep_cluster, suite_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("pol")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CLUSTER = suite_cluster_name("pol")
+KEEP = keep_cluster()
 CONFIG = "policyAuditMode: false\n"
 AUDIT_CONFIG = "policyAuditMode: true\n"
 CLIENT_2 = "10.99.0.101"          # a second address of the external client (added here)

@@ -42,12 +42,12 @@ from cni_harness.deploy.playbook import REBOOT, SITE, run_playbook
 from cni_harness.evidence.capture import Captures
 from cni_harness.evidence.pcap import summarize
 from cni_harness.suites.lab import FABRIC, LabUnavailable, deployed_lab, node, pod
-from cni_harness.testing import run_cluster_name
+from cni_harness.testing import keep_cluster, suite_cluster_name
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CLUSTER = suite_cluster_name("lab")
+KEEP = keep_cluster()
 SKIP_REBOOT = os.environ.get("CNI_HARNESS_SKIP_REBOOT") == "1"
 RESULTS_DIR = os.environ.get("CNI_HARNESS_RESULTS_DIR")
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

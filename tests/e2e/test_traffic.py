@@ -45,18 +45,19 @@ from cni_harness.suites.lab import (
     pod,
     progress_log,
 )
-from cni_harness.testing import run_cluster_name
+from cni_harness.testing import keep_cluster, suite_cluster_name, suite_tunnel_mode
 from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLUSTER = os.environ.get("CNI_HARNESS_CLUSTER") or run_cluster_name("lab")
-KEEP = os.environ.get("CNI_HARNESS_KEEP") == "1"
+CLUSTER = suite_cluster_name("lab")
+KEEP = keep_cluster()
 # The suite runs in either tunnel mode (a reused cluster in another mode is rebooted into
 # this one by the deploy, as site.yml does on a tunnelMode change).
-TUNNEL_MODE = os.environ.get("CNI_HARNESS_TUNNEL_MODE", "Disabled")
-if TUNNEL_MODE not in ("Disabled", "VXLAN"):
-    raise pytest.UsageError(f"CNI_HARNESS_TUNNEL_MODE={TUNNEL_MODE!r}: allowed Disabled, VXLAN")
+try:
+    TUNNEL_MODE = suite_tunnel_mode()
+except ValueError as exc:
+    raise pytest.UsageError(str(exc)) from exc
 # The module's default LB mode unless told otherwise (CNI_HARNESS_LB_MODE=SNAT|DSR|Hybrid):
 # what a remote NodePort/LoadBalancer backend sees depends on it (DSR: the client); under
 # VXLAN the effective mode is SNAT whatever is asked.
