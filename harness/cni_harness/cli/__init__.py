@@ -8,6 +8,7 @@ with its code.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .. import __version__
@@ -43,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "argv"):
             parser.error("this command takes no `-- CMD`")
         args.argv = command
+    # SIGTERM unwinds like Ctrl-C does: `finally` blocks stop what the command started
+    # (guests, VMs, clusters in creation) instead of leaving them running.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)

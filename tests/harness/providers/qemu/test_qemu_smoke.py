@@ -44,6 +44,23 @@ def qemu_available():
         pytest.skip(message)
 
 
+def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a harness command; past `timeout` it gets SIGTERM, so it stops its guests itself
+    (a killed command would leave them running and starve everything after it)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err += f"\n(stopped after {timeout:.0f} s)"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def _guests_of(out: str) -> list[str]:
     """qemu/virtiofsd processes still running for this output directory."""
     res = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
@@ -55,10 +72,9 @@ def _guests_of(out: str) -> list[str]:
 def matrix_run(tmp_path_factory):
     suites = list(SUITES)
     out = str(tmp_path_factory.mktemp("qemu-matrix"))
-    res = subprocess.run([CLI, "matrix", "run", "--provider", "qemu",
-                          "--entries", ",".join(ENTRIES), "--suites", ",".join(suites),
-                          "--out", out, "--timeout", "1500"],
-                         capture_output=True, text=True, timeout=3600, check=False)
+    res = run_bounded([CLI, "matrix", "run", "--provider", "qemu",
+                       "--entries", ",".join(ENTRIES), "--suites", ",".join(suites),
+                       "--out", out, "--timeout", "1500"], timeout=3600)
     return res, out, suites
 
 
@@ -124,10 +140,8 @@ def test_traffic_suite_passes_whole_on_both_kernels(matrix_run):
 
 def test_repro_runs_one_test_in_a_61_guest(tmp_path):
     out = str(tmp_path / "repro")
-    res = subprocess.run([CLI, "repro", "--kernel", "6.1",
-                          "--suite", "kernel", "-k", "test_tc_program_counts_real_packets",
-                          "--out", out], capture_output=True, text=True, timeout=1800,
-                         check=False)
+    res = run_bounded([CLI, "repro", "--kernel", "6.1", "--suite", "kernel",
+                       "-k", "test_tc_program_counts_real_packets", "--out", out], timeout=1800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     entry = os.path.join(out, "debian-6.1")
     guest = _json(entry, "guest.json")
