@@ -364,11 +364,15 @@ def _peer_setup(lab, progress) -> None:
 def _peer_program(lab, text: str) -> None:
     """kube-proxy's nat table on every node (its KUBE-* chains first removed)."""
     from .suites.lab import AGENT_CLI, node
+    from .timescale import scaled
 
+    # iptables-nft takes its time over a large ruleset (10,000 services: ~10^5 lines),
+    # so the limit grows with the text: 2 min plus 1 s per 100 lines, time-scaled.
+    timeout = scaled(120 + text.count("\n") / 100)
     for info in lab.provider.nodes():
         lab.run(node(info.name), [AGENT_CLI, "kube-proxy", "cleanup"], check=True)
-        lab.run(node(info.name), ["iptables-restore", "--noflush"], input=text, timeout=300,
-                check=True)
+        lab.run(node(info.name), ["iptables-restore", "--noflush"], input=text,
+                timeout=timeout, check=True)
 
 
 def _peer_teardown(lab, progress) -> None:
