@@ -32,6 +32,7 @@ import yaml
 
 from cni_harness.matrix.entryjob import ENTRY_ENV
 from cni_harness.matrix.matrix import KernelEntry, load_matrix
+from cni_harness.timescale import scaled
 
 pytestmark = pytest.mark.e2e
 
@@ -151,7 +152,7 @@ def test_bpf_feature_matches_matrix(feature, features_bpf, record_property):
 
 def _ns(name: str, *argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True,
-                          text=True, timeout=30, check=False, **kwargs)
+                          text=True, timeout=scaled(30), check=False, **kwargs)
 
 
 RECEIVER = """
@@ -159,7 +160,7 @@ import json, socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.IPPROTO_IP, 6, 1)      # IP_RECVOPTS: hand over any IP options seen
 sock.bind((sys.argv[1], int(sys.argv[2])))
-sock.settimeout(5)
+sock.settimeout(float(sys.argv[4]))      # the sender's start included (slow in TCG guests)
 print("ready", flush=True)
 got = with_options = 0
 try:
@@ -215,13 +216,13 @@ def attach(bpf, program: str, netns: str, dev: str, parent: str) -> None:
 def send_datagrams(side_a: str, side_b: str, port: int, count: int) -> dict:
     """`count` UDP datagrams from B to A's port: what A's socket received."""
     receiver = subprocess.Popen(["ip", "netns", "exec", side_a, sys.executable, "-c",
-                                 RECEIVER, ADDR_A, str(port), str(count)],
+                                 RECEIVER, ADDR_A, str(port), str(count), str(scaled(5))],
                                 stdout=subprocess.PIPE, text=True)
     assert receiver.stdout is not None
     assert receiver.stdout.readline().strip() == "ready"
     sent = _ns(side_b, sys.executable, "-c", SENDER, ADDR_A, str(port), str(count))
     assert sent.returncode == 0, sent.stderr
-    return json.loads(receiver.communicate(timeout=30)[0].strip())
+    return json.loads(receiver.communicate(timeout=scaled(30))[0].strip())
 
 
 def test_tc_program_counts_real_packets(features_bpf, record_property):
