@@ -183,6 +183,7 @@ def cluster():
                         ("iperf", 1)):
         lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
     lab.wait_programmed("default/solo-local")
+    lab.wait_programmed("Pod default/hp", nodes=["node2"])
     progress("pods and services ready")
     world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
                               "--port", "8080"], stdout=subprocess.DEVNULL,
@@ -680,6 +681,9 @@ def test_host_port_binds_the_private_address_by_default_and_every_address_with_t
             "public": lab.probe(CLIENT, "tcp", PUBLIC_ADDRESS, POD_HOST_PORT, timeout=1)}
         lab.start_peer_pod("node2", "hp-pub", {"app": "hp-pub"}, host_port=POD_HOST_PORT + 1,
                            host_ip=PUBLIC_ADDRESS)
+        # A running pod is not yet a programmed hostPort: probing before the agent has
+        # reconciled meets node2's own stack (refused), as a reboot-slowed agent showed.
+        lab.wait_programmed("Pod default/hp-pub", nodes=["node2"])
         observed["hostIP"] = {
             "public": lab.probe(CLIENT, "tcp", PUBLIC_ADDRESS, POD_HOST_PORT + 1),
             "private": lab.probe(CLIENT, "tcp", private, POD_HOST_PORT + 1, timeout=1)}
