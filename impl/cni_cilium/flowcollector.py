@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Tuple
 
+from . import pacing
 from .bpfabi import FlowEvent
 from .datapath.ringbuf import RingBuffer
 from .policy.flows import FlowBuffer, describe
@@ -31,6 +32,7 @@ class FlowCollector:
         self.node = node
         self.buffer = buffer
         self.errors = 0
+        self.poll_seconds = pacing.paced(POLL_SECONDS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flow-collector", daemon=True)
 
@@ -60,7 +62,7 @@ class FlowCollector:
             except Exception:
                 self.errors += 1
                 log.exception("flow collector: draining the ring buffer failed")
-            self._stop.wait(POLL_SECONDS)
+            self._stop.wait(self.poll_seconds)
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,7 +12,7 @@ import signal
 import socket
 import time
 
-from .. import paths
+from .. import pacing, paths
 from ..config import ConfigError, load_settings_file
 from ..datapath import loader
 from ..maglev import DEFAULT_TABLE_SIZE
@@ -90,6 +90,12 @@ def run(config_path: str = paths.CONFIG, node_name: str | None = None,
         log.error("cannot start: %s", message)
         print(f"error: {message}", flush=True)
         return 1
+    try:
+        pacing.time_scale()
+    except ValueError as exc:     # checked before anything starts: one clear line
+        log.error("cannot start: %s", exc)
+        print(f"error: {exc}", flush=True)
+        return 2
     refusal = extra_lb_refusal(settings, os.uname().release)
     if refusal:
         # As preflight says: no start, and the reason where `wait-ready` reads it.

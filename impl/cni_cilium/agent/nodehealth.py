@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Mapping
 
+from .. import pacing
 from ..datapath import links
 from ..egress import (
     HEALTH_PORT,
@@ -44,6 +45,7 @@ class NodeHealth:
         self.port = port
         self.revision = 0
         self.polls = 0
+        self.poll_seconds = pacing.paced(POLL_SECONDS)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._tracker = ReadinessTracker()
@@ -216,4 +218,4 @@ class NodeHealth:
                 except Exception:  # keep polling; the log says what broke
                     log.exception("health round failed")
                 with contextlib.suppress(ValueError):
-                    self._stop.wait(max(0.05, POLL_SECONDS - (time.monotonic() - started)))
+                    self._stop.wait(max(0.05, self.poll_seconds - (time.monotonic() - started)))

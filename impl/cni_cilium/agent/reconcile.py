@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-from .. import api, paths
+from .. import api, pacing, paths
 from ..bpfabi import (
     MAP_CAPACITY,
     STATE_RESTARTS,
@@ -85,6 +85,7 @@ class Agent:
         self.service_cidr = service_cidr
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
+        self.tick = pacing.paced(TICK_SECONDS)
         self.started = time.time()
         self.datapath: loader.LoadedDatapath | None = None
         self.maps: dict[str, PinnedMap] = {}
@@ -351,12 +352,12 @@ class Agent:
             # often, so polling stays under ~5% of a CPU. Directory changes are seen at once.
             now = time.monotonic()
             if self._manifests_settling(now) and not self._retry:
-                self.stop_event.wait(TICK_SECONDS / 2)
+                self.stop_event.wait(self.tick / 2)
                 continue
             if now >= next_scan or self._quick_signature() != quick or self._retry:
                 quick = self._quick_signature()
                 signature = self._inputs_signature()
-                next_scan = now + max(TICK_SECONDS, 20 * (time.monotonic() - now))
+                next_scan = now + max(self.tick, 20 * (time.monotonic() - now))
             else:
                 signature = self._signature
             if signature != self._signature or self._retry:
@@ -374,13 +375,13 @@ class Agent:
                     self.check_attachments()
                 except Exception:
                     log.exception("attachment check failed")
-                next_check = now + ATTACH_CHECK_SECONDS
+                next_check = now + pacing.paced(ATTACH_CHECK_SECONDS)
             if now >= next_status:
                 with contextlib.suppress(Exception):
                     paths.write_json_atomic(paths.AGENT_STATUS, self.status())
-                next_status = now + STATUS_FILE_SECONDS
+                next_status = now + pacing.paced(STATUS_FILE_SECONDS)
             self.lb.tick(self.translation.frontends if self.translation else [])
-            self.stop_event.wait(TICK_SECONDS)
+            self.stop_event.wait(self.tick)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -46,15 +46,19 @@ def test_the_agent_unit_parses_into_what_nodeinit_needs():
 def test_the_template_in_the_install_role_parses(tmp_path):
     import os
 
+    import jinja2
+
     from cni_harness import PROJECT_ROOT
     path = os.path.join(PROJECT_ROOT, "playbooks", "roles", "install", "templates",
                         "cni-cilium-agent.service.j2")
     with open(path, encoding="utf-8") as fh:
-        text = fh.read().replace("{{ cni_cilium_install_dir }}", "/opt/cni-cilium")
-    text = text.replace("{{ inventory_hostname }}", "node1").replace(
-        "{{ ansible_managed }}", "managed")
+        template = jinja2.Template(fh.read())
+    text = template.render(cni_cilium_install_dir="/opt/cni-cilium", inventory_hostname="node1",
+                           ansible_managed="managed", cni_cilium_maglev_table_size=16381,
+                           cni_time_scale=8.0)
     unit = parse_unit(text, "cni-cilium-agent.service")
     assert unit.exec_start[0] == "/opt/cni-cilium/venv/bin/cni-cilium"
+    assert unit.environment["CNI_CILIUM_TIME_SCALE"] == "8.0"   # the agent's poll periods
     assert unit.ignored == ()
 
 
