@@ -18,6 +18,9 @@ def _p(*parts: str) -> str:
 
 CONFIG = _p("etc", "cni-cilium", "config.yaml")
 MANIFEST_DIR = _p("etc", "cni-cilium", "manifests")
+# Held (flock, exclusive) by whoever writes a batch of manifests; the agent reads the
+# directory only when it is free, so thousands of files are reconciled once, whole.
+MANIFEST_WRITE_LOCK = ".write.lock"
 CNI_CONF_DIR = _p("etc", "cni", "net.d")
 CNI_CONF = os.path.join(CNI_CONF_DIR, "05-cilium.conflist")
 CNI_BIN = _p("opt", "cni", "bin", "cilium-cni")

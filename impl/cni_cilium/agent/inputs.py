@@ -6,6 +6,7 @@ loop when to reconcile.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -34,6 +35,21 @@ class ManifestReader:
     def signature(self) -> tuple:
         """Changes with any file's edit too (stats every file)."""
         return dir_signature(self.directory, (".yaml", ".yml"))
+
+    def writer_active(self) -> bool:
+        """Whether a writer holds the directory's write lock (`paths.MANIFEST_WRITE_LOCK`,
+        an exclusive flock; the harness's sync takes it for a batch)."""
+        try:
+            fd = os.open(os.path.join(self.directory, paths.MANIFEST_WRITE_LOCK), os.O_RDONLY)
+        except OSError:
+            return False           # no lock file: nobody writes batches here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)            # closing drops the shared lock, if taken
+        return False
 
     def close(self) -> None:
         """Nothing runs in the background."""

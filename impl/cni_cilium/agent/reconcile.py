@@ -65,6 +65,7 @@ log = logging.getLogger("cni-cilium.agent")
 TICK_SECONDS = 0.25
 SETTLE_SECONDS = 0.3        # the manifest directory must be this quiet before a reconcile
 SETTLE_MAX_SECONDS = 5.0    # ... unless it keeps changing for longer
+WRITER_MAX_SECONDS = 120.0  # the longest a batch writer's lock holds reconciles back
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
 
@@ -115,6 +116,7 @@ class Agent:
         self.source: DesiredStateSource = source or ManifestReader(paths.MANIFEST_DIR)
         self._manifests_seen: tuple = ()
         self._manifests_seen_at = self._settling_since = 0.0
+        self._writer_since: float | None = None    # since when a manifest writer holds its lock
         # Policies: /policy, /identities, /flows and the flow ring buffer's reader.
         self.policy = PolicyService(node_name, lambda: self.translation and
                                     self.translation.policy)
@@ -333,14 +335,23 @@ class Agent:
 
     # ---------------------------------------------------------------- loop
     def _manifests_settling(self, now: float) -> bool:
-        """Whether the manifest directory changed less than SETTLE_SECONDS ago (and has
-        not kept changing for SETTLE_MAX_SECONDS): a sync of thousands of files is then
-        reconciled once, whole, instead of several times half-written."""
+        """Whether the desired state is mid-change: a writer holds the manifest write lock
+        (for at most WRITER_MAX_SECONDS: a hung writer must not freeze the node), or the
+        manifest directory changed less than SETTLE_SECONDS ago (and has not kept changing
+        for SETTLE_MAX_SECONDS). A sync of thousands of files is then reconciled once,
+        whole, instead of several times half-written while it competes with the writer."""
         current = self.source.quick_signature()
         if current != self._manifests_seen:
             if self._manifests_seen_at + SETTLE_SECONDS < now:
                 self._settling_since = now
             self._manifests_seen, self._manifests_seen_at = current, now
+        if self.source.writer_active():
+            if self._writer_since is None:
+                self._writer_since = now
+            if now - self._writer_since < pacing.paced(WRITER_MAX_SECONDS):
+                return True
+        else:
+            self._writer_since = None
         return (now - self._manifests_seen_at < SETTLE_SECONDS
                 and now - self._settling_since < SETTLE_MAX_SECONDS)
 

@@ -33,6 +33,9 @@ class DesiredStateSource(Protocol):
     def signature(self) -> Hashable:
         """Changes whenever the desired state may have changed (may cost more)."""
 
+    def writer_active(self) -> bool:
+        """Whether a batch of changes is being written right now (read it after)."""
+
     def read(self) -> Snapshot:
         """Every valid object, oldest first (the older object wins a frontend conflict),
         and one problem line per invalid one."""

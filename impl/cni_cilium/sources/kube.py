@@ -291,6 +291,10 @@ class KubeSource:
 
     quick_signature = signature      # a counter: as cheap as it gets
 
+    def writer_active(self) -> bool:
+        """The store applies each watch event whole: never mid-batch."""
+        return False
+
     def read(self) -> tuple[list[KubeObject], list[str]]:
         return self.store.snapshot()
 

@@ -54,3 +54,51 @@ def test_unreadable_yaml_is_a_problem_not_a_crash(tmp_path):
     objects, problems = ManifestReader(str(tmp_path)).read()
     assert objects == [] and problems[0].startswith("x.yaml: cannot read:")
     assert ManifestReader(str(tmp_path / "missing")).read() == ([], [])
+
+
+def test_a_batch_writer_holding_the_write_lock_is_seen_until_it_lets_go(tmp_path):
+    import fcntl
+    import os
+
+    from cni_cilium import paths
+
+    reader = ManifestReader(str(tmp_path))
+    assert reader.writer_active() is False              # no lock file: nobody writes batches
+    fd = os.open(str(tmp_path / paths.MANIFEST_WRITE_LOCK), os.O_RDWR | os.O_CREAT)
+    try:
+        assert reader.writer_active() is False          # the file alone is not a writer
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert reader.writer_active() is True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert reader.writer_active() is False
+    finally:
+        os.close(fd)
+
+
+def test_the_harness_sync_writes_its_batch_under_the_agents_write_lock(tmp_path):
+    """The sync script run on nodes takes the very lock the agent checks: while someone
+    else holds it the sync writes nothing; it writes once the lock is free, and frees it."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    from cni_cilium import paths
+    from cni_harness.cluster.apiserver import SYNC_SCRIPT
+
+    fd = os.open(str(tmp_path / paths.MANIFEST_WRITE_LOCK), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    sync = subprocess.Popen([sys.executable, "-c", SYNC_SCRIPT, str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        sync.stdin.write(json.dumps({"svc-a.yaml": "{}\n"}))
+        sync.stdin.close()
+        with pytest.raises(subprocess.TimeoutExpired):
+            sync.wait(timeout=1.0)                      # blocked on the lock
+        assert not (tmp_path / "svc-a.yaml").exists()
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    sync.wait(timeout=30)
+    assert json.loads(sync.stdout.read()) == ["svc-a.yaml"]
+    assert ManifestReader(str(tmp_path)).writer_active() is False
