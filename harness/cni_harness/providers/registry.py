@@ -65,10 +65,10 @@ class Selection:
     def env(self) -> dict[str, str]:
         """The environment that selects this provider again in a suite's process."""
         out = {PROVIDER_ENV: self.name}
-        if self.cluster:
-            out[CLUSTER_ENV] = self.cluster
-        if self.inventory:
-            out[INVENTORY_ENV] = self.inventory
+        for key, value in ((CLUSTER_ENV, self.cluster), (INVENTORY_ENV, self.inventory),
+                           (ENTRY_ENV, self.entry)):
+            if value:
+                out[key] = value
         return out
 
 
@@ -87,6 +87,17 @@ def selection_from_env(environ: Mapping[str, str] | None = None) -> Selection:
                                      "wrote")
     return Selection(name, environ.get(CLUSTER_ENV) or None, inventory,
                      environ.get(ENTRY_ENV) or None)
+
+
+def matrix_cluster_name(entry: str, suffix: str | None = None) -> str:
+    """The cluster name of a matrix OS entry's vm cluster: `vm`, the OS's initial and
+    version (debian-12 -> vmd12), then this run's suffix, so two runs on one host never
+    share a cluster (names prefix network namespaces: 12 characters at most)."""
+    if suffix is None:
+        from ..testing import RUN_SUFFIX as suffix
+    first, _, rest = entry.partition("-")
+    short = (first[:1] + "".join(c for c in rest if c.isalnum()))[:5]
+    return f"vm{short}{suffix}"[:12].lower()
 
 
 def provider_class(name: str) -> type[Provider]:

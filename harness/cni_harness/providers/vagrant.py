@@ -623,10 +623,15 @@ class VagrantProvider(Provider):
         self.node(node)
         self.reload(node)
 
+    @property
+    def inventory_file(self) -> str:
+        """Where `inventory_path()` writes the inventory (known before the VMs exist)."""
+        return os.path.join(self.directory, "inventory.yml")
+
     def inventory_path(self) -> str:
         if not self._ssh_hosts:
             self._refresh_ssh_config()
-        path = os.path.join(self.directory, "inventory.yml")
+        path = self.inventory_file
         text = inventory(self.entry_plan, self.ssh_config_path, self._ssh_hosts)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".inventory.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
