@@ -139,3 +139,27 @@ def require_local_provider(why: str) -> None:
     name = selection_from_env().name      # a wrong choice raises: the suite fails
     if name != "local":
         pytest.skip(f"provider {name}: {why}", allow_module_level=True)
+
+
+def write_vagrant_inventory(workdir: str, entry: str, ssh_config: str,
+                            backend: str = "libvirt") -> str:
+    """The files `matrix run --provider vagrant` leaves for an entry's suites, written
+    without Vagrant: `<workdir>/<entry>-<backend>/{ssh_config,inventory.yml}` (the
+    inventory from the entry's plan, reaching the nodes through `ssh_config`). Returns the
+    inventory's path (for CNI_HARNESS_INVENTORY)."""
+    from .matrix.matrix import load_matrix
+    from .providers.vagrant import inventory, parse_ssh_config, plan
+
+    matrix = load_matrix()
+    names = [e.name for e in matrix.os_entries]
+    entry_plan = plan(matrix.os_entries[names.index(entry)], names.index(entry),
+                      provider=backend)
+    directory = os.path.join(workdir, f"{entry}-{backend}")
+    os.makedirs(directory, exist_ok=True)
+    ssh_path = os.path.join(directory, "ssh_config")
+    with open(ssh_path, "w", encoding="utf-8") as fh:
+        fh.write(ssh_config)
+    path = os.path.join(directory, "inventory.yml")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(inventory(entry_plan, ssh_path, parse_ssh_config(ssh_config)))
+    return path
