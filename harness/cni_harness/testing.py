@@ -21,8 +21,9 @@ import os
 import random
 import string
 import subprocess
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from .providers.base import Availability, NodeInfo, Provider
 from .providers.local.addressing import validate_cluster_name
 from .providers.local.provider import LocalProvider
 from .providers.registry import selection_from_env
@@ -163,3 +164,51 @@ def write_vagrant_inventory(workdir: str, entry: str, ssh_config: str,
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(inventory(entry_plan, ssh_path, parse_ssh_config(ssh_config)))
     return path
+
+
+class RecordingProvider(Provider):
+    """A stand-in cluster provider for pure tests: two nodes, every up, down and exec
+    recorded in `calls`; `exec` answers only for the nodes in `answering` (the others
+    fail as an ssh that cannot connect does), nothing can be written or rebooted."""
+
+    name = "fake"
+
+    def __init__(self, cluster: str = "fake", answering: tuple[str, ...] = ()):
+        self.cluster = cluster
+        self.answering = answering
+        self.calls: list[str] = []
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    def up(self) -> None:
+        self.calls.append("up")
+
+    def down(self) -> None:
+        self.calls.append("down")
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(f"node{i}", f"10.99.0.{10 + i}", f"10.100.{i}.0/24")
+                for i in (1, 2)]
+
+    def exec(self, node: str, argv: Sequence[str], *, input: str | bytes | None = None,
+             timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
+        self.calls.append(f"exec {node}")
+        if node in self.answering:
+            return subprocess.CompletedProcess(list(argv), 0, "", "")
+        raise subprocess.CalledProcessError(255, ["ssh", node], "",
+                                            f"ssh: connect to host {node} port 22: "
+                                            "Network is unreachable\n")
+
+    def put_file(self, node: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        raise AssertionError(f"{self.name}: nothing may be written to {node}")
+
+    def reboot(self, node: str) -> None:
+        raise AssertionError(f"{self.name}: no reboot of {node}")
+
+    def inventory_path(self) -> str:
+        return f"/state/{self.cluster}/inventory.yml"
+
+    def status(self) -> dict:
+        return {"provider": self.name, "cluster": self.cluster, "state": "running"}

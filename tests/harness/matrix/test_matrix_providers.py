@@ -22,7 +22,8 @@ from cni_harness.matrix.run import (
     parse_node_facts,
     target_for,
 )
-from cni_harness.providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability, NodeInfo
+from cni_harness.providers.base import EXIT_PROVIDER_UNAVAILABLE
+from cni_harness.testing import RecordingProvider
 
 pytestmark = pytest.mark.unit
 
@@ -62,39 +63,24 @@ def test_matrix_run_vm_without_the_vm_provider_exits_3_saying_why(monkeypatch, c
     assert "provider vm cannot run here" in capsys.readouterr().err
 
 
-class FakeVm:
-    """What ProviderTarget uses of a provider, recorded."""
+class FakeVm(RecordingProvider):
+    """A vm provider whose nodes report Debian 11, recorded."""
 
     name = "vm"
 
     def __init__(self, cluster: str, fail_up: bool = False):
-        self.cluster = cluster
+        super().__init__(cluster)
         self.fail_up = fail_up
-        self.calls: list[str] = []
-
-    @classmethod
-    def availability(cls) -> Availability:
-        return Availability(True)
 
     def up(self) -> None:
-        self.calls.append("up")
+        super().up()
         if self.fail_up:
             raise RuntimeError("no image for debian-11")
-
-    def down(self) -> None:
-        self.calls.append("down")
-
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(f"node{i}", f"10.99.0.{10 + i}", f"10.100.{i}.0/24")
-                for i in (1, 2)]
 
     def exec(self, node, argv, **_kwargs) -> subprocess.CompletedProcess:
         assert argv == ["sh", "-c", matrix_run.NODE_FACTS_SCRIPT]
         kernel = "5.10.0-30-amd64" if node == "node1" else "5.10.0-31-amd64"
         return subprocess.CompletedProcess(argv, 0, f"{kernel}\n{OS_RELEASE}", "")
-
-    def inventory_path(self) -> str:
-        return f"/state/{self.cluster}/inventory.yml"
 
 
 def _target(provider: FakeVm) -> tuple[ProviderTarget, Entry]:

@@ -4,11 +4,8 @@ skips (pure: fake providers, nothing runs)."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from cni_harness.providers.base import Availability, NodeInfo, Provider
 from cni_harness.suites.lab import (
     LabError,
     LabUnavailable,
@@ -16,61 +13,23 @@ from cni_harness.suites.lab import (
     check_reachable,
     deployed_lab,
 )
-from cni_harness.testing import require_provider, suite_lab
+from cni_harness.testing import RecordingProvider, require_provider, suite_lab
 
 pytestmark = pytest.mark.unit
 
 
-class BrokenVm(Provider):
+class BrokenVm(RecordingProvider):
     """A cluster provider whose nodes do not answer (ssh exits 255)."""
 
     name = "brokenvm"
 
-    def __init__(self, answering: tuple[str, ...] = ()):
-        self.answering = answering
-        self.calls: list[str] = []
-
-    @classmethod
-    def availability(cls) -> Availability:
-        return Availability(True)
-
-    def up(self) -> None:
-        self.calls.append("up")
-
-    def down(self) -> None:
-        self.calls.append("down")
-
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(f"node{i}", f"10.99.0.{10 + i}", f"10.100.{i}.0/24")
-                for i in (1, 2)]
-
-    def exec(self, node, argv, *, input=None, timeout=120, check=True):
-        self.calls.append(f"exec {node}")
-        if node in self.answering:
-            return subprocess.CompletedProcess(argv, 0, "", "")
-        raise subprocess.CalledProcessError(255, ["ssh", node], "",
-                                            f"ssh: connect to host {node} port 22: "
-                                            "Network is unreachable\n")
-
-    def put_file(self, node, path, data, mode=0o644) -> None:
-        raise AssertionError("nothing may be written to an unreachable cluster")
-
-    def reboot(self, node) -> None:
-        raise AssertionError("no reboot")
-
-    def inventory_path(self) -> str:
-        return "/nonexistent/inventory.yml"
-
-    def status(self) -> dict:
-        return {"provider": self.name, "state": "running"}
-
 
 def test_an_unreachable_node_fails_naming_provider_and_node_and_creates_nothing():
-    provider = BrokenVm(answering=("node1",))
+    provider = BrokenVm("vmd12x", answering=("node1",))
     with pytest.raises(ProviderUnreachable) as info:
         deployed_lab("vmd12x", "bpfLBMode: SNAT\n", provider=provider)
     message = str(info.value)
-    assert "provider brokenvm" in message and "node node2 (10.99.0.12)" in message
+    assert "provider brokenvm, cluster vmd12x: node node2 (10.99.0.12)" in message
     assert "Network is unreachable" in message and "no fallback" in message
     assert "up" not in provider.calls and "down" not in provider.calls
     # ProviderUnreachable is no LabUnavailable: suite_lab lets it through, the suite fails
@@ -78,10 +37,10 @@ def test_an_unreachable_node_fails_naming_provider_and_node_and_creates_nothing(
 
 
 def test_reachable_nodes_without_what_the_lab_needs_skip_naming_it():
-    provider = BrokenVm(answering=("node1", "node2"))
+    provider = BrokenVm("vmd12x", answering=("node1", "node2"))
     check_reachable(provider)
     with pytest.raises(LabUnavailable, match="provider brokenvm has no plan, exec_command, "
-                                             "state_dir, cluster"):
+                                             "state_dir: "):
         deployed_lab("vmd12x", "", provider=provider)
     assert provider.calls == ["exec node1", "exec node2"] * 2     # checked, nothing else
 
