@@ -438,6 +438,7 @@ class ProviderTarget(Target):
         self._load = load
         self._entries = entries
         self.cluster_for = cluster_for
+        self._checked: Availability | None = None     # describe's, once per target
 
     def availability(self) -> Availability:
         try:
@@ -463,7 +464,9 @@ class ProviderTarget(Target):
     def describe(self, entry: Entry, suites: Sequence[str]) -> dict:
         """What running this entry would do, without doing it (`matrix run --dry-run`):
         the suites, the cluster, the inventory and the nodes they would run against."""
-        available = self.availability()
+        if self._checked is None:      # one host check for every entry described
+            self._checked = self.availability()
+        available = self._checked
         runs_suites = entry.expect.get("default", "supported") == "supported"
         provider = self._provider(entry)
         desc: dict = {
