@@ -153,6 +153,8 @@ def bed():
 
 
 def _bed(lab):
+    """The bed on a deployed lab: our pods and services, the LoadBalancer IP routed from the
+    client; a cluster that stays is left as found."""
     for rec in lab.pods.list():          # a reused cluster: start from our own pods only
         lab.pods.delete(rec.name, rec.namespace)
     backend = lab.start_peer_pod(BACKEND, "dsr-be", {"app": "dsr-be"})

@@ -1,7 +1,8 @@
 """The reboot-on-mode-change suite: tunnelMode Disabled -> VXLAN -> Disabled through Ansible.
 
-For each change, three phases on one 3-node local cluster ($CNI_HARNESS_CLUSTER, default
-`lab` + a suffix unique to the run; reused when it runs, else created and removed), each
+For each change, three phases on one 3-node cluster (the environment's provider, see
+`cni_harness.testing.suite_lab`; local: $CNI_HARNESS_CLUSTER, default `lab` + a suffix
+unique to the run, reused when it runs, else created and removed), each
 with evidence (every agent's status, a capture summary of the fabric, the pod-to-pod mesh):
 
 1. the config changes, nothing reboots (site.yml with `cni_cilium_tunnel_reboot=false`):
