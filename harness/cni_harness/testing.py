@@ -4,6 +4,13 @@
 suite can prove the testbed never touched it; `fresh_local_cluster` brings a cluster up (after
 removing a stale one of the same name) and always takes it down again; `run_cluster_name`
 gives the clusters of one test run names no other run on this host uses.
+
+Every e2e suite gets its cluster one way, `suite_lab`: the provider the environment selects
+(`providers.registry`: CNI_HARNESS_PROVIDER, CNI_HARNESS_CLUSTER, CNI_HARNESS_INVENTORY),
+deployed with the suite's config. Local: created if absent, reused if running. Any other
+provider: the cluster must exist and answer, else the suite fails naming the provider and
+the node. `require_provider` / `require_local_provider` skip a case or a suite that needs
+what the provider lacks, saying so.
 """
 
 from __future__ import annotations
@@ -14,10 +21,15 @@ import os
 import random
 import string
 import subprocess
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from .providers.base import Availability, NodeInfo, Provider
 from .providers.local.addressing import validate_cluster_name
 from .providers.local.provider import LocalProvider
+from .providers.registry import selection_from_env
+
+if TYPE_CHECKING:
+    from .suites.lab import Lab
 
 # Drawn once per process (one pytest run): two runs on one host, by two people or two
 # worktrees, never build clusters of the same name.
@@ -84,3 +96,119 @@ def fresh_local_cluster(name: str, nodes: int = 3) -> Iterator[LocalProvider]:
         yield provider
     finally:
         provider.down()
+
+
+@contextlib.contextmanager
+def suite_lab(cluster: str, config_text: str, nodes: int = 3,
+              progress: Callable[[str], None] = lambda _m: None) -> Iterator[Lab]:
+    """The deployed lab of a suite's module fixture, on the environment's provider
+    (`suites.lab.deployed_lab`). Skips when the lab cannot run here (LabUnavailable: the
+    local provider's tools, or what the provider lacks); an unreachable or absent cluster
+    of another provider raises, so the suite fails. A cluster made here is removed at the
+    end unless CNI_HARNESS_KEEP=1 (`lab.created` says whether it was)."""
+    import pytest
+
+    from .suites.lab import LabUnavailable, deployed_lab
+
+    try:
+        lab, created = deployed_lab(cluster, config_text, nodes=nodes, progress=progress)
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield lab
+    finally:
+        if created and not keep_cluster():
+            lab.provider.down()
+
+
+def require_provider(provider: Any, *capabilities: str, why: str) -> None:
+    """Skip the running case unless the provider has every named method or attribute
+    (e.g. `stop_node`, only LocalProvider has it); the reason names what is missing."""
+    import pytest
+
+    missing = [name for name in capabilities if not hasattr(provider, name)]
+    if missing:
+        pytest.skip(f"provider {provider.name} has no {', '.join(missing)}: {why}")
+
+
+def require_local_provider(why: str) -> None:
+    """Skip the whole suite module unless the environment selects the local provider (a
+    suite that judges the kernel it runs in would otherwise pass on the runner's kernel
+    while it was asked to test VMs)."""
+    import pytest
+
+    name = selection_from_env().name      # a wrong choice raises: the suite fails
+    if name != "local":
+        pytest.skip(f"provider {name}: {why}", allow_module_level=True)
+
+
+def write_vagrant_inventory(workdir: str, entry: str, ssh_config: str,
+                            backend: str = "libvirt") -> str:
+    """The files `matrix run --provider vagrant` leaves for an entry's suites, written
+    without Vagrant: `<workdir>/<entry>-<backend>/{ssh_config,inventory.yml}` (the
+    inventory from the entry's plan, reaching the nodes through `ssh_config`). Returns the
+    inventory's path (for CNI_HARNESS_INVENTORY)."""
+    from .matrix.matrix import load_matrix
+    from .providers.vagrant import inventory, parse_ssh_config, plan
+
+    matrix = load_matrix()
+    names = [e.name for e in matrix.os_entries]
+    entry_plan = plan(matrix.os_entries[names.index(entry)], names.index(entry),
+                      provider=backend)
+    directory = os.path.join(workdir, f"{entry}-{backend}")
+    os.makedirs(directory, exist_ok=True)
+    ssh_path = os.path.join(directory, "ssh_config")
+    with open(ssh_path, "w", encoding="utf-8") as fh:
+        fh.write(ssh_config)
+    path = os.path.join(directory, "inventory.yml")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(inventory(entry_plan, ssh_path, parse_ssh_config(ssh_config)))
+    return path
+
+
+class RecordingProvider(Provider):
+    """A stand-in cluster provider for pure tests: two nodes, every up, down and exec
+    recorded in `calls`; `exec` answers only for the nodes in `answering` (the others
+    fail as an ssh that cannot connect does), nothing can be written or rebooted."""
+
+    name = "fake"
+
+    def __init__(self, cluster: str = "fake", answering: tuple[str, ...] = ()):
+        self.cluster = cluster
+        self.answering = answering
+        self.calls: list[str] = []
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    def up(self) -> None:
+        self.calls.append("up")
+
+    def down(self) -> None:
+        self.calls.append("down")
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(f"node{i}", f"10.99.0.{10 + i}", f"10.100.{i}.0/24")
+                for i in (1, 2)]
+
+    def exec(self, node: str, argv: Sequence[str], *, input: str | bytes | None = None,
+             timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
+        self.calls.append(f"exec {node}")
+        if node in self.answering:
+            return subprocess.CompletedProcess(list(argv), 0, "", "")
+        raise subprocess.CalledProcessError(255, ["ssh", node], "",
+                                            f"ssh: connect to host {node} port 22: "
+                                            "Network is unreachable\n")
+
+    def put_file(self, node: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        raise AssertionError(f"{self.name}: nothing may be written to {node}")
+
+    def reboot(self, node: str) -> None:
+        raise AssertionError(f"{self.name}: no reboot of {node}")
+
+    def inventory_path(self) -> str:
+        return f"/state/{self.cluster}/inventory.yml"
+
+    def status(self) -> dict:
+        return {"provider": self.name, "cluster": self.cluster, "state": "running"}

@@ -34,8 +34,8 @@ from cni_harness.evidence.asymmetry import Flow, Observation, check_dsr, check_s
 from cni_harness.evidence.capture import Captures
 from cni_harness.providers.local.addressing import CLIENT_IP
 from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
-from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, LabUnavailable, deployed_lab, node
-from cni_harness.testing import keep_cluster, suite_cluster_name
+from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, node
+from cni_harness.testing import keep_cluster, require_provider, suite_cluster_name, suite_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -97,7 +97,10 @@ class Bed:
             self.mode = mode
 
     def guard_drops(self) -> dict[str, int] | None:
-        return self.provider.source_guard()
+        """The fabric source guard's drops per node; None when it is off or the provider
+        has none (only the local fabric has one)."""
+        guard = getattr(self.provider, "source_guard", None)
+        return guard() if guard else None
 
     def observe(self, protocol: str, frontend: tuple[str, int] | None = None,
                 backend: tuple[str, int] | None = None, tries: int = TRIES,
@@ -145,10 +148,13 @@ def _name_captures(request):
 
 @pytest.fixture(scope="module")
 def bed():
-    try:
-        lab, created = deployed_lab(CLUSTER, "bpfLBMode: SNAT\n")
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
+    with suite_lab(CLUSTER, "bpfLBMode: SNAT\n") as lab:
+        yield from _bed(lab)
+
+
+def _bed(lab):
+    """The bed on a deployed lab: our pods and services, the LoadBalancer IP routed from the
+    client; a cluster that stays is left as found."""
     for rec in lab.pods.list():          # a reused cluster: start from our own pods only
         lab.pods.delete(rec.name, rec.namespace)
     backend = lab.start_peer_pod(BACKEND, "dsr-be", {"app": "dsr-be"})
@@ -166,10 +172,9 @@ def bed():
     try:
         yield test_bed
     finally:
-        if created and not KEEP:
-            lab.provider.down()
-        else:
-            lab.provider.set_source_guard(guard_at_start)
+        if not lab.created or KEEP:          # the cluster stays: leave it as found
+            if hasattr(lab.provider, "set_source_guard"):
+                lab.provider.set_source_guard(guard_at_start)
             lab.set_module_config("bpfLBMode: SNAT\n")
             lab.delete(services)
             for name in ("dsr-be", "dsr-host"):
@@ -322,6 +327,8 @@ def test_long_lived_dsr_connection_survives_kill_9_of_both_agents(bed, record_pr
 # ---------------------------------------------------------------- anti-spoofing fabric
 
 def test_source_guard_blocks_dsr_and_the_cause_is_named(bed, record_property):
+    require_provider(bed.provider, "set_source_guard", "source_guard",
+                     why="the fabric's anti-spoofing guard is the local provider's")
     was_on = bed.guard_drops() is not None
     bed.provider.set_source_guard(True)
     try:

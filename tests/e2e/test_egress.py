@@ -41,18 +41,20 @@ from cni_harness.suites.lab import (
     FABRIC,
     WORLD,
     LabError,
-    LabUnavailable,
-    deployed_lab,
     node,
     pod,
     progress_log,
 )
-from cni_harness.testing import keep_cluster, suite_cluster_name, suite_tunnel_mode
+from cni_harness.testing import (
+    require_provider,
+    suite_cluster_name,
+    suite_lab,
+    suite_tunnel_mode,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = suite_cluster_name("egw")
-KEEP = keep_cluster()
 try:
     TUNNEL_MODE = suite_tunnel_mode()
 except ValueError as exc:
@@ -149,38 +151,33 @@ class Cluster:
 def cluster():
     results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
     progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
-    try:
-        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
-    for rec in lab.pods.list():
-        lab.pods.delete(rec.name, rec.namespace)
-    lab.delete([doc for key, doc in lab.api.objects().items()
-                if key[0] in ("EgressGateway", "EgressGatewayPolicy")])
-    servers = []
-    try:
-        lab.run(WORLD, ["ip", "addr", "replace", f"{EXCLUDED_WORLD_IP}/24", "dev", "eth0"],
-                check=True)
-        for where, name in ((WORLD, "world"), (CLIENT, "client")):
-            servers.append(lab.popen(where, ["python3", lab.tool(where, "peer_server.py"),
-                                             "--name", name, "--port", "8080"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for i in (1, 2, 3):
-            lab.start_peer_pod(f"node{i}", f"b-{i}", {"egress": "basic"})
-            lab.start_peer_pod(f"node{i}", f"v-{i}", {"egress": "vip"})
-        lab.start_peer_pod("node1", "plain-1", {"app": "plain"})
-        lab.start_peer_pod("node1", "b-other", {"egress": "basic"}, namespace="other")
-        lab.apply(OBJECTS)
-        progress("egress objects applied")
-        yield Cluster(lab)
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=10)
-        with contextlib.suppress(LabError, subprocess.SubprocessError):
-            lab.run(WORLD, ["ip", "addr", "del", f"{EXCLUDED_WORLD_IP}/24", "dev", "eth0"])
-        if created and not KEEP:
-            lab.provider.down()
+    with suite_lab(CLUSTER, CONFIG, progress=progress) as lab:
+        for rec in lab.pods.list():
+            lab.pods.delete(rec.name, rec.namespace)
+        lab.delete([doc for key, doc in lab.api.objects().items()
+                    if key[0] in ("EgressGateway", "EgressGatewayPolicy")])
+        servers = []
+        try:
+            lab.run(WORLD, ["ip", "addr", "replace", f"{EXCLUDED_WORLD_IP}/24", "dev", "eth0"],
+                    check=True)
+            for where, name in ((WORLD, "world"), (CLIENT, "client")):
+                servers.append(lab.popen(where, ["python3", lab.tool(where, "peer_server.py"),
+                                                 "--name", name, "--port", "8080"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            for i in (1, 2, 3):
+                lab.start_peer_pod(f"node{i}", f"b-{i}", {"egress": "basic"})
+                lab.start_peer_pod(f"node{i}", f"v-{i}", {"egress": "vip"})
+            lab.start_peer_pod("node1", "plain-1", {"app": "plain"})
+            lab.start_peer_pod("node1", "b-other", {"egress": "basic"}, namespace="other")
+            lab.apply(OBJECTS)
+            progress("egress objects applied")
+            yield Cluster(lab)
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(timeout=10)
+            with contextlib.suppress(LabError, subprocess.SubprocessError):
+                lab.run(WORLD, ["ip", "addr", "del", f"{EXCLUDED_WORLD_IP}/24", "dev", "eth0"])
 
 
 # ---------------------------------------------------------------- objects and election
@@ -374,6 +371,9 @@ class RequestLoop:
 def test_traffic_follows_the_new_gateway_when_the_active_node_goes_down(
         cluster, mode, event, record_property):
     lab = cluster.lab
+    if event == "stop":
+        require_provider(lab.provider, "stop_node", "start_node",
+                         why="powering a node off and on again is the local provider's")
     old = cluster.settled(mode)["activeNodeName"]
     new = next(n for n in WORKERS if n != old)
     new_source = VIP if mode == "vip" else cluster.ip(new)

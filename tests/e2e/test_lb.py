@@ -41,20 +41,17 @@ from cni_harness.suites.lab import (
     CLIENT,
     FABRIC,
     WORLD,
-    LabUnavailable,
-    deployed_lab,
     errors,
     names,
     node,
     pod,
     progress_log,
 )
-from cni_harness.testing import keep_cluster, suite_cluster_name
+from cni_harness.testing import suite_cluster_name, suite_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = suite_cluster_name("lb")
-KEEP = keep_cluster()
 ALGORITHM = "service.cilium.io/lb-algorithm"
 EXTRA_ON = {"extraLoadBalancerAlgorithmsEnabled": True, "svcSourceRangeCheck": True}
 EXTRA_OFF = {"svcSourceRangeCheck": True}
@@ -67,11 +64,13 @@ CHI2_BOUND_DF2 = 13.82
 def _matrix_entry():
     matrix = load_matrix()
     name = os.environ.get(ENTRY_ENV)
-    if name:
-        try:
-            return matrix.kernel_entry(name)
-        except KeyError:
-            return None
+    if name:        # a kernel entry (qemu, local) or an OS entry (the nodes are VMs)
+        for lookup in (matrix.kernel_entry, matrix.os_entry):
+            try:
+                return lookup(name)
+            except KeyError:
+                continue
+        return None
     return matrix.entry_for_kernel(os.uname().release)
 
 
@@ -185,24 +184,16 @@ class Cluster:
 def cluster():
     results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
     progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
-    try:
-        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
-    for rec in lab.pods.list():          # a reused cluster: start from our own pods only
-        lab.pods.delete(rec.name, rec.namespace)
-    pods = {name: lab.start_peer_pod(node_name, name, {"app": app})
-            for name, (node_name, app) in PODS.items()}
-    lab.apply(SERVICES)
-    for name, count in BACKENDS.items():
-        lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
-    progress("lb suite: pods and services ready")
-    try:
+    with suite_lab(CLUSTER, CONFIG, progress=progress) as lab:
+        for rec in lab.pods.list():          # a reused cluster: start from our own pods only
+            lab.pods.delete(rec.name, rec.namespace)
+        pods = {name: lab.start_peer_pod(node_name, name, {"app": app})
+                for name, (node_name, app) in PODS.items()}
+        lab.apply(SERVICES)
+        for name, count in BACKENDS.items():
+            lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
+        progress("lb suite: pods and services ready")
         yield Cluster(lab, pods)
-    finally:
-        if created and not KEEP:
-            lab.provider.down()
-
 
 @pytest.fixture(scope="module")
 def extra_refused(cluster):
@@ -238,7 +229,8 @@ def require_extra(extra_refused, record_property) -> None:
     refusal was checked by `extra_refused`."""
     if extra_refused is not None:
         evidence(record_property, refused=extra_refused, entry=ENTRY.name if ENTRY else None)
-        pytest.xfail(f"kernel {os.uname().release}: {extra_refused['agentProblem']}")
+        pytest.xfail(f"{ENTRY.name if ENTRY else os.uname().release}: "
+                     f"{extra_refused['agentProblem']}")
 
 
 # ---------------------------------------------------------------- random

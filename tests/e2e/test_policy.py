@@ -38,18 +38,15 @@ from cni_harness.suites.lab import (
     CLIENT,
     WORLD,
     LabError,
-    LabUnavailable,
-    deployed_lab,
     node,
     pod,
     progress_log,
 )
-from cni_harness.testing import keep_cluster, suite_cluster_name
+from cni_harness.testing import require_provider, suite_cluster_name, suite_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = suite_cluster_name("pol")
-KEEP = keep_cluster()
 CONFIG = "policyAuditMode: false\n"
 AUDIT_CONFIG = "policyAuditMode: true\n"
 CLIENT_2 = "10.99.0.101"          # a second address of the external client (added here)
@@ -136,8 +133,14 @@ class Cluster:
     def flows_since(self, started: float, **filters) -> list[dict]:
         return [f for f in self.lab.flows(**filters) if f["time"] >= started]
 
+    def require_client_ssh(self) -> None:
+        """Skip unless the provider gives the client an ssh key for the nodes (local)."""
+        require_provider(self.lab.provider, "ssh_key_path",
+                         why="ssh from the client namespace needs the provider's node key")
+
     def ssh(self, node_name: str, command: str = "echo $SSH_CONNECTION",
             timeout: float = 15) -> subprocess.CompletedProcess:
+        self.require_client_ssh()
         return subprocess.run(self.lab.client_ssh_argv(node_name, command), text=True,
                               capture_output=True, timeout=timeout, check=False)
 
@@ -146,6 +149,7 @@ class Cluster:
         a second (with the time) for `seconds`, or until `stop_file` exists on the node: it
         ends with exit 0 and every tick only if the connection lived throughout."""
         stop = f" [ -e {stop_file} ] && break;" if stop_file else ""
+        self.require_client_ssh()
         command = (f"echo $SSH_CONNECTION; for i in $(seq {seconds}); do echo tick $i "
                    f"$(date +%s.%N);{stop} sleep 1; done")
         return subprocess.Popen(self.lab.client_ssh_argv(node_name, command, timeout=5),
@@ -196,52 +200,47 @@ def api_servers(cluster, *nodes: str):
 def cluster():
     results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
     progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
-    try:
-        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
-    for rec in lab.pods.list():
-        lab.pods.delete(rec.name, rec.namespace)
-    lab.delete([doc for key, doc in lab.api.objects().items()
-                if key[0] == "CiliumClusterwideNetworkPolicy"])
-    pods = {
-        "web": lab.start_peer_pod("node1", "web", {"app": "web", "np": "web"}),
-        "web9": lab.start_peer_pod("node2", "web9", {"app": "web"}, port=WEB9_PORT),
-        "cli-1": lab.start_peer_pod("node1", "cli-1", {"app": "client"}),
-        "cli-3": lab.start_peer_pod("node3", "cli-3", {"app": "client"}),
-        "other-2": lab.start_peer_pod("node2", "other-2", {"app": "other"}),
-        "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
-                                     port=HOST_PORT),
-        "host-2": lab.start_peer_pod("node2", "host-2", {"app": "host"}, host_network=True,
-                                     port=HOST_PORT),
-    }
-    lab.apply([{"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"type": "NodePort", "selector": {"np": "web"},
-                         "externalTrafficPolicy": etp,
-                         "ports": [{"name": "http", "port": 80, "targetPort": 8080,
-                                    "protocol": "TCP"},
-                                   {"name": "dns", "port": 53, "targetPort": 8080,
-                                    "protocol": "UDP"}]}}
-               for name, etp in (("web-np", "Local"), ("web-cl", "Cluster"))])
-    lab.run(CLIENT, ["ip", "addr", "replace", f"{CLIENT_2}/24", "dev", "eth0"], check=True)
-    world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
-                              "--port", "8080"],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    c = Cluster(lab, pods)
-    lab.wait_programmed("default/web-np")
-    lab.wait_programmed("default/web-cl", {"ClusterIP": 1})
-    lab.wait_policies([], c.pod_ips())
-    progress("pods, service and identities ready")
-    try:
-        yield c
-    finally:
-        world.terminate()
-        world.wait(timeout=10)
-        with contextlib.suppress(LabError, subprocess.SubprocessError):
-            lab.run(CLIENT, ["ip", "addr", "del", f"{CLIENT_2}/24", "dev", "eth0"])
-        if created and not KEEP:
-            lab.provider.down()
+    with suite_lab(CLUSTER, CONFIG, progress=progress) as lab:
+        for rec in lab.pods.list():
+            lab.pods.delete(rec.name, rec.namespace)
+        lab.delete([doc for key, doc in lab.api.objects().items()
+                    if key[0] == "CiliumClusterwideNetworkPolicy"])
+        pods = {
+            "web": lab.start_peer_pod("node1", "web", {"app": "web", "np": "web"}),
+            "web9": lab.start_peer_pod("node2", "web9", {"app": "web"}, port=WEB9_PORT),
+            "cli-1": lab.start_peer_pod("node1", "cli-1", {"app": "client"}),
+            "cli-3": lab.start_peer_pod("node3", "cli-3", {"app": "client"}),
+            "other-2": lab.start_peer_pod("node2", "other-2", {"app": "other"}),
+            "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
+                                         port=HOST_PORT),
+            "host-2": lab.start_peer_pod("node2", "host-2", {"app": "host"}, host_network=True,
+                                         port=HOST_PORT),
+        }
+        lab.apply([{"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"type": "NodePort", "selector": {"np": "web"},
+                             "externalTrafficPolicy": etp,
+                             "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                                        "protocol": "TCP"},
+                                       {"name": "dns", "port": 53, "targetPort": 8080,
+                                        "protocol": "UDP"}]}}
+                   for name, etp in (("web-np", "Local"), ("web-cl", "Cluster"))])
+        lab.run(CLIENT, ["ip", "addr", "replace", f"{CLIENT_2}/24", "dev", "eth0"], check=True)
+        world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
+                                  "--port", "8080"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        c = Cluster(lab, pods)
+        lab.wait_programmed("default/web-np")
+        lab.wait_programmed("default/web-cl", {"ClusterIP": 1})
+        lab.wait_policies([], c.pod_ips())
+        progress("pods, service and identities ready")
+        try:
+            yield c
+        finally:
+            world.terminate()
+            world.wait(timeout=10)
+            with contextlib.suppress(LabError, subprocess.SubprocessError):
+                lab.run(CLIENT, ["ip", "addr", "del", f"{CLIENT_2}/24", "dev", "eth0"])
 
 
 @pytest.fixture

@@ -37,21 +37,18 @@ from cni_harness.suites.lab import (
     CLIENT,
     FABRIC,
     WORLD,
-    LabUnavailable,
-    deployed_lab,
     errors,
     names,
     node,
     pod,
     progress_log,
 )
-from cni_harness.testing import keep_cluster, suite_cluster_name, suite_tunnel_mode
+from cni_harness.testing import suite_cluster_name, suite_lab, suite_tunnel_mode
 from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CLUSTER = suite_cluster_name("lab")
-KEEP = keep_cluster()
 # The suite runs in either tunnel mode (a reused cluster in another mode is rebooted into
 # this one by the deploy, as site.yml does on a tunnelMode change).
 try:
@@ -145,58 +142,53 @@ def cluster():
 
     results = os.environ.get("CNI_HARNESS_RESULTS_DIR")
     progress = progress_log(os.path.join(results, "lab-progress.log") if results else None)
-    try:
-        lab, created = deployed_lab(CLUSTER, CONFIG, progress=progress)
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
-    for rec in lab.pods.list():          # a reused cluster: start from our own pods only
-        lab.pods.delete(rec.name, rec.namespace)
-    pods = {
-        "web-1": lab.start_peer_pod("node1", "web-1", {"app": "web"}),
-        "web-2": lab.start_peer_pod("node2", "web-2", {"app": "web"}),
-        "solo": lab.start_peer_pod("node2", "solo", {"app": "solo"}),
-        "cl-1": lab.start_peer_pod("node1", "cl-1", {"app": "client"}),
-        "cl-3": lab.start_peer_pod("node3", "cl-3", {"app": "client"}),
-        "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
-                                     port=HOST_PORT),
-        "hp": lab.start_peer_pod("node2", "hp", {"app": "hp"}, host_port=POD_HOST_PORT),
-    }
-    lab.pods.run("node2", "iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
-                 labels={"app": "iperf"})
-    lab.apply([
-        svc_doc("web", {"app": "web"}, [HTTP, DNS], "NodePort"),
-        svc_doc("web-lb", {"app": "web"}, [HTTP], "LoadBalancer"),
-        svc_doc("stream", {"app": "solo"}, [HTTP], "NodePort"),
-        svc_doc("solo-local", {"app": "solo"}, [HTTP], "LoadBalancer", etp="Local"),
-        svc_doc("manual", None, [HTTP]),
-        svc_doc("iperf", {"app": "iperf"}, [{"name": "iperf", "port": IPERF_PORT,
-                                             "targetPort": IPERF_PORT, "protocol": "TCP"}],
-                "NodePort"),
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": "manual-1", "namespace": "default",
-                      "labels": {"kubernetes.io/service-name": "manual"}},
-         "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-         "endpoints": [{"addresses": [pods["web-2"].ip], "nodeName": "node2",
-                        "conditions": {"ready": True}}]},
-    ])
-    for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1),
-                        ("iperf", 1)):
-        lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
-    lab.wait_programmed("default/solo-local")
-    lab.wait_programmed("Pod default/hp", nodes=["node2"])
-    progress("pods and services ready")
-    world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
-                              "--port", "8080"], stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL)
-    lab.wait_for("the world server", lambda: "error" not in lab.probe(
-        CLIENT, "tcp", WORLD_IP, 8080, timeout=1)[0], timeout=15)
-    try:
-        yield Cluster(lab, pods)
-    finally:
-        world.terminate()
-        world.wait(timeout=10)
-        if created and not KEEP:
-            lab.provider.down()
+    with suite_lab(CLUSTER, CONFIG, progress=progress) as lab:
+        for rec in lab.pods.list():          # a reused cluster: start from our own pods only
+            lab.pods.delete(rec.name, rec.namespace)
+        pods = {
+            "web-1": lab.start_peer_pod("node1", "web-1", {"app": "web"}),
+            "web-2": lab.start_peer_pod("node2", "web-2", {"app": "web"}),
+            "solo": lab.start_peer_pod("node2", "solo", {"app": "solo"}),
+            "cl-1": lab.start_peer_pod("node1", "cl-1", {"app": "client"}),
+            "cl-3": lab.start_peer_pod("node3", "cl-3", {"app": "client"}),
+            "host-1": lab.start_peer_pod("node1", "host-1", {"app": "host"}, host_network=True,
+                                         port=HOST_PORT),
+            "hp": lab.start_peer_pod("node2", "hp", {"app": "hp"}, host_port=POD_HOST_PORT),
+        }
+        lab.pods.run("node2", "iperf", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                     labels={"app": "iperf"})
+        lab.apply([
+            svc_doc("web", {"app": "web"}, [HTTP, DNS], "NodePort"),
+            svc_doc("web-lb", {"app": "web"}, [HTTP], "LoadBalancer"),
+            svc_doc("stream", {"app": "solo"}, [HTTP], "NodePort"),
+            svc_doc("solo-local", {"app": "solo"}, [HTTP], "LoadBalancer", etp="Local"),
+            svc_doc("manual", None, [HTTP]),
+            svc_doc("iperf", {"app": "iperf"}, [{"name": "iperf", "port": IPERF_PORT,
+                                                 "targetPort": IPERF_PORT, "protocol": "TCP"}],
+                    "NodePort"),
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "manual-1", "namespace": "default",
+                          "labels": {"kubernetes.io/service-name": "manual"}},
+             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+             "endpoints": [{"addresses": [pods["web-2"].ip], "nodeName": "node2",
+                            "conditions": {"ready": True}}]},
+        ])
+        for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1),
+                            ("iperf", 1)):
+            lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
+        lab.wait_programmed("default/solo-local")
+        lab.wait_programmed("Pod default/hp", nodes=["node2"])
+        progress("pods and services ready")
+        world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",
+                                  "--port", "8080"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        lab.wait_for("the world server", lambda: "error" not in lab.probe(
+            CLIENT, "tcp", WORLD_IP, 8080, timeout=1)[0], timeout=15)
+        try:
+            yield Cluster(lab, pods)
+        finally:
+            world.terminate()
+            world.wait(timeout=10)
 
 
 # ---------------------------------------------------------------- connectivity

@@ -16,12 +16,14 @@ import time
 from .. import PROJECT_ROOT
 from ..matrix.matrix import DEFAULT_MATRIX, MatrixError, load_matrix
 from ..matrix.run import (
+    CLUSTER_PROVIDERS,
     PROVIDERS,
     Entry,
     MatrixUsageError,
     RunPlan,
     custom_kernel_entry,
     exit_status,
+    format_description,
     run_matrix,
     select,
     target_for,
@@ -131,27 +133,51 @@ def _check_time_scale() -> None:
 
 
 def _matrix_dry_run(args: argparse.Namespace) -> int:
-    """`matrix run --dry-run`: the plan without booting anything. Only Vagrant has a plan
-    worth showing before it runs (boxes, nodes, playbook steps, preflight's verdict on the
-    target kernel); the qemu and local runs are their own plan (one entry job per kernel)."""
-    if args.provider != "vagrant":
-        raise usage_error(f"--dry-run plans the Vagrant VMs of the OS entries: use it with "
-                      f"--provider vagrant (the {args.provider} provider has no plan to "
-                      "show before it runs: run it without --dry-run)")
+    """`matrix run --dry-run`: the plan without booting anything, for the providers whose
+    nodes exist before the suites run (vagrant, vm): per entry, the suites and the
+    inventory and nodes they would run against (vagrant: also its boxes, network and
+    playbook steps). The qemu and local runs are their own plan (one entry job per
+    kernel)."""
+    if args.provider not in CLUSTER_PROVIDERS:
+        raise usage_error(f"--dry-run plans the VMs of the OS entries: use it with "
+                          f"--provider {' or --provider '.join(CLUSTER_PROVIDERS)} (the "
+                          f"{args.provider} provider has no plan to show before it runs: "
+                          "run it without --dry-run)")
     if args.kernel:
         raise usage_error("--kernel PATH boots an image: it needs --provider qemu")
     profiles = _split(args.profiles)
     if len(profiles) > 1:
         raise usage_error("--dry-run judges one preflight profile; give at most one in "
                           "--profiles")
-    from .vagrant import matrix_dry_run
+    matrix = _load(args.matrix)
+    try:
+        suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
+            known_suites()
+    except SuiteUsageError as exc:
+        raise usage_error(str(exc)) from exc
+    target = target_for(args.provider, vagrant_provider=args.vagrant_provider)
+    by_name = {e.name: e for e in target.entries(matrix)}
+    if args.provider == "vagrant":
+        from .vagrant import matrix_dry_run
 
-    status, text = matrix_dry_run(_split(args.entries), matrix=args.matrix,
-                                  vagrant_provider=args.vagrant_provider,
-                                  profile=profiles[0] if profiles else "default",
-                                  as_json=args.json)
-    print(text, file=sys.stdout if status == EXIT_OK else sys.stderr)
-    return status
+        status, text = matrix_dry_run(_split(args.entries), matrix=args.matrix,
+                                      vagrant_provider=args.vagrant_provider,
+                                      profile=profiles[0] if profiles else "default",
+                                      as_json=args.json,
+                                      runs=lambda name: target.describe(by_name[name], suites))
+        print(text, file=sys.stdout if status == EXIT_OK else sys.stderr)
+        return status
+    try:
+        entries = select(list(by_name.values()), _split(args.entries))
+    except MatrixUsageError as exc:
+        raise usage_error(str(exc)) from exc
+    runs = [target.describe(entry, suites) for entry in entries]
+    if args.json:
+        print(json.dumps({"provider": args.provider, "entries": runs}, indent=2))
+    else:
+        print("\n\n".join(format_description(run, entry.os_entry)
+                          for run, entry in zip(runs, entries)))
+    return EXIT_OK
 
 
 def cmd_matrix_run(args: argparse.Namespace) -> int:
@@ -162,7 +188,7 @@ def cmd_matrix_run(args: argparse.Namespace) -> int:
         _check_time_scale()
         suites = parse_suite_list(args.suites, known_suites()) if args.suites else \
             known_suites()
-        target = target_for(args.provider)
+        target = target_for(args.provider, vagrant_provider=args.vagrant_provider)
         if args.kernel and args.provider != "qemu":
             raise MatrixUsageError("--kernel PATH boots an image: it needs --provider qemu")
         entries = select(target.entries(matrix), _split(args.entries))
@@ -285,7 +311,8 @@ def _add_matrix_run_parser(matrix_sub) -> None:
     run = matrix_sub.add_parser(
         "run", help="run suites on every matrix entry and judge them against matrix.yaml",
         description="Run the suites on each entry of the matrix (qemu: kernel entries, one "
-        "guest at a time; local: this host's kernel; vagrant: OS entries). Writes a "
+        "guest at a time; local: this host's kernel; vagrant, vm: OS entries, the suites "
+        "run against those nodes). Writes a "
         "directory per entry, OUT/junit.xml and the entry x suite table OUT/matrix.md and "
         "OUT/matrix.html. Exit 0 when every result is as the matrix expects, 1 otherwise, 2 "
         "bad arguments, 3 provider unavailable here.")
@@ -301,10 +328,11 @@ def _add_matrix_run_parser(matrix_sub) -> None:
     run.add_argument("--refresh-kernels", action="store_true",
                      help="resolve and download the kernels again even if cached")
     run.add_argument("--dry-run", action="store_true",
-                     help="vagrant: print each OS entry's plan (box, nodes, playbook steps, "
+                     help="vagrant, vm: print per OS entry the suites and the inventory and "
+                     "nodes they would run against (vagrant: also box, playbook steps, "
                      "preflight verdict) and boot nothing")
     run.add_argument("--vagrant-provider", choices=("libvirt", "virtualbox"),
-                     default="libvirt", help="Vagrant backend for --dry-run (default libvirt)")
+                     default="libvirt", help="Vagrant backend (default libvirt)")
     _common_run_options(run)
     run.set_defaults(func=cmd_matrix_run)
 

@@ -8,8 +8,10 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Callable
 
 from ..matrix.matrix import DEFAULT_MATRIX, VAGRANT_PROVIDERS, MatrixError, load_matrix
+from ..matrix.run import run_lines
 from ..providers.base import ProviderUnavailable
 from ..providers.vagrant import (
     DEFAULT_WORKDIR,
@@ -60,18 +62,25 @@ def _with_plans(handler):
     return wrapped
 
 
-def dry_run(plans: list[EntryPlan], as_json: bool) -> str:
-    """The `--dry-run` output: per OS entry, the box, the nodes and the playbook steps."""
+def dry_run(plans: list[EntryPlan], as_json: bool,
+            runs: Callable[[str], dict] | None = None) -> str:
+    """The `--dry-run` output: per OS entry, the box, the nodes and the playbook steps;
+    with `runs` (entry name -> `ProviderTarget.describe`), also the suites and the
+    inventory they would run against."""
     if as_json:
-        return json.dumps({"provider": "vagrant", "entries": [p.to_dict() for p in plans]},
-                          indent=2)
-    return "\n\n".join(format_plan(p) for p in plans)
+        return json.dumps({"provider": "vagrant", "entries": [
+            {**p.to_dict(), **({"run": runs(p.entry)} if runs else {})} for p in plans]},
+            indent=2)
+    return "\n\n".join("\n".join([format_plan(p), *(run_lines(runs(p.entry)) if runs else [])])
+                       for p in plans)
 
 
 def matrix_dry_run(entries: list[str] | None = None, *, matrix: str = DEFAULT_MATRIX,
                    vagrant_provider: str = "libvirt", profile: str = "default",
-                   nodes: int | None = None, as_json: bool = False) -> tuple[int, str]:
-    """For `cni-harness matrix run --provider vagrant --dry-run`: (exit status, output).
+                   nodes: int | None = None, as_json: bool = False,
+                   runs: Callable[[str], dict] | None = None) -> tuple[int, str]:
+    """For `cni-harness matrix run --provider vagrant --dry-run`: (exit status, output);
+    `runs` as for `dry_run`.
 
     Bad input gives status 2 and one line per problem as the output."""
     parser = argparse.ArgumentParser()
@@ -85,7 +94,7 @@ def matrix_dry_run(entries: list[str] | None = None, *, matrix: str = DEFAULT_MA
         return EXIT_USAGE, "\n".join(f"error: {line}" for line in exc.problems)
     except (PlanError, OSError) as exc:
         return EXIT_USAGE, f"error: {exc}"
-    return EXIT_OK, dry_run(plans, as_json)
+    return EXIT_OK, dry_run(plans, as_json, runs)
 
 
 def cmd_plan(args: argparse.Namespace, plans: list[EntryPlan]) -> int:

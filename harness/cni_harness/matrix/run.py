@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from .. import PROJECT_ROOT
-from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability
+from ..providers.base import EXIT_PROVIDER_UNAVAILABLE, Availability, ProviderUnavailable
+from ..providers.registry import Selection
 from ..report.report import (
     EXPECTED,
     FAIL,
@@ -41,7 +42,7 @@ from ..report.report import (
     render_matrix_html,
     render_matrix_markdown,
 )
-from .entryjob import ENTRY_ENV, JobSpec, clear_outputs, run_preflights
+from .entryjob import JobSpec, clear_outputs, run_preflights
 from .matrix import KernelEntry, Matrix, OsEntry
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
@@ -392,26 +393,58 @@ class LocalTarget(Target):
         return EntryRun(error="" if rc == 0 else f"entry job exited {rc}", seconds=seconds)
 
 
+NODE_FACTS_SCRIPT = "uname -r && cat /etc/os-release"
+
+
+def parse_node_facts(text: str) -> dict[str, str]:
+    """`uname -r && cat /etc/os-release` output -> kernel, os (PRETTY_NAME) and the raw
+    os-release text (pure)."""
+    from cni_cilium.preflight import parse_os_release
+
+    kernel, _, os_release = text.strip().partition("\n")
+    return {"kernel": kernel.strip(), "os": parse_os_release(os_release).get("PRETTY_NAME", ""),
+            "osRelease": os_release}
+
+
+def format_node_facts(facts: Mapping[str, Mapping[str, str]]) -> str:
+    """`node1: Debian GNU/Linux 12 (bookworm), 6.1.0-25-amd64; node2: ...` (pure)."""
+    return "; ".join(f"{name}: {f.get('os') or '?'}, {f.get('kernel') or '?'}"
+                     for name, f in facts.items())
+
+
+def read_node_facts(provider) -> dict[str, dict[str, str]]:
+    """Each node's kernel and OS as that node reports them (through `Provider.exec`)."""
+    return {info.name: parse_node_facts(provider.exec(info.name, ["sh", "-c",
+                                                                  NODE_FACTS_SCRIPT]).stdout)
+            for info in provider.nodes()}
+
+
 class ProviderTarget(Target):
-    """Any cluster `Provider` (vagrant, kind, ...). The provider builds the entry's nodes
-    and `playbooks/site.yml` deploys them: its preflight role (live probes) stops an
-    unsupported entry before any change, its kernel role installs the entry's kernel
-    (HWE, ELRepo) and reboots into it. Then the first node's /etc/os-release and `uname -r`
-    (read through `Provider.exec`: the kernel the nodes now run) are judged by preflight's
-    rules per profile, and the suites run here with `CNI_HARNESS_PROVIDER`,
-    `CNI_HARNESS_MATRIX_ENTRY` and `CNI_HARNESS_INVENTORY` set. A failed deploy is an
-    entry error unless preflight refuses the default profile (the deploy stopped as it
-    should)."""
+    """Any cluster `Provider` (vm, vagrant, kind, ...), one code path for all. The provider
+    builds the entry's nodes and `playbooks/site.yml` deploys them: its preflight role
+    (live probes) stops an unsupported entry before any change, its kernel role installs
+    the entry's kernel (HWE, ELRepo) and reboots into it. Then every node reports its OS
+    (PRETTY_NAME) and kernel (`uname -r`) through `Provider.exec` (the report names them);
+    the first node's are judged by preflight's rules per profile, and the suites run here
+    with `CNI_HARNESS_PROVIDER`, `CNI_HARNESS_CLUSTER`, `CNI_HARNESS_INVENTORY` and
+    `CNI_HARNESS_MATRIX_ENTRY` set, so they use these nodes and no others. A failed deploy
+    is an entry error unless preflight refuses the default profile (the deploy stopped as
+    it should). The provider is taken down whatever happens."""
 
     def __init__(self, name: str, load: Callable[[], tuple[type, Callable[[Entry], object]]],
-                 entries: Callable[[Matrix], list[Entry]]):
+                 entries: Callable[[Matrix], list[Entry]],
+                 cluster_for: Callable[[Entry], str] = lambda entry: entry.name):
         self.name = name
         self._load = load
         self._entries = entries
+        self.cluster_for = cluster_for
+        self._checked: Availability | None = None     # describe's, once per target
 
     def availability(self) -> Availability:
         try:
             cls, _factory = self._load()
+        except ProviderUnavailable as exc:
+            return Availability(False, (str(exc),))
         except ImportError as exc:
             return Availability(False, (f"the {self.name} provider is not part of this build "
                                         f"({exc})",))
@@ -419,6 +452,50 @@ class ProviderTarget(Target):
 
     def entries(self, matrix: Matrix) -> list[Entry]:
         return self._entries(matrix)
+
+    def _provider(self, entry: Entry):
+        """The entry's provider object, or None when its code is not in this build."""
+        try:
+            _cls, factory = self._load()
+        except (ImportError, ProviderUnavailable):
+            return None
+        return factory(entry)
+
+    def describe(self, entry: Entry, suites: Sequence[str]) -> dict:
+        """What running this entry would do, without doing it (`matrix run --dry-run`):
+        the suites, the cluster, the inventory and the nodes they would run against."""
+        if self._checked is None:      # one host check for every entry described
+            self._checked = self.availability()
+        available = self._checked
+        runs_suites = entry.expect.get("default", "supported") == "supported"
+        provider = self._provider(entry)
+        desc: dict = {
+            "entry": entry.name, "provider": self.name, "available": available.ok,
+            "availability": available.reason(), "cluster": self.cluster_for(entry),
+            "suites": list(suites) if runs_suites else [],
+            "suitesSkipped": "" if runs_suites else "preflight refuses this entry: the "
+                             "deploy stops before any change and no suite runs",
+            "steps": [f"{self.name}: up", "deploy playbooks/site.yml",
+                      "read each node's /etc/os-release and uname -r", "suites",
+                      f"{self.name}: down"],
+        }
+        if provider is None:
+            count = entry.os_entry.nodes if entry.os_entry else 3
+            desc["inventory"] = f"(written by the {self.name} provider's up)"
+            desc["nodes"] = [{"name": f"node{i}", "ip": "?"} for i in range(1, count + 1)]
+        else:
+            desc["cluster"] = getattr(provider, "cluster", None) or desc["cluster"]
+            desc["inventory"] = (getattr(provider, "inventory_file", None)
+                                 or provider.inventory_path())
+            desc["nodes"] = [{"name": n.name, "ip": n.ip} for n in provider.nodes()]
+        desc["env"] = self.selection(entry, desc["cluster"], desc["inventory"]).env()
+        return desc
+
+    def selection(self, entry: Entry, cluster: str, inventory: str,
+                  provider: str | None = None) -> Selection:
+        """The provider choice the suites of an entry get through their environment
+        (`provider`: the provider object's own name when it differs from the target's)."""
+        return Selection(provider or self.name, cluster, inventory, entry.name)
 
     def run_entry(self, entry: Entry, plan: RunPlan, entry_dir: str, progress: Progress
                   ) -> EntryRun:
@@ -428,6 +505,7 @@ class ProviderTarget(Target):
         _cls, factory = self._load()
         provider = factory(entry)
         started = time.monotonic()
+        facts: dict[str, str] = {}
         try:
             progress(f"{self.name}: bringing up {entry.name}")
             provider.up()
@@ -436,12 +514,16 @@ class ProviderTarget(Target):
             with open(os.path.join(entry_dir, "deploy.json"), "w", encoding="utf-8") as fh:
                 json.dump(deployed.to_dict(), fh, indent=2)
             progress(f"{self.name}: deploy {deployed.status} in {deployed.seconds:.0f} s")
-            node = provider.nodes()[0].name
-            release = provider.exec(node, ["uname", "-r"]).stdout.strip()
-            os_release = provider.exec(node, ["cat", "/etc/os-release"]).stdout
+            nodes = read_node_facts(provider)
+            facts["nodes"] = format_node_facts(nodes)
+            progress(f"{self.name}: {facts['nodes']}")
+            node = next(iter(nodes))
+            release, os_release = nodes[node]["kernel"], nodes[node]["osRelease"]
             with open(os.path.join(entry_dir, "guest.json"), "w", encoding="utf-8") as fh:
                 json.dump({"entry": entry.name, "kernelRelease": release, "node": node,
-                           "accel": self.name}, fh, indent=2)
+                           "accel": self.name,
+                           "nodes": {n: {"os": f["os"], "kernelRelease": f["kernel"]}
+                                     for n, f in nodes.items()}}, fh, indent=2)
             out = os.path.join(entry_dir, PREFLIGHT)
             os.makedirs(out, exist_ok=True)
             os_file = os.path.join(out, "os-release")
@@ -452,24 +534,80 @@ class ProviderTarget(Target):
             if deployed.rc != 0 and verdicts.get("default", True):
                 return EntryRun(error=f"{self.name}: deploy failed although preflight "
                                 f"accepts {release}: {'; '.join(deployed.failed_tasks)}",
-                                seconds=time.monotonic() - started)
+                                seconds=time.monotonic() - started, facts=facts)
             if plan.suites and verdicts.get("default", True):
-                env = {"CNI_HARNESS_PROVIDER": self.name, ENTRY_ENV: entry.name,
-                       "CNI_HARNESS_INVENTORY": provider.inventory_path()}
-                run_suites(plan.suites, os.path.join(entry_dir, "suites"), k=plan.k, env=env,
-                           progress=progress, title=f"{entry.name}: suites",
-                           facts={"kernel": release, "provider": self.name})
+                chosen = self.selection(entry, getattr(provider, "cluster", None)
+                                        or self.cluster_for(entry), provider.inventory_path(),
+                                        provider.name)
+                run_suites(plan.suites, os.path.join(entry_dir, "suites"), k=plan.k,
+                           env=chosen.env(), progress=progress,
+                           title=f"{entry.name}: suites",
+                           facts={"kernel": release, "provider": self.name,
+                                  "nodes": facts["nodes"]})
         except Exception as exc:
-            return EntryRun(error=f"{self.name}: {exc}", seconds=time.monotonic() - started)
+            return EntryRun(error=f"{self.name}: {exc}", seconds=time.monotonic() - started,
+                            facts=facts)
         finally:
             provider.down()
-        return EntryRun(seconds=time.monotonic() - started)
+        return EntryRun(seconds=time.monotonic() - started, facts=facts)
 
 
-def _vagrant_loader():
-    from ..providers.vagrant import VagrantProvider, plan  # issue 9's provider
+def run_lines(desc: Mapping) -> list[str]:
+    """The dry-run lines naming the suites of an entry and what they run against (pure)."""
+    suites = ", ".join(desc["suites"]) if desc["suites"] else f"none ({desc['suitesSkipped']})"
+    env = " ".join(f"{k}={v}" for k, v in desc["env"].items())
+    nodes = ", ".join(f"{n['name']} {n['ip']}" for n in desc["nodes"])
+    return [f"  suites: {suites}",
+            f"  against inventory {desc['inventory']} (cluster {desc['cluster']})",
+            f"  nodes: {nodes}",
+            f"  suite environment: {env}"]
 
-    return VagrantProvider, lambda entry: VagrantProvider(plan(entry.os_entry, entry.index))
+
+def format_description(desc: Mapping, os_entry: OsEntry | None = None) -> str:
+    """The dry-run text of one entry of a cluster provider without a plan of its own (pure):
+    what it boots, whether it can here, its steps, then `run_lines`."""
+    what = ""
+    if os_entry is not None:
+        what = (f" ({os_entry.os_release.get('PRETTY_NAME', os_entry.name)}, kernel "
+                f"{os_entry.kernel_source} {os_entry.kernel_package} "
+                f"{os_entry.kernel_release})")
+    avail = "available" if desc["available"] else f"unavailable here: {desc['availability']}"
+    lines = [f"{desc['entry']}: {desc['provider']} cluster {desc['cluster']}, "
+             f"{len(desc['nodes'])} nodes{what}",
+             f"  provider {desc['provider']}: {avail}", "  steps:"]
+    steps = [s for s in desc["steps"] if s != "suites" or desc["suites"]]
+    lines += [f"    {i}. {step}" for i, step in enumerate(steps, start=1)]
+    return "\n".join(lines + run_lines(desc))
+
+
+def _registry_loader(name: str, make: Callable[[type, Entry], object]
+                     ) -> Callable[[], tuple[type, Callable[[Entry], object]]]:
+    """A ProviderTarget loader for a provider of `providers.registry` (imported when
+    first needed; ProviderNotInBuild when its code is absent)."""
+    def load() -> tuple[type, Callable[[Entry], object]]:
+        from ..providers.registry import provider_class
+
+        cls = provider_class(name)
+        return cls, lambda entry: make(cls, entry)
+    return load
+
+
+def _vagrant_target(vagrant_provider: str = "libvirt") -> ProviderTarget:
+    from ..providers.vagrant import plan as vagrant_plan
+
+    return ProviderTarget("vagrant", _registry_loader("vagrant", lambda cls, entry: cls(
+        vagrant_plan(entry.os_entry, entry.index, provider=vagrant_provider))), _os_entries)
+
+
+def _vm_target() -> ProviderTarget:
+    from ..providers.registry import VM_OS_ENTRIES, matrix_cluster_name
+
+    return ProviderTarget(
+        "vm", _registry_loader("vm", lambda cls, entry: cls(
+            matrix_cluster_name(entry.name), nodes=entry.os_entry.nodes,
+            os_entry=entry.name)),
+        lambda matrix: [e for e in _os_entries(matrix) if e.name in VM_OS_ENTRIES],
+        cluster_for=lambda entry: matrix_cluster_name(entry.name))
 
 
 def _os_entries(matrix: Matrix) -> list[Entry]:
@@ -477,18 +615,23 @@ def _os_entries(matrix: Matrix) -> list[Entry]:
             for i, e in enumerate(matrix.os_entries)]
 
 
-def target_for(provider: str) -> Target:
-    """The target of a provider name (`qemu`, `local`, `vagrant`)."""
+def target_for(provider: str, vagrant_provider: str = "libvirt") -> Target:
+    """The target of a provider name (`qemu`, `local`, `vagrant`, `vm`)."""
     if provider == "qemu":
         return QemuTarget()
     if provider == "local":
         return LocalTarget()
     if provider == "vagrant":
-        return ProviderTarget("vagrant", _vagrant_loader, _os_entries)
+        return _vagrant_target(vagrant_provider)
+    if provider == "vm":
+        return _vm_target()
     raise MatrixUsageError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
 
 
-PROVIDERS = ("qemu", "local", "vagrant")
+PROVIDERS = ("qemu", "local", "vagrant", "vm")
+# The providers whose nodes exist before the suites run (ProviderTarget): --dry-run shows
+# what they would run against.
+CLUSTER_PROVIDERS = ("vagrant", "vm")
 
 
 # --- the run (edge) ---------------------------------------------------------------------------

@@ -369,6 +369,7 @@ def inventory(p: EntryPlan, ssh_config_path: str, ssh_hosts: dict[str, dict[str,
         "ansible_become": True,
         "cni_provider": "vagrant",
         "cni_os_entry": p.entry,
+        "cni_vagrant_provider": p.provider,
         "cni_cilium_init": "systemd",
         "cni_cilium_manage_packages": True,
         "kernel_manage": True,
@@ -534,6 +535,36 @@ class VagrantProvider(Provider):
     def ssh_config_path(self) -> str:
         return os.path.join(self.directory, "ssh_config")
 
+    @classmethod
+    def from_inventory(cls, path: str, matrix_path: str | None = None) -> VagrantProvider:
+        """The provider of VMs that are already up, rebuilt from the inventory `matrix run`
+        wrote for them (how a suite in another process finds the entry's VMs). Their ssh
+        access comes from the ssh_config next to it, so no Vagrant command runs here."""
+        from ..matrix.matrix import DEFAULT_MATRIX, load_matrix
+
+        try:
+            doc = _load_yaml(path) or {}
+        except OSError as exc:
+            raise PlanError(f"vagrant inventory {path}: {exc.strerror}") from None
+        group_vars = (doc.get("all") or {}).get("vars") or {}
+        entry_name = group_vars.get("cni_os_entry")
+        if not entry_name:
+            raise PlanError(f"{path} is not a Vagrant inventory of this harness (no "
+                            "cni_os_entry)")
+        matrix = load_matrix(matrix_path or DEFAULT_MATRIX)
+        names = [e.name for e in matrix.os_entries]
+        if entry_name not in names:
+            raise PlanError(f"{path}: OS entry {entry_name!r} is not in {matrix.path}")
+        entry_plan = plan(matrix.os_entries[names.index(entry_name)], names.index(entry_name),
+                          provider=group_vars.get("cni_vagrant_provider", "libvirt"))
+        directory = os.path.dirname(os.path.abspath(path))
+        provider = cls(entry_plan, workdir=os.path.dirname(directory), quiet=True)
+        if provider.directory != directory:
+            raise PlanError(f"{path}: expected the inventory in {provider.directory}")
+        with open(provider.ssh_config_path, encoding="utf-8") as fh:
+            provider._ssh_hosts = parse_ssh_config(fh.read())
+        return provider
+
     def check(self) -> Availability:
         return check_host(self.entry_plan.provider, [self.entry_plan.box],
                           self.entry_plan.libvirt_driver)
@@ -592,10 +623,15 @@ class VagrantProvider(Provider):
         self.node(node)
         self.reload(node)
 
+    @property
+    def inventory_file(self) -> str:
+        """Where `inventory_path()` writes the inventory (known before the VMs exist)."""
+        return os.path.join(self.directory, "inventory.yml")
+
     def inventory_path(self) -> str:
         if not self._ssh_hosts:
             self._refresh_ssh_config()
-        path = os.path.join(self.directory, "inventory.yml")
+        path = self.inventory_file
         text = inventory(self.entry_plan, self.ssh_config_path, self._ssh_hosts)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".inventory.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

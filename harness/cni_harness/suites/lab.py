@@ -34,25 +34,100 @@ class LabError(RuntimeError):
 
 
 class LabUnavailable(LabError):
-    """This host cannot run the local provider; the message says what is missing."""
+    """The lab cannot run here (suites skip): the local provider's tools are missing, or the
+    provider lacks something the lab needs; the message says what."""
+
+
+class ProviderUnreachable(LabError):
+    """The cluster a suite was asked to run against is absent or a node does not answer
+    (suites fail: they never fall back to other nodes); the message names the provider
+    and the node."""
+
+
+# What `Lab` uses beyond the base Provider: the cluster's plan (client, world and fabric
+# namespaces), host command lines into nodes, and a state directory for its pods.
+LAB_NEEDS = ("plan", "exec_command", "state_dir", "cluster")
+REACH_TIMEOUT = 30.0       # per node, at native speed (scaled for emulated guests)
+
+
+def lab_provider(cluster: str, nodes: int = 3,
+                 progress: Callable[[str], None] = lambda _m: None) -> Any:
+    """The provider the environment selects (`providers.registry`): the local one unless
+    CNI_HARNESS_PROVIDER names another. A wrong or missing choice is a LabError (the suite
+    fails: it was asked for nodes it cannot have), never a fallback."""
+    from ..providers.base import ProviderUnavailable
+    from ..providers.registry import ProviderSelectionError, provider_from_env
+
+    try:
+        return provider_from_env(cluster, nodes=nodes, progress=progress)
+    except (ProviderSelectionError, ProviderUnavailable, ValueError, OSError) as exc:
+        raise LabError(f"cannot use the provider the environment selects: {exc}") from exc
+
+
+def check_reachable(provider: Any) -> None:
+    """Every node of an existing cluster answers a command; else ProviderUnreachable
+    naming the provider, the cluster and the node."""
+    from ..providers.base import NodeDown
+
+    where = f"provider {provider.name}"
+    if getattr(provider, "cluster", None):
+        where += f", cluster {provider.cluster}"
+    try:
+        infos = provider.nodes()
+    except (NodeDown, KeyError, ValueError, OSError, subprocess.SubprocessError) as exc:
+        raise ProviderUnreachable(f"{where}: cannot list the nodes ({exc}); the suite runs "
+                                  "only against the cluster it was asked for") from exc
+    if not infos:
+        raise ProviderUnreachable(f"{where}: the cluster has no nodes (is it up?)")
+    for info in infos:
+        try:
+            provider.exec(info.name, ["true"], timeout=scaled(REACH_TIMEOUT))
+        except (NodeDown, KeyError, OSError, subprocess.SubprocessError) as exc:
+            detail = (getattr(exc, "stderr", "") or str(exc)).strip().splitlines()
+            raise ProviderUnreachable(
+                f"{where}: node {info.name} ({info.ip}) is unreachable: "
+                f"{detail[-1] if detail else type(exc).__name__}; the suite runs only "
+                "against the nodes it was asked for (no fallback to other nodes)") from exc
+
+
+def missing_for_lab(provider: Any) -> list[str]:
+    """What of LAB_NEEDS the provider lacks."""
+    return [name for name in LAB_NEEDS if not hasattr(provider, name)]
 
 
 def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
-                 progress: Callable[[str], None] = lambda _m: None) -> tuple[Lab, bool]:
-    """A running local cluster with the module deployed with `config_text`, and whether it
-    was created here (then the caller removes it). A cluster that already runs is reused."""
+                 progress: Callable[[str], None] = lambda _m: None,
+                 provider: Any = None) -> tuple[Lab, bool]:
+    """A running cluster with the module deployed with `config_text`, and whether it was
+    created here (then the caller removes it).
 
+    The provider is the environment's (`lab_provider`) unless given. The local provider
+    reuses a running cluster of that name or creates one. Any other provider never creates
+    nodes: its cluster (made by `matrix run`) must exist and every node answer
+    (ProviderUnreachable otherwise); a provider without what the lab needs raises
+    LabUnavailable naming it."""
     from ..deploy.playbook import run_playbook
-    from ..providers.local.provider import LocalProvider
+    from ..providers.registry import SELF_CREATING
 
-    available = LocalProvider.availability()
-    if not available.ok:
-        raise LabUnavailable(f"local provider unavailable: {available.reason()}")
-    provider = LocalProvider(cluster, nodes=nodes, progress=progress)
-    created = provider.status().get("state") != "running"
-    if created:
-        provider.down()          # whatever an earlier crashed run left
-        provider.up()
+    if provider is None:
+        provider = lab_provider(cluster, nodes, progress)
+    created = False
+    if provider.name in SELF_CREATING:
+        available = provider.availability()
+        if not available.ok:
+            raise LabUnavailable(f"{provider.name} provider unavailable: "
+                                 f"{available.reason()}")
+        created = provider.status().get("state") != "running"
+        if created:
+            provider.down()          # whatever an earlier crashed run left
+            provider.up()
+    else:
+        check_reachable(provider)
+        missing = missing_for_lab(provider)
+        if missing:
+            raise LabUnavailable(f"provider {provider.name} has no {', '.join(missing)}: the "
+                                 "lab runs commands in the cluster's client and world "
+                                 "namespaces and on nodes through host command lines")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(config_text)
     try:
@@ -60,8 +135,10 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     finally:
         os.unlink(fh.name)
     if result.rc != 0:
-        raise LabError(f"deploy to cluster {cluster} failed: {result.failed_tasks}")
+        raise LabError(f"deploy to cluster {cluster} ({provider.name}) failed: "
+                       f"{result.failed_tasks}")
     lab = Lab(provider, progress=progress)
+    lab.created = created
     lab.install_tools()
     return lab, created
 
@@ -130,6 +207,7 @@ class Lab:
         from ..cluster.pods import PodRuntime
 
         self.provider = provider
+        self.created = False           # deployed_lab: whether it made the cluster
         self.plan = provider.plan()
         self.pods = PodRuntime(provider, progress=progress)
         self.api = self.pods.api

@@ -1,4 +1,5 @@
-"""`cni-harness matrix run --dry-run`: the Vagrant plan per OS entry, nothing booted; other
+"""`cni-harness matrix run --dry-run`: the Vagrant plan per OS entry, and for vagrant and vm
+the suites and the inventory and nodes they would run against, nothing booted; other
 providers are refused with exit 2."""
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def test_vagrant_dry_run_judges_the_profile_asked_for():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--provider", "qemu"], "--dry-run plans the Vagrant VMs of the OS entries: use it "
-                             "with --provider vagrant"),
-    (["--provider", "local"], "use it with --provider vagrant"),
+    (["--provider", "qemu"], "--dry-run plans the VMs of the OS entries: use it "
+                             "with --provider vagrant or --provider vm"),
+    (["--provider", "local"], "use it with --provider vagrant or --provider vm"),
+    (["--provider", "vm", "--entries", "ubuntu-22.04"], "no entry 'ubuntu-22.04' for this "
+                                                        "provider; known: debian-11, debian-12"),
+    (["--provider", "vm", "--suites", "nope"], "unknown suite(s) nope"),
     (["--provider", "vagrant", "--entries", "nope"], "no OS entry 'nope'; known: "),
     (["--provider", "vagrant", "--profiles", "default,extra-lb"],
      "--dry-run judges one preflight profile"),
@@ -69,3 +73,70 @@ def test_bad_dry_runs_exit_2_naming_the_problem(args, message):
     assert res.returncode == 2, res.stdout + res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not res.stdout
+
+
+def _run_lines(block: str) -> dict[str, str]:
+    """The `  suites:`, `  against ...`, `  nodes:` and `  suite environment:` lines."""
+    lines = {}
+    for line in block.splitlines():
+        for key in ("suites: ", "against inventory ", "nodes: ", "suite environment: "):
+            if line.startswith("  " + key):
+                lines[key.strip().rstrip(":")] = line[2 + len(key):]
+    return lines
+
+
+def test_vagrant_dry_run_lists_the_suites_running_against_the_vagrant_inventory():
+    res = matrix_run("--provider", "vagrant", "--dry-run", "--entries", "debian-12,debian-11",
+                     "--suites", "traffic,dsr,reboot")
+    assert res.returncode == 0, res.stderr
+    blocks = res.stdout.split("\n\n")
+    assert [b.split(":")[0] for b in blocks] == ["debian-11", "debian-12"]
+    for entry, block in zip(("debian-11", "debian-12"), blocks):
+        lines = _run_lines(block)
+        inventory = f".state/vagrant/{entry}-libvirt/inventory.yml"
+        assert lines["suites"] == "traffic, dsr, reboot"
+        assert lines["against inventory"].split(" (")[0].endswith(inventory)
+        node_ips = [line.split()[2] for line in block.splitlines()
+                    if line.startswith("    node")]            # the Vagrant plan's nodes
+        assert lines["nodes"] == ", ".join(f"node{i} {ip}" for i, ip in
+                                           enumerate(node_ips, 1))
+        env = dict(item.split("=", 1) for item in lines["suite environment"].split())
+        assert env["CNI_HARNESS_PROVIDER"] == "vagrant"
+        assert env["CNI_HARNESS_INVENTORY"].endswith(inventory)
+        assert env["CNI_HARNESS_MATRIX_ENTRY"] == entry
+
+
+def test_vagrant_dry_run_runs_no_suite_where_preflight_stops_the_deploy():
+    res = matrix_run("--provider", "vagrant", "--dry-run", "--json", "--entries",
+                     "ubuntu-18.04", "--suites", "traffic")
+    assert res.returncode == 0, res.stderr
+    run = json.loads(res.stdout)["entries"][0]["run"]
+    assert run["suites"] == [] and "preflight refuses this entry" in run["suitesSkipped"]
+
+
+def test_vm_dry_run_lists_the_same_suites_against_each_debian_entry():
+    res = matrix_run("--provider", "vm", "--dry-run", "--suites", "traffic,dsr,reboot")
+    assert res.returncode == 0, res.stderr
+    blocks = res.stdout.split("\n\n")
+    assert [b.split(":")[0] for b in blocks] == ["debian-11", "debian-12"]
+    for entry, block in zip(("debian-11", "debian-12"), blocks):
+        lines = _run_lines(block)
+        assert lines["suites"] == "traffic, dsr, reboot"
+        assert lines["nodes"].startswith("node1 ") and "node3 " in lines["nodes"]
+        env = dict(item.split("=", 1) for item in lines["suite environment"].split()
+                   if "=" in item)
+        assert env["CNI_HARNESS_PROVIDER"] == "vm"
+        assert env["CNI_HARNESS_MATRIX_ENTRY"] == entry
+        assert env["CNI_HARNESS_CLUSTER"].startswith("vmd" + entry.split("-")[1])
+        assert f"vm cluster {env['CNI_HARNESS_CLUSTER']}, 3 nodes" in block
+        assert "  provider vm: " in block                 # available, or why not
+
+
+def test_vm_dry_run_json_names_availability_and_inventory():
+    res = matrix_run("--provider", "vm", "--dry-run", "--json", "--entries", "debian-12")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["provider"] == "vm" and [e["entry"] for e in doc["entries"]] == ["debian-12"]
+    run = doc["entries"][0]
+    assert run["suites"] and run["env"]["CNI_HARNESS_PROVIDER"] == "vm"
+    assert run["inventory"] and isinstance(run["available"], bool) and run["availability"]
