@@ -16,7 +16,7 @@ import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from cni_cilium.manifests import Pod, Service, dump_document, load_documents, parse_documents
 from cni_cilium.paths import MANIFEST_WRITE_LOCK
@@ -204,6 +204,7 @@ class ApiServer:
         report = ApplyReport()
         with cluster_lock(self.cluster):
             stored = self.objects()
+            fresh: dict[Key, Any] = {}        # what this call parsed: desired_files reuses it
             used = used_by(d for k, d in stored.items() if k[0] == "Service")
             for index, doc in enumerate(_flatten(docs)):
                 key = doc_key(doc)
@@ -222,7 +223,8 @@ class ApiServer:
                     if previous is not None:
                         used.remove(previous)       # what the other Services hold
                     candidate, problems = allocate_service(candidate, previous, used)
-                problems += parse_documents([candidate], source)[1]
+                parsed, invalid = parse_documents([candidate], source)
+                problems += invalid
                 kept = previous if problems else candidate
                 if key[0] == "Service" and kept is not None:
                     used.add(kept)
@@ -233,10 +235,12 @@ class ApiServer:
                     report.unchanged.append(describe(key))
                     continue
                 stored[key] = candidate
+                if len(parsed) == 1:
+                    fresh[key] = parsed[0]
                 self._store(key, candidate)
                 report.applied.append(describe(key))
             if report.applied:
-                report.nodes = self.sync(stored=stored)
+                report.nodes = self.sync(stored=stored, parsed=fresh)
         return report
 
     def delete(self, docs: Iterable[Any], source: str = "<input>") -> ApplyReport:
@@ -275,19 +279,23 @@ class ApiServer:
 
     # ------------------------------------------------------------ what nodes get
 
-    def desired_files(self, stored: dict[Key, dict] | None = None) -> dict[str, str]:
+    def desired_files(self, stored: dict[Key, dict] | None = None,
+                      parsed: Mapping[Key, Any] | None = None) -> dict[str, str]:
         """Every object plus the derived EndpointSlices, one text per file name (`stored`:
-        the store's objects when the caller has them already)."""
+        the store's objects when the caller has them already; `parsed`: objects of it the
+        caller parsed already, by key)."""
         if stored is None:
             stored = self.objects()
+        known = parsed or {}
         # Only Services with a selector and Pods feed the endpoint controller; the store's
         # objects were validated when they were applied.
-        parsed, _problems = parse_documents([
-            d for k, d in stored.items() if k[0] == "Pod" or (
-                k[0] == "Service" and isinstance(d.get("spec"), dict)
-                and d["spec"].get("selector"))], "store")
-        services = [o for o in parsed if isinstance(o, Service)]
-        pods = [o for o in parsed if isinstance(o, Pod)]
+        feeding = [k for k, d in stored.items() if k[0] == "Pod" or (
+            k[0] == "Service" and isinstance(d.get("spec"), dict) and d["spec"].get("selector"))]
+        parsed_now, _problems = parse_documents([stored[k] for k in feeding if k not in known],
+                                                "store")
+        feeders = [*parsed_now, *(known[k] for k in feeding if k in known)]
+        services = [o for o in feeders if isinstance(o, Service)]
+        pods = [o for o in feeders if isinstance(o, Pod)]
         docs = {k: d for k, d in stored.items()
                 if not (k[0] == "EndpointSlice" and
                         (d.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL)
@@ -296,9 +304,9 @@ class ApiServer:
             docs[doc_key(slice_doc)] = slice_doc
         return {manifest_filename(k): dump_document(d) for k, d in sorted(docs.items())}
 
-    def sync(self, nodes: Sequence[str] | None = None,
-             stored: dict[Key, dict] | None = None) -> dict[str, dict]:
+    def sync(self, nodes: Sequence[str] | None = None, stored: dict[Key, dict] | None = None,
+             parsed: Mapping[Key, Any] | None = None) -> dict[str, dict]:
         """Hand the desired files to the nodes (all, or the ones named)."""
         if self.distributor is None:
             return {}
-        return self.distributor.sync(self.desired_files(stored), nodes)
+        return self.distributor.sync(self.desired_files(stored, parsed), nodes)

@@ -152,3 +152,39 @@ def test_keys_and_file_names():
     assert doc_key({"kind": "Service"}) is None
     assert manifest_filename(("Service", "prod", "web")) == "service-prod-web.yaml"
     assert manifest_filename(("EgressGateway", "", "gw")) == "egressgateway-gw.yaml"
+
+
+class Capture:
+    """A distributor that keeps what each sync handed to the nodes."""
+
+    def __init__(self) -> None:
+        self.files: list[dict[str, str]] = []
+
+    def sync(self, files, nodes=None):
+        self.files.append(files)
+        return {}
+
+
+def test_apply_hands_nodes_what_a_fresh_read_of_the_store_derives(tmp_path, monkeypatch):
+    """apply reuses the objects it parsed for the endpoint controller; the files must be
+    exactly those derived from the store read back from disk."""
+    from cni_harness.cluster.apiserver import ApiServer
+
+    monkeypatch.setenv("CNI_HARNESS_STATE_DIR", str(tmp_path / "state"))
+    nodes = Capture()
+    api = ApiServer(str(tmp_path / "state" / "c"), "c", nodes)
+    api.put_pod({"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}},
+                 "spec": {"nodeName": "node1", "containers": [
+                     {"name": "main", "ports": [{"name": "http", "containerPort": 8080}]}]},
+                 "status": {"podIP": "10.100.1.5"}}, sync=False)
+    api.apply([svc("old", selector={"app": "web"})])
+    report = api.apply([svc(f"web-{i}", stype="NodePort", selector={"app": "web"},
+                            ports=[{"name": "http", "port": 80, "targetPort": "http"}])
+                        for i in range(3)])
+    assert len(report.applied) == 3 and not report.problems
+    sent = nodes.files[-1]
+    assert sent == api.desired_files()
+    slices = [text for name, text in sent.items()
+              if name.startswith("endpointslice-default-web-2")]
+    assert len(slices) == 1 and "10.100.1.5" in slices[0]     # the named port resolved
