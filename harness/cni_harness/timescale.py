@@ -12,8 +12,9 @@ role's agent wait, reboot waits).
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
+
+from cni_cilium.pacing import scale_from_env
 
 ENV = "CNI_HARNESS_TIME_SCALE"
 # TCG against a native run on these machines: clang compiling the datapath, Ansible and
@@ -23,16 +24,7 @@ TCG_SCALE = 8.0
 
 def time_scale(environ: Mapping[str, str] | None = None) -> float:
     """The factor from the environment; a clear ValueError when it is not a number >= 1."""
-    raw = (os.environ if environ is None else environ).get(ENV, "").strip()
-    if not raw:
-        return 1.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV}={raw!r}: not a number") from None
-    if not value >= 1.0:          # also refuses nan
-        raise ValueError(f"{ENV}={raw!r}: must be >= 1 (a slowdown factor)")
-    return value
+    return scale_from_env(ENV, environ)
 
 
 def scaled(seconds: float, environ: Mapping[str, str] | None = None) -> float:

@@ -15,19 +15,25 @@ from typing import Mapping
 ENV = "CNI_CILIUM_TIME_SCALE"
 
 
-def time_scale(environ: Mapping[str, str] | None = None) -> float:
-    """The factor from the environment; a ValueError naming the variable when it is not a
-    number >= 1."""
-    raw = (os.environ if environ is None else environ).get(ENV, "").strip()
+def scale_from_env(name: str, environ: Mapping[str, str] | None = None) -> float:
+    """A slowdown factor from the environment variable `name` (default 1); a ValueError
+    naming the variable when it is not a number >= 1. The harness reads its own factor
+    with it too."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
         return 1.0
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{ENV}={raw!r}: not a number") from None
+        raise ValueError(f"{name}={raw!r}: not a number") from None
     if not value >= 1.0:          # also refuses nan
-        raise ValueError(f"{ENV}={raw!r}: must be >= 1 (a slowdown factor)")
+        raise ValueError(f"{name}={raw!r}: must be >= 1 (a slowdown factor)")
     return value
+
+
+def time_scale(environ: Mapping[str, str] | None = None) -> float:
+    """The agent's factor (`CNI_CILIUM_TIME_SCALE`)."""
+    return scale_from_env(ENV, environ)
 
 
 def paced(seconds: float, environ: Mapping[str, str] | None = None) -> float:
