@@ -48,6 +48,7 @@ class NodeDevices:
         self.network_state: dict = {}
         self._ipr = None
         self._attached_by_me: set[tuple[str, str]] = set()
+        self._healed: list[Restored] = []       # put back by `attach`, for the agent to count
 
     def open(self, prog_fds: dict[str, int]) -> None:
         """Hold a netlink socket and the loaded programs' fds."""
@@ -120,17 +121,25 @@ class NodeDevices:
         ifindex = links.ifindex(self._ipr, att.device)
         if ifindex is None:
             return False
-        want = tc.filter_name(att.program)
-        if self._attached_here(ifindex, att, want):
+        # A filter left by a previous agent has our name but runs old code: replace it once.
+        ours = (att.device, att.direction) in self._attached_by_me
+        found = tc.attached_name(self._ipr, ifindex, att.direction)
+        if ours and found == tc.filter_name(att.program):
             return True
         tc.attach(self._ipr, ifindex, att.direction, self.prog_fds[att.program], att.program)
         self._attached_by_me.add((att.device, att.direction))
+        if ours:
+            # Attached by this agent and gone since: a self-heal, whichever path (reconcile
+            # or the attachment check) got there first.
+            with self.lock:
+                self._healed.append(Restored(att, found))
         return True
 
-    def _attached_here(self, ifindex: int, att: tc.Attachment, want: str) -> bool:
-        # A filter left by a previous agent has our name but runs old code: replace it once.
-        return ((att.device, att.direction) in self._attached_by_me
-                and tc.attached_name(self._ipr, ifindex, att.direction) == want)
+    def take_healed(self) -> list[Restored]:
+        """The programs `attach` put back since the last call (then forgotten)."""
+        with self.lock:
+            healed, self._healed = self._healed, []
+        return healed
 
     def restore_attachments(self) -> list[Restored]:
         """Put back any program that is no longer attached where it should be."""

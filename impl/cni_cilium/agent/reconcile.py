@@ -249,6 +249,7 @@ class Agent:
             if not self.devices.ensure_node(translation, self.tunnel_in_effect,
                                             self.service_cidr):
                 self._retry = True
+            self._record_self_heals(self.devices.take_healed())
             ops = diff_maps(self.programmed, translation.maps)
             self._write_ops(ops)
             self.devices.sync_routes(translation, self.tunnel_in_effect, self.service_cidr)
@@ -313,7 +314,12 @@ class Agent:
             log.warning("self-heal: the VXLAN device %s is missing; recreating it",
                         VXLAN_DEVICE)
             self._retry = True         # the next reconcile makes it and reprograms its index
-        for restored in self.devices.restore_attachments():
+        self._record_self_heals([*self.devices.take_healed(),
+                                 *self.devices.restore_attachments()])
+
+    def _record_self_heals(self, restored_programs: list) -> None:
+        """Count and log programs put back where this agent had attached them."""
+        for restored in restored_programs:
             att = restored.attachment
             total = self.state_value(STATE_SELF_HEALS) + 1
             self.maps["agent_state"].update(index_key(STATE_SELF_HEALS), U64.pack(total))
