@@ -38,10 +38,10 @@ from ..report.report import (
     MatrixRow,
     SuiteResult,
     merge_junit,
-    parse_junit,
     render_matrix_html,
     render_matrix_markdown,
 )
+from ..suites.runner import read_suite_result
 from .entryjob import JobSpec, clear_outputs, run_preflights
 from .matrix import KernelEntry, Matrix, OsEntry
 
@@ -218,19 +218,10 @@ def collect(entry_dir: str, profiles: Sequence[str], suites: Sequence[str],
                                                          f"{profile}.json"))
     if not any(obs.preflight.values()):
         obs.preflight = {}
-    summary = _read_json(os.path.join(entry_dir, "suites", "summary.json")) or {}
-    for item in summary.get("suites", []):
-        name = item["name"]
-        cases: tuple = ()
-        try:
-            with open(os.path.join(entry_dir, "suites", name, "junit.xml"),
-                      encoding="utf-8") as fh:
-                cases = tuple(parse_junit(fh.read(), name))
-        except (OSError, ValueError):
-            pass
-        obs.suites[name] = SuiteResult(name, cases, item.get("exitCode"),
-                                       "" if cases else item.get("reason", ""),
-                                       float(item.get("seconds") or 0))
+    for name in suites:      # each finished suite, also when the entry was cut short
+        result = read_suite_result(os.path.join(entry_dir, "suites"), name)
+        if result is not None:
+            obs.suites[name] = result
     job = _read_json(os.path.join(entry_dir, "job.json")) or {}
     obs.suites_skipped = job.get("suitesSkipped", "")
     if not obs.error and os.path.exists(os.path.join(entry_dir, "job-error.txt")):

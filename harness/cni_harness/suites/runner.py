@@ -12,6 +12,7 @@ matrix runner adds `CNI_HARNESS_MATRIX_ENTRY`).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -32,6 +33,7 @@ from ..report.report import (
 )
 
 RESULTS_ENV = "CNI_HARNESS_RESULTS_DIR"
+RESULT_FILE = "result.json"      # per suite: pytest's exit code, seconds, why no JUnit
 _SUITE_FILE = re.compile(r"^test_([a-z0-9_]+)\.py$")
 _RESULT_LINE = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
@@ -119,8 +121,30 @@ def run_suite(name: str, out_dir: str, *, k: str | None = None,
     except Exception as exc:          # malformed XML from a crashed run
         note = f"unreadable JUnit file: {exc}"
     result = SuiteResult(name, cases, exit_code, note, seconds)
+    # Written as soon as the suite ends: a run cut short later (a guest's time limit) still
+    # shows the suites that finished.
+    with open(os.path.join(suite_out, RESULT_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"name": name, "exitCode": exit_code, "seconds": round(seconds, 2),
+                   "note": note}, fh)
     progress(f"suite {name}: {result.outcome().label()} ({seconds:.0f} s)")
     return result
+
+
+def read_suite_result(out_dir: str, name: str) -> SuiteResult | None:
+    """A finished suite's result from its directory (RESULT_FILE and its JUnit), or None
+    when the suite did not finish."""
+    suite_out = os.path.join(out_dir, name)
+    try:
+        with open(os.path.join(suite_out, RESULT_FILE), encoding="utf-8") as fh:
+            item = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    cases: tuple = ()
+    with contextlib.suppress(OSError, ValueError), \
+            open(os.path.join(suite_out, "junit.xml"), encoding="utf-8") as fh:
+        cases = tuple(parse_junit(fh.read(), name))
+    return SuiteResult(name, cases, item.get("exitCode"), "" if cases else item.get("note", ""),
+                       float(item.get("seconds") or 0))
 
 
 def write_reports(results: Sequence[SuiteResult], out_dir: str, title: str,

@@ -162,3 +162,25 @@ def test_a_rerun_clears_only_the_files_an_entry_job_writes(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     clear_outputs(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_an_entry_cut_short_keeps_the_suites_that_finished(tmp_path):
+    """A guest that hits its time limit during the second suite: the first suite's own
+    result stands; only the unfinished one fails, with the reason."""
+    import json
+
+    from cni_harness.matrix.run import collect
+
+    lb = tmp_path / "suites" / "lb"
+    lb.mkdir(parents=True)
+    (lb / "junit.xml").write_text(
+        '<testsuite name="pytest"><testcase classname="t" name="random"/>'
+        '<testcase classname="t" name="maglev"><skipped type="pytest.xfail" '
+        'message="needs kernel &gt;= 5.15"/></testcase></testsuite>')
+    (lb / "result.json").write_text(json.dumps({"name": "lb", "exitCode": 0, "seconds": 9}))
+    (tmp_path / "suites" / "policy").mkdir()          # started, never finished
+    obs = collect(str(tmp_path), [], ["lb", "policy"], "guest timed out after 3600 s")
+    cells = judge_entry({"default": "supported"}, [], ["lb", "policy"], obs)
+    assert cells["lb"].status == PASS
+    assert cells["policy"].status == FAIL
+    assert "timed out" in cells["policy"].reason
