@@ -32,6 +32,7 @@ from ...deploy.inventory import render_inventory
 from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
 from ...timescale import scaled, time_scale
 from ..base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
+from ..sshaccess import SshHost, ensure_key, write_ssh_access
 from . import sourceguard
 from .addressing import (
     CLIENT_IP,
@@ -78,7 +79,36 @@ def _progress_none(_msg: str) -> None:
     return None
 
 
-class LocalProvider(Provider):
+class SourceGuardMixin:
+    """The fabric's anti-spoofing switch (`sourceguard`), for providers whose nodes hang
+    off the local fabric by ports named after them (local and vm)."""
+
+    cluster: str
+    progress: Callable[[str], None]
+    plan: Callable[[], ClusterPlan]
+
+    def set_source_guard(self, enabled: bool) -> None:
+        """Turn the fabric's anti-spoofing on or off (see `sourceguard`)."""
+        plan = self.plan()
+        if plan.fabric_netns not in list_netns():
+            raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"
+                               f" --name {self.cluster}` first")
+        nft(plan.fabric_netns, sourceguard.ruleset(plan) if enabled else sourceguard.removal())
+        self.progress(f"cluster {self.cluster}: source guard {'on' if enabled else 'off'}")
+
+    def source_guard(self) -> dict[str, int] | None:
+        """Packets the source guard dropped per node, or None when it is off."""
+        netns = self.plan().fabric_netns
+        if netns not in list_netns():
+            return None
+        try:
+            res = nft(netns, None, "-j", "list", "table", "bridge", sourceguard.TABLE)
+        except CommandError:
+            return None          # no such table: the guard is off
+        return sourceguard.parse_drops(res.stdout)
+
+
+class LocalProvider(SourceGuardMixin, Provider):
     """Namespace nodes on this kernel (see the module docstring)."""
 
     name = "local"
@@ -170,12 +200,7 @@ class LocalProvider(Provider):
         write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
             {"name": plan.name, "nodes": len(plan.nodes), "provider": "local",
              "created": time.time()}) + "\n")
-        os.makedirs(os.path.dirname(self.ssh_key_path), mode=0o700, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                        f"cni-harness@{plan.name}", "-f", self.ssh_key_path],
-                       check=True, capture_output=True)
-        with open(self.ssh_key_path + ".pub", encoding="ascii") as fh:
-            pubkey = fh.read()
+        pubkey = ensure_key(self.ssh_key_path, f"cni-harness@{plan.name}")
         self.progress(f"cluster {plan.name}: fabric, client, world")
         for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
                              (plan.world_netns, build_world)):
@@ -369,48 +394,14 @@ class LocalProvider(Provider):
             self._spawn_supervisor(node)
         self._wait_running([node], {node: -1}, scaled(timeout))
 
-    # ------------------------------------------------------------ fabric source guard
-
-    def set_source_guard(self, enabled: bool) -> None:
-        """Turn the fabric's anti-spoofing on or off (see `sourceguard`)."""
-        plan = self.plan()
-        if plan.fabric_netns not in list_netns():
-            raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"
-                               f" --name {self.cluster}` first")
-        nft(plan.fabric_netns, sourceguard.ruleset(plan) if enabled else sourceguard.removal())
-        self.progress(f"cluster {self.cluster}: source guard {'on' if enabled else 'off'}")
-
-    def source_guard(self) -> dict[str, int] | None:
-        """Packets the source guard dropped per node, or None when it is off."""
-        netns = self.plan().fabric_netns
-        if netns not in list_netns():
-            return None
-        try:
-            res = nft(netns, None, "-j", "list", "table", "bridge", sourceguard.TABLE)
-        except CommandError:
-            return None          # no such table: the guard is off
-        return sourceguard.parse_drops(res.stdout)
-
     # ------------------------------------------------------------ access files
 
     def _write_access_files(self, plan: ClusterPlan, host_keys: dict[str, str]) -> None:
-        known, blocks = [], []
-        for node in plan.nodes:
-            alias = node.netns
-            known.append(f"{alias} {' '.join(host_keys[node.name].split()[:2])}")
-            blocks.append(
-                f"Host {node.name} {alias}\n"
-                f"  HostName {alias}\n"
-                f"  HostKeyAlias {alias}\n"
-                f"  ProxyCommand nsenter --net=/run/netns/{node.netns} nc 127.0.0.1 %p\n")
-        common = (
-            f"Host {' '.join(n.name for n in plan.nodes)} {' '.join(n.netns for n in plan.nodes)}\n"
-            "  User root\n  Port 22\n"
-            f"  IdentityFile {self.ssh_key_path}\n  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {os.path.join(self.state_dir, 'ssh', 'known_hosts')}\n"
-            "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
-        write_atomic(os.path.join(self.state_dir, "ssh", "known_hosts"), "\n".join(known) + "\n")
-        write_atomic(self.ssh_config_path, "\n".join(blocks) + "\n" + common)
+        hosts = [SshHost(node.name, node.netns, node.netns,
+                         f"nsenter --net=/run/netns/{node.netns} nc 127.0.0.1 %p",
+                         host_keys[node.name]) for node in plan.nodes]
+        write_ssh_access(self.ssh_config_path, os.path.join(self.state_dir, "ssh", "known_hosts"),
+                         self.ssh_key_path, hosts)
         group_vars = {
             "ansible_user": "root",
             "ansible_python_interpreter": "/usr/bin/python3",

@@ -1,0 +1,473 @@
+"""The vm provider: a cluster of full Debian systems under qemu (real systemd, real apt,
+real reboots), with the local provider's network around them.
+
+What `up` builds:
+- the local provider's fabric, client and world namespaces, built by its own functions
+  (`providers/local/node.py`), so addresses and names are identical (`plan()` returns the
+  same `ClusterPlan`);
+- per node: a tap named like the local node's fabric port on the fabric bridge, a
+  copy-on-write overlay of the cached image (`image.py`), an identity tar
+  (`machine.identity_files`) and a qemu process started inside the fabric namespace;
+- under the state dir: `ssh_config` (ProxyCommand `nsenter --net=<fabric> nc <node ip>
+  22`: the root namespace gets no address, route or link of the testbed), `known_hosts`
+  with each node's host key (made here, given to the node at boot) and `inventory.yml`
+  (systemd init, packages managed, the reboot module's default reboot).
+
+Crash safety as in the local provider: every namespace and VM is journaled before it is
+made; `down` replays the journal (also after `kill -9` of `up`): it kills the VMs by the
+pids their pidfiles give (checked to be those VMs), deletes the namespaces (which kills
+whatever else ran in them) and the state dir with the overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from typing import Callable, Sequence
+
+from ...deploy.inventory import render_inventory
+from ...matrix.matrix import load_matrix
+from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
+from ...timescale import ENV as TIME_SCALE_ENV
+from ...timescale import TCG_SCALE, time_scale
+from ..base import (
+    Availability,
+    NodeDown,
+    NodeInfo,
+    Provider,
+    ProviderUnavailable,
+    put_file_script,
+    run_text,
+)
+from ..local.addressing import (
+    CLIENT_IP,
+    DEFAULT_CLUSTER,
+    DEFAULT_NODES,
+    ROUTER_IP,
+    WORLD_IP,
+    ClusterPlan,
+    plan_cluster,
+)
+from ..local.netns import delete_netns, list_netns
+from ..local.node import build_client, build_fabric, build_world, load_plan, uplink_mac
+from ..local.provider import SourceGuardMixin
+from ..qemu.provider import kvm_usable
+from ..sshaccess import SshHost, ensure_key, write_ssh_access
+from . import image as vm_image
+from . import machine
+
+DEFAULT_OS_ENTRY = "debian-12"
+# Native-speed seconds; stretched by the time scale (TCG boots take ~1 min each).
+BOOT_TIMEOUT = 60.0
+REBOOT_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+SSH_CONNECT_TIMEOUT = 10
+SSH_FAILED = 255          # ssh's own exit status for a connection it could not make or keep
+REQUIRED_TOOLS = {
+    machine.QEMU: "apt-get install qemu-system-x86",
+    machine.QEMU_IMG: "apt-get install qemu-utils",
+    "mkfs.ext4": "apt-get install e2fsprogs",
+    "ssh": "apt-get install openssh-client",
+    "ssh-keygen": "apt-get install openssh-client",
+    "nc": "apt-get install netcat-openbsd",
+    "nsenter": "apt-get install util-linux",
+    "ip": "apt-get install iproute2",
+}
+
+
+class ClusterError(RuntimeError):
+    """The VM cluster cannot be created or used as asked; the message says why."""
+
+
+def _progress_none(_msg: str) -> None:
+    return None
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+class VmProvider(SourceGuardMixin, Provider):
+    """Full Debian VMs under qemu on the local provider's fabric (module docstring)."""
+
+    name = "vm"
+
+    def __init__(self, cluster: str = DEFAULT_CLUSTER, nodes: int = DEFAULT_NODES,
+                 os_entry: str = DEFAULT_OS_ENTRY,
+                 progress: Callable[[str], None] = _progress_none,
+                 resources: machine.VmResources | None = None):
+        self.cluster = cluster
+        self.node_count = nodes
+        self.os_entry = os_entry
+        self.progress = progress
+        self.resources = resources
+        self.state_dir = cluster_dir(cluster)
+        self.journal = Journal(os.path.join(self.state_dir, "journal.jsonl"))
+
+    # ------------------------------------------------------------ paths and plan
+
+    @property
+    def ssh_config_path(self) -> str:
+        return os.path.join(self.state_dir, "ssh_config")
+
+    @property
+    def ssh_key_path(self) -> str:
+        return os.path.join(self.state_dir, "ssh", "id_ed25519")
+
+    def inventory_path(self) -> str:
+        return os.path.join(self.state_dir, "inventory.yml")
+
+    def files(self, node: str) -> machine.VmFiles:
+        return machine.VmFiles(os.path.join(self.state_dir, "nodes", node))
+
+    def plan(self) -> ClusterPlan:
+        """The running cluster's plan, or the one `up` would build (the local provider's)."""
+        try:
+            return load_plan(self.state_dir)
+        except FileNotFoundError:
+            return plan_cluster(self.cluster, self.node_count)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in self.plan().nodes]
+
+    def image_spec(self) -> vm_image.ImageSpec:
+        return vm_image.spec_for(load_matrix().os_entry(self.os_entry))
+
+    # ------------------------------------------------------------ availability
+
+    @classmethod
+    def availability(cls) -> Availability:
+        missing = [f"{tool} ({hint})" for tool, hint in REQUIRED_TOOLS.items()
+                   if not _which(tool)]
+        if not _which("mmdebstrap") and not _which("apt-get"):
+            missing.append("mmdebstrap (apt-get install mmdebstrap), or apt-get to install it")
+        if os.geteuid() != 0:
+            missing.append("root (network namespaces, taps, image bake)")
+        if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+            missing.append("/dev/net/tun (the VMs' taps)")
+        return Availability(not missing, tuple(missing))
+
+    # ------------------------------------------------------------ time scale
+
+    def time_scale(self) -> float:
+        """The harness's time scale; when the environment gives none and the VMs are
+        emulated (no usable KVM), TCG's factor."""
+        if os.environ.get(TIME_SCALE_ENV, "").strip():
+            return time_scale()
+        return 1.0 if self._resources().kvm else TCG_SCALE
+
+    def _resources(self) -> machine.VmResources:
+        if self.resources is None:
+            self.resources = machine.VmResources(kvm=kvm_usable()[0])
+        return self.resources
+
+    # ------------------------------------------------------------ up / down
+
+    def up(self) -> None:
+        avail = self.availability()
+        if not avail.ok:
+            raise ProviderUnavailable(f"vm provider: {avail.reason()}")
+        plan = plan_cluster(self.cluster, self.node_count)
+        spec = self.image_spec()
+        with cluster_lock(self.cluster):
+            if self.journal.exists():
+                health = self._health()
+                if health == "running":
+                    have = len(load_plan(self.state_dir).nodes)
+                    if have == self.node_count:
+                        self.progress(f"cluster {self.cluster} is already up ({have} VMs)")
+                        return
+                    raise ClusterError(
+                        f"cluster {self.cluster} is up with {have} VMs, not "
+                        f"{self.node_count}; take it down first")
+                self.progress(f"cluster {self.cluster}: removing a stale cluster ({health})")
+                self._teardown()
+            clash = sorted(set(plan.all_netns[:3]) & list_netns())
+            if clash:
+                raise ClusterError(
+                    f"network namespaces {', '.join(clash)} exist but are not recorded in "
+                    f"{self.state_dir}: another cluster or tool owns them; not touching them")
+            image = vm_image.ensure_image(spec, progress=self.progress)
+            started = time.monotonic()
+            self._create(plan, image)
+            self.progress(f"cluster {self.cluster}: {len(plan.nodes)} VMs up in "
+                          f"{time.monotonic() - started:.0f} s")
+
+    def _create(self, plan: ClusterPlan, image: vm_image.BakedImage) -> None:
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.journal.record("state_dir", path=self.state_dir)
+        res = self._resources()
+        scale = self.time_scale()
+        write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
+            {"name": plan.name, "nodes": len(plan.nodes), "provider": self.name,
+             "osEntry": self.os_entry, "image": image.key, "kvm": res.kvm,
+             "timeScale": scale, "created": time.time()}) + "\n")
+        pubkey = ensure_key(self.ssh_key_path, f"cni-harness@{plan.name}")
+        self.progress(f"cluster {plan.name}: fabric, client, world")
+        for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
+                             (plan.world_netns, build_world)):
+            self.journal.record("netns", name=netns)
+            build(plan)
+        host_keys = {}
+        for node in plan.nodes:
+            files = self.files(node.name)
+            os.makedirs(files.directory, exist_ok=True)
+            vm_name = machine.vm_name(plan.name, node.name)
+            public = ensure_key(files.host_key, vm_name)
+            with open(files.host_key, encoding="ascii") as fh:
+                private = fh.read()
+            host_keys[node.name] = public
+            write_atomic(files.identity, machine.identity_tar(machine.identity_files(
+                plan, node, pubkey, (private, public), scale)))
+            subprocess.run(machine.overlay_argv(image, files.overlay), check=True,
+                           capture_output=True)
+            machine.create_tap(plan.fabric_netns, node.fabric_port)
+            self.journal.record("vm", node=node.name, name=vm_name, pidfile=files.pidfile)
+        self._write_access_files(plan, host_keys, scale)
+        self.progress(f"cluster {plan.name}: booting {len(plan.nodes)} VMs "
+                      f"({'KVM' if res.kvm else 'TCG'}, kernel {image.kernel_release})")
+        for node in plan.nodes:
+            self._launch(plan, image, node.name)
+        self._wait_booted([n.name for n in plan.nodes], {}, BOOT_TIMEOUT * scale)
+        self.journal.record("up_complete")
+
+    def _launch(self, plan: ClusterPlan, image: vm_image.BakedImage, node: str) -> int:
+        info = plan.node(node)
+        argv = machine.qemu_argv(machine.vm_name(plan.name, node), image, self.files(node),
+                                 info.fabric_port, uplink_mac(info.ip), self._resources())
+        return machine.launch(plan.fabric_netns, argv, self.files(node))
+
+    def down(self) -> None:
+        with cluster_lock(self.cluster):
+            if not self.journal.exists() and not os.path.isdir(self.state_dir):
+                self.progress(f"cluster {self.cluster}: nothing to remove")
+                return
+            self._teardown()
+            self.progress(f"cluster {self.cluster}: removed")
+
+    def _teardown(self) -> None:
+        """Remove what the journal says was made: VMs (by pid), namespaces, state dir."""
+        entries = self.journal.entries()
+        for entry in entries:
+            if entry["op"] == "vm":
+                machine.kill_vm(machine.VmFiles(os.path.dirname(entry["pidfile"])),
+                                entry["name"])
+        for entry in reversed(entries):
+            if entry["op"] == "netns":
+                delete_netns(entry["name"])    # also the taps, and any process left in it
+        if any(e["op"] == "state_dir" for e in entries) or not entries:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _health(self) -> str:
+        """running, degraded (a VM or namespace is gone), or absent."""
+        if not os.path.isdir(self.state_dir):
+            return "absent"
+        try:
+            plan = load_plan(self.state_dir)
+        except FileNotFoundError:
+            return "degraded"
+        if not any(e["op"] == "up_complete" for e in self.journal.entries()):
+            return "degraded"
+        if not set(plan.all_netns[:3]) <= list_netns():
+            return "degraded"
+        if any(self.vm_pid(n.name) is None for n in plan.nodes):
+            return "degraded"
+        return "running"
+
+    # ------------------------------------------------------------ running commands
+
+    def vm_pid(self, node: str) -> int | None:
+        """The pid of the node's qemu, None when it is not running."""
+        return machine.qemu_pid(self.files(node), machine.vm_name(self.cluster, node))
+
+    def external_netns(self) -> dict[str, str]:
+        """The namespaces that are not nodes: client, world, router (the fabric)."""
+        plan = self.plan()
+        return {"client": plan.client_netns, "world": plan.world_netns,
+                "router": plan.fabric_netns}
+
+    def ssh_argv(self, node: str, connect_timeout: int = SSH_CONNECT_TIMEOUT) -> list[str]:
+        """ssh to a node through the cluster's ssh_config (no command yet)."""
+        self.plan().node(node)        # KeyError naming the nodes for an unknown one
+        return ["ssh", "-F", self.ssh_config_path, "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={connect_timeout}", node]
+
+    def exec_command(self, node: str, argv: Sequence[str]) -> list[str]:
+        """The host command line that runs `argv` as root on a node (ssh), or in the
+        client, world or router namespace."""
+        external = self.external_netns().get(node)
+        if external:
+            return ["nsenter", f"--net=/run/netns/{external}", "--", *argv]
+        return [*self.ssh_argv(node), "--", shlex.join(list(argv))]
+
+    def exec(self, node: str, argv: Sequence[str], *, input: str | bytes | None = None,
+             timeout: float | None = 120, check: bool = True) -> subprocess.CompletedProcess:
+        external = node in self.external_netns()
+        if not external and self.vm_pid(node) is None:
+            raise NodeDown(f"node {node} of cluster {self.cluster} is not running")
+        seconds = None if timeout is None else timeout * self.time_scale()
+        res = run_text(self.exec_command(node, argv), input, seconds, False)
+        if res.returncode == SSH_FAILED and not external:
+            # ssh itself failed, typically through a shared connection to a VM that has
+            # rebooted since: end that master and try once more on a fresh connection.
+            self.drop_connection(node)
+            res = run_text(self.exec_command(node, argv), input, seconds, False)
+        if check and res.returncode != 0:
+            raise subprocess.CalledProcessError(res.returncode, list(argv), res.stdout,
+                                                res.stderr)
+        return res
+
+    def drop_connection(self, node: str) -> None:
+        """End the shared ssh connection to a node (the next ssh makes a new one)."""
+        subprocess.run([*self.ssh_argv(node)[:-1], "-O", "exit", node],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+
+    def put_file(self, node: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.exec(node, ["sh", "-c", put_file_script(path, mode)], input=data)
+
+    # ------------------------------------------------------------ boots
+
+    def boot_id(self, node: str) -> str:
+        """The node kernel's boot id (new at every boot)."""
+        return self.exec(node, ["cat", "/proc/sys/kernel/random/boot_id"],
+                         timeout=30).stdout.strip()
+
+    def generation(self, node: str) -> int:
+        """How many times the node has booted again since `up` (the identity unit records
+        each boot's id on the node's disk)."""
+        res = self.exec(node, ["cat", vm_image.BOOTS_FILE], timeout=30)
+        return max(0, len(res.stdout.split()) - 1)
+
+    def _booted(self, node: str, not_boot: str | None) -> bool:
+        """Whether the node answers over ssh with another boot id than `not_boot` and its
+        boot has finished (systemd's start-up jobs done: sshd, the agent if enabled)."""
+        if self.vm_pid(node) is None:
+            raise NodeDown(f"node {node}: its VM is not running; see "
+                           f"{self.files(node).console}")
+        script = ("cat /proc/sys/kernel/random/boot_id; "
+                  "systemctl is-system-running --wait 2>/dev/null || true")
+        try:
+            res = subprocess.run([*self.ssh_argv(node, 5), script], capture_output=True,
+                                 text=True, timeout=120 * self.time_scale(), check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        lines = res.stdout.split()
+        return (res.returncode == 0 and len(lines) == 2 and lines[0] != not_boot
+                and lines[1] in ("running", "degraded"))
+
+    def _wait_booted(self, nodes: Sequence[str], old_boot: dict[str, str],
+                     timeout: float) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        pending = list(nodes)
+        while pending:
+            for node in pending[:]:
+                if self._booted(node, old_boot.get(node)):
+                    pending.remove(node)
+                    self.progress(f"node {node}: booted, ssh answers "
+                                  f"({time.monotonic() - started:.0f} s)")
+            if pending and time.monotonic() > deadline:
+                raise ClusterError(f"VMs {', '.join(pending)} did not boot within "
+                                   f"{timeout:.0f} s; see {self.state_dir}/nodes/*/console.log")
+            if pending:
+                time.sleep(2)
+
+    def wait_booted(self, node: str, old_boot_id: str | None,
+                    timeout: float = REBOOT_TIMEOUT) -> None:
+        """Wait until the node runs a boot other than `old_boot_id`, its start-up done."""
+        self._wait_booted([node], {node: old_boot_id or ""}, timeout * self.time_scale())
+
+    def reboot(self, node: str) -> None:
+        """A real reboot (`systemctl reboot` in the guest: the kernel boots again, with a
+        new boot id); returns once the node's boot has finished."""
+        old = self.boot_id(node)
+        # ssh may lose the connection as the guest goes down: its status means nothing.
+        self.exec(node, ["systemctl", "reboot"], check=False, timeout=30)
+        self.drop_connection(node)
+        self.wait_booted(node, old)
+
+    def stop_node(self, node: str, timeout: float = STOP_TIMEOUT) -> None:
+        """Power a node off (`systemctl poweroff`: qemu exits); its disk stays."""
+        files, name = self.files(node), machine.vm_name(self.cluster, node)
+        self.exec(node, ["systemctl", "poweroff"], check=False, timeout=30)
+        self.drop_connection(node)
+        if not machine.wait_exit(files, name, timeout * self.time_scale()):
+            machine.kill_vm(files, name, graceful_seconds=10)
+
+    def start_node(self, node: str, timeout: float = BOOT_TIMEOUT) -> None:
+        """Boot a stopped node again from its disk."""
+        if self.vm_pid(node) is not None:
+            raise ClusterError(f"node {node} is running; only a stopped node can be started")
+        plan = self.plan()
+        with cluster_lock(self.cluster):
+            key = read_json(os.path.join(self.state_dir, "cluster.json"), {}).get("image", "")
+            image = vm_image.load_image(os.path.join(vm_image.cache_root(), key))
+            if image is None:
+                raise ClusterError(f"image {key} is gone from {vm_image.cache_root()}")
+            self._launch(plan, image, node)
+        self._wait_booted([node], {}, timeout * self.time_scale())
+
+    # ------------------------------------------------------------ access files
+
+    def _write_access_files(self, plan: ClusterPlan, host_keys: dict[str, str],
+                            scale: float) -> None:
+        # exec, and stderr away: with connection sharing the proxy outlives the first ssh
+        # (as the master's), and must not hold that ssh's stderr pipe open meanwhile.
+        proxy = f"exec nsenter --net=/run/netns/{plan.fabric_netns} nc %h %p 2>/dev/null"
+        hosts = [SshHost(n.name, n.netns, n.ip, proxy, host_keys[n.name]) for n in plan.nodes]
+        # One connection per node carries every command: a new ssh handshake costs
+        # emulated CPU seconds on a TCG guest.
+        sharing = [f"ControlPath {os.path.join(self.state_dir, 'ssh', 'cm-%C')}",
+                   "ControlMaster auto", "ControlPersist 120",
+                   # A master whose VM went away (reboot, poweroff) is noticed and ends.
+                   "ServerAliveInterval 5", "ServerAliveCountMax 4"]
+        write_ssh_access(self.ssh_config_path, os.path.join(self.state_dir, "ssh", "known_hosts"),
+                         self.ssh_key_path, hosts, sharing)
+        group_vars = {
+            "ansible_user": "root",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "ansible_ssh_common_args": f"-F {self.ssh_config_path}",
+            "ansible_ssh_pipelining": True,
+            "cni_provider": self.name,
+            "cni_cluster": plan.name,
+            "cni_os_entry": self.os_entry,
+            "cni_cilium_init": "systemd",
+            # A real apt run against the baked image, which holds every package already.
+            "cni_cilium_manage_packages": True,
+            "cni_reboot_command": "",           # the reboot module's own (shutdown -r)
+            "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
+            "cni_time_scale": scale,
+        }
+        host_vars = {n.name: {"ansible_host": n.name} for n in plan.nodes}
+        write_atomic(self.inventory_path(), render_inventory(self.nodes(), group_vars,
+                                                             host_vars))
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        plan = self.plan()
+        exists = self.journal.exists()
+        nodes = []
+        for node in plan.nodes:
+            pid = self.vm_pid(node.name) if exists else None
+            nodes.append({"name": node.name, "ip": node.ip, "podCIDR": node.pod_cidr,
+                          "labels": dict(node.labels), "state": "running" if pid else
+                          ("stopped" if exists else "absent"), "qemuPid": pid,
+                          "console": self.files(node.name).console})
+        return {
+            "provider": self.name,
+            "cluster": self.cluster,
+            "osEntry": self.os_entry,
+            "state": self._health() if exists else "absent",
+            "stateDir": self.state_dir,
+            "inventory": self.inventory_path(),
+            "sshConfig": self.ssh_config_path,
+            "router": {"netns": plan.fabric_netns, "ip": ROUTER_IP},
+            "client": {"netns": plan.client_netns, "ip": CLIENT_IP},
+            "world": {"netns": plan.world_netns, "ip": WORLD_IP},
+            "nodes": nodes,
+        }
