@@ -84,3 +84,22 @@ def fresh_local_cluster(name: str, nodes: int = 3) -> Iterator[LocalProvider]:
         yield provider
     finally:
         provider.down()
+
+
+def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a harness command; past `timeout` it gets SIGTERM, so it stops its guests or
+    VMs itself (a killed command would leave them running and starve everything after
+    it), and SIGKILL only if it has not ended a minute later."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err += f"\n(stopped after {timeout:.0f} s)"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
