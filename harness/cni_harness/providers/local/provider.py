@@ -28,28 +28,22 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from ...deploy.inventory import render_inventory
-from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
-from ...timescale import scaled, time_scale
-from ..base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
+from ...state import cluster_lock, read_json, write_atomic
+from ...timescale import scaled
+from ..base import Availability, NodeDown, ProviderUnavailable
 from ..sshaccess import SshHost, ensure_key, write_ssh_access
-from . import sourceguard
 from .addressing import (
-    CLIENT_IP,
     DEFAULT_CLUSTER,
     DEFAULT_NODES,
-    ROUTER_IP,
-    WORLD_IP,
     ClusterPlan,
     plan_cluster,
 )
+from .fabric import ClusterError, FabricProvider, progress_none
 from .netns import (
-    CommandError,
     delete_netns,
     find_processes,
     kill_and_wait,
     list_netns,
-    nft,
     pid_alive,
     start_time,
 )
@@ -71,79 +65,15 @@ REBOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-class ClusterError(RuntimeError):
-    """The cluster cannot be created or used as asked; the message says why and what to do."""
-
-
-def _progress_none(_msg: str) -> None:
-    return None
-
-
-class SourceGuardMixin:
-    """The fabric's anti-spoofing switch (`sourceguard`), for providers whose nodes hang
-    off the local fabric by ports named after them (local and vm)."""
-
-    cluster: str
-    progress: Callable[[str], None]
-    plan: Callable[[], ClusterPlan]
-
-    def set_source_guard(self, enabled: bool) -> None:
-        """Turn the fabric's anti-spoofing on or off (see `sourceguard`)."""
-        plan = self.plan()
-        if plan.fabric_netns not in list_netns():
-            raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"
-                               f" --name {self.cluster}` first")
-        nft(plan.fabric_netns, sourceguard.ruleset(plan) if enabled else sourceguard.removal())
-        self.progress(f"cluster {self.cluster}: source guard {'on' if enabled else 'off'}")
-
-    def source_guard(self) -> dict[str, int] | None:
-        """Packets the source guard dropped per node, or None when it is off."""
-        netns = self.plan().fabric_netns
-        if netns not in list_netns():
-            return None
-        try:
-            res = nft(netns, None, "-j", "list", "table", "bridge", sourceguard.TABLE)
-        except CommandError:
-            return None          # no such table: the guard is off
-        return sourceguard.parse_drops(res.stdout)
-
-
-class LocalProvider(SourceGuardMixin, Provider):
+class LocalProvider(FabricProvider):
     """Namespace nodes on this kernel (see the module docstring)."""
 
     name = "local"
     shares_host_files = True     # nodes see the host's files below their overlays
 
     def __init__(self, cluster: str = DEFAULT_CLUSTER, nodes: int = DEFAULT_NODES,
-                 progress: Callable[[str], None] = _progress_none):
-        self.cluster = cluster
-        self.node_count = nodes
-        self.progress = progress
-        self.state_dir = cluster_dir(cluster)
-        self.journal = Journal(os.path.join(self.state_dir, "journal.jsonl"))
-
-    # ------------------------------------------------------------ paths and plan
-
-    @property
-    def ssh_config_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh_config")
-
-    @property
-    def ssh_key_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh", "id_ed25519")
-
-    def inventory_path(self) -> str:
-        return os.path.join(self.state_dir, "inventory.yml")
-
-    def plan(self) -> ClusterPlan:
-        """The running cluster's plan, or the one `up` would build."""
-        try:
-            return load_plan(self.state_dir)
-        except FileNotFoundError:
-            return plan_cluster(self.cluster, self.node_count)
-
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in self.plan().nodes]
+                 progress: Callable[[str], None] = progress_none):
+        super().__init__(cluster, nodes, progress)
 
     # ------------------------------------------------------------ availability
 
@@ -171,24 +101,9 @@ class LocalProvider(SourceGuardMixin, Provider):
         if not avail.ok:
             raise ProviderUnavailable(f"local provider: {avail.reason()}")
         with cluster_lock(self.cluster):
-            if self.journal.exists():
-                health = self._health()
-                if health == "running":
-                    have = len(load_plan(self.state_dir).nodes)
-                    if have == self.node_count:
-                        self.progress(f"cluster {self.cluster} is already up ({have} nodes)")
-                        return
-                    raise ClusterError(
-                        f"cluster {self.cluster} is up with {have} nodes, not "
-                        f"{self.node_count}; run `cni-harness cluster down --name "
-                        f"{self.cluster}` first")
-                self.progress(f"cluster {self.cluster}: removing a stale cluster ({health})")
-                self._teardown()
-            clash = sorted(set(plan.all_netns) & list_netns())
-            if clash:
-                raise ClusterError(
-                    f"network namespaces {', '.join(clash)} exist but are not recorded in "
-                    f"{self.state_dir}: another cluster or tool owns them; not touching them")
+            if self._keep_or_clear():
+                return
+            self._check_no_clash(plan.all_netns)
             started = time.monotonic()
             self._create(plan)
             self.progress(f"cluster {self.cluster}: {len(plan.nodes)} nodes up in "
@@ -244,14 +159,6 @@ class LocalProvider(SourceGuardMixin, Provider):
             if pending:
                 time.sleep(0.02)
 
-    def down(self) -> None:
-        with cluster_lock(self.cluster):
-            if not self.journal.exists() and not os.path.isdir(self.state_dir):
-                self.progress(f"cluster {self.cluster}: nothing to remove")
-                return
-            self._teardown()
-            self.progress(f"cluster {self.cluster}: removed")
-
     def _supervisors(self) -> list[int]:
         return find_processes(SUPERVISOR_MODULE, "--state", self.state_dir)
 
@@ -306,12 +213,6 @@ class LocalProvider(SourceGuardMixin, Provider):
         if state not in ("running", "unsupervised"):
             raise NodeDown(f"node {node} of cluster {self.cluster} is not running ({state})")
         return int(rt["initPid"])
-
-    def external_netns(self) -> dict[str, str]:
-        """The namespaces that are not nodes: client, world, router (the fabric)."""
-        plan = self.plan()
-        return {"client": plan.client_netns, "world": plan.world_netns,
-                "router": plan.fabric_netns}
 
     def exec_command(self, node: str, argv: Sequence[str]) -> list[str]:
         """The host command line that runs `argv` as root inside a node (or in the client,
@@ -400,24 +301,13 @@ class LocalProvider(SourceGuardMixin, Provider):
         hosts = [SshHost(node.name, node.netns, node.netns,
                          f"nsenter --net=/run/netns/{node.netns} nc 127.0.0.1 %p",
                          host_keys[node.name]) for node in plan.nodes]
-        write_ssh_access(self.ssh_config_path, os.path.join(self.state_dir, "ssh", "known_hosts"),
-                         self.ssh_key_path, hosts)
-        group_vars = {
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": f"-F {self.ssh_config_path}",
-            "ansible_ssh_pipelining": True,
-            "cni_provider": "local",
-            "cni_cluster": plan.name,
+        write_ssh_access(self.ssh_config_path, self.known_hosts_path, self.ssh_key_path, hosts)
+        self._write_inventory(plan, {
             "cni_cilium_init": "nodeinit",
             "cni_cilium_manage_packages": False,   # the host's /usr (scripts/setup.sh)
             "cni_reboot_command": "/usr/local/sbin/nodectl reboot",
             "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
-            "cni_time_scale": time_scale(),
-        }
-        host_vars = {n.name: {"ansible_host": n.netns} for n in plan.nodes}
-        nodes = [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in plan.nodes]
-        write_atomic(self.inventory_path(), render_inventory(nodes, group_vars, host_vars))
+        }, {n.name: {"ansible_host": n.netns} for n in plan.nodes})
 
     # ------------------------------------------------------------ status
 
@@ -432,16 +322,5 @@ class LocalProvider(SourceGuardMixin, Provider):
                           "bootId": rt.get("bootId"), "initPid": rt.get("initPid"),
                           "boots": rt.get("generation", 0) + 1 if rt else 0})
         guard = self.source_guard() if exists else None
-        return {
-            "provider": self.name,
-            "cluster": self.cluster,
-            "state": self._health() if exists else "absent",
-            "sourceGuard": {"enabled": guard is not None, "drops": guard or {}},
-            "stateDir": self.state_dir,
-            "inventory": self.inventory_path(),
-            "sshConfig": self.ssh_config_path,
-            "router": {"netns": plan.fabric_netns, "ip": ROUTER_IP},
-            "client": {"netns": plan.client_netns, "ip": CLIENT_IP},
-            "world": {"netns": plan.world_netns, "ip": WORLD_IP},
-            "nodes": nodes,
-        }
+        return self._status(nodes, sourceGuard={"enabled": guard is not None,
+                                                "drops": guard or {}})

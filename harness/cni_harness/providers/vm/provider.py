@@ -29,32 +29,26 @@ import subprocess
 import time
 from typing import Callable, Sequence
 
-from ...deploy.inventory import render_inventory
 from ...matrix.matrix import load_matrix
-from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
+from ...state import cluster_lock, read_json, write_atomic
 from ...timescale import ENV as TIME_SCALE_ENV
 from ...timescale import TCG_SCALE, time_scale
 from ..base import (
     Availability,
     NodeDown,
-    NodeInfo,
-    Provider,
     ProviderUnavailable,
     put_file_script,
     run_text,
 )
 from ..local.addressing import (
-    CLIENT_IP,
     DEFAULT_CLUSTER,
     DEFAULT_NODES,
-    ROUTER_IP,
-    WORLD_IP,
     ClusterPlan,
     plan_cluster,
 )
+from ..local.fabric import ClusterError, FabricProvider, progress_none
 from ..local.netns import delete_netns, list_netns
 from ..local.node import build_client, build_fabric, build_world, load_plan, uplink_mac
-from ..local.provider import SourceGuardMixin
 from ..qemu.provider import kvm_usable
 from ..sshaccess import SshHost, ensure_key, write_ssh_access
 from . import image as vm_image
@@ -79,60 +73,28 @@ REQUIRED_TOOLS = {
 }
 
 
-class ClusterError(RuntimeError):
-    """The VM cluster cannot be created or used as asked; the message says why."""
-
-
-def _progress_none(_msg: str) -> None:
-    return None
-
-
 def _which(tool: str) -> str | None:
     return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
-class VmProvider(SourceGuardMixin, Provider):
+class VmProvider(FabricProvider):
     """Full Debian VMs under qemu on the local provider's fabric (module docstring)."""
 
     name = "vm"
+    machines = "VMs"
 
     def __init__(self, cluster: str = DEFAULT_CLUSTER, nodes: int = DEFAULT_NODES,
                  os_entry: str = DEFAULT_OS_ENTRY,
-                 progress: Callable[[str], None] = _progress_none,
+                 progress: Callable[[str], None] = progress_none,
                  resources: machine.VmResources | None = None):
-        self.cluster = cluster
-        self.node_count = nodes
+        super().__init__(cluster, nodes, progress)
         self.os_entry = os_entry
-        self.progress = progress
         self.resources = resources
-        self.state_dir = cluster_dir(cluster)
-        self.journal = Journal(os.path.join(self.state_dir, "journal.jsonl"))
 
     # ------------------------------------------------------------ paths and plan
 
-    @property
-    def ssh_config_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh_config")
-
-    @property
-    def ssh_key_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh", "id_ed25519")
-
-    def inventory_path(self) -> str:
-        return os.path.join(self.state_dir, "inventory.yml")
-
     def files(self, node: str) -> machine.VmFiles:
         return machine.VmFiles(os.path.join(self.state_dir, "nodes", node))
-
-    def plan(self) -> ClusterPlan:
-        """The running cluster's plan, or the one `up` would build (the local provider's)."""
-        try:
-            return load_plan(self.state_dir)
-        except FileNotFoundError:
-            return plan_cluster(self.cluster, self.node_count)
-
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in self.plan().nodes]
 
     def image_spec(self) -> vm_image.ImageSpec:
         return vm_image.spec_for(load_matrix().os_entry(self.os_entry))
@@ -174,23 +136,10 @@ class VmProvider(SourceGuardMixin, Provider):
         plan = plan_cluster(self.cluster, self.node_count)
         spec = self.image_spec()
         with cluster_lock(self.cluster):
-            if self.journal.exists():
-                health = self._health()
-                if health == "running":
-                    have = len(load_plan(self.state_dir).nodes)
-                    if have == self.node_count:
-                        self.progress(f"cluster {self.cluster} is already up ({have} VMs)")
-                        return
-                    raise ClusterError(
-                        f"cluster {self.cluster} is up with {have} VMs, not "
-                        f"{self.node_count}; take it down first")
-                self.progress(f"cluster {self.cluster}: removing a stale cluster ({health})")
-                self._teardown()
-            clash = sorted(set(plan.all_netns[:3]) & list_netns())
-            if clash:
-                raise ClusterError(
-                    f"network namespaces {', '.join(clash)} exist but are not recorded in "
-                    f"{self.state_dir}: another cluster or tool owns them; not touching them")
+            if self._keep_or_clear():
+                return
+            # The node namespaces of the plan are the local provider's; VMs make none.
+            self._check_no_clash(plan.all_netns[:3])
             image = vm_image.ensure_image(spec, progress=self.progress)
             started = time.monotonic()
             self._create(plan, image)
@@ -241,14 +190,6 @@ class VmProvider(SourceGuardMixin, Provider):
                                  info.fabric_port, uplink_mac(info.ip), self._resources())
         return machine.launch(plan.fabric_netns, argv, self.files(node))
 
-    def down(self) -> None:
-        with cluster_lock(self.cluster):
-            if not self.journal.exists() and not os.path.isdir(self.state_dir):
-                self.progress(f"cluster {self.cluster}: nothing to remove")
-                return
-            self._teardown()
-            self.progress(f"cluster {self.cluster}: removed")
-
     def _teardown(self) -> None:
         """Remove what the journal says was made: VMs (by pid), namespaces, state dir."""
         entries = self.journal.entries()
@@ -283,12 +224,6 @@ class VmProvider(SourceGuardMixin, Provider):
     def vm_pid(self, node: str) -> int | None:
         """The pid of the node's qemu, None when it is not running."""
         return machine.qemu_pid(self.files(node), machine.vm_name(self.cluster, node))
-
-    def external_netns(self) -> dict[str, str]:
-        """The namespaces that are not nodes: client, world, router (the fabric)."""
-        plan = self.plan()
-        return {"client": plan.client_netns, "world": plan.world_netns,
-                "router": plan.fabric_netns}
 
     def ssh_argv(self, node: str, connect_timeout: int = SSH_CONNECT_TIMEOUT) -> list[str]:
         """ssh to a node through the cluster's ssh_config (no command yet)."""
@@ -425,15 +360,9 @@ class VmProvider(SourceGuardMixin, Provider):
                    "ControlMaster auto", "ControlPersist 120",
                    # A master whose VM went away (reboot, poweroff) is noticed and ends.
                    "ServerAliveInterval 5", "ServerAliveCountMax 4"]
-        write_ssh_access(self.ssh_config_path, os.path.join(self.state_dir, "ssh", "known_hosts"),
-                         self.ssh_key_path, hosts, sharing)
-        group_vars = {
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": f"-F {self.ssh_config_path}",
-            "ansible_ssh_pipelining": True,
-            "cni_provider": self.name,
-            "cni_cluster": plan.name,
+        write_ssh_access(self.ssh_config_path, self.known_hosts_path, self.ssh_key_path, hosts,
+                         sharing)
+        self._write_inventory(plan, {
             "cni_os_entry": self.os_entry,
             "cni_cilium_init": "systemd",
             # A real apt run against the baked image, which holds every package already.
@@ -441,33 +370,17 @@ class VmProvider(SourceGuardMixin, Provider):
             "cni_reboot_command": "",           # the reboot module's own (shutdown -r)
             "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
             "cni_time_scale": scale,
-        }
-        host_vars = {n.name: {"ansible_host": n.name} for n in plan.nodes}
-        write_atomic(self.inventory_path(), render_inventory(self.nodes(), group_vars,
-                                                             host_vars))
+        }, {n.name: {"ansible_host": n.name} for n in plan.nodes})
 
     # ------------------------------------------------------------ status
 
     def status(self) -> dict:
-        plan = self.plan()
         exists = self.journal.exists()
         nodes = []
-        for node in plan.nodes:
+        for node in self.plan().nodes:
             pid = self.vm_pid(node.name) if exists else None
             nodes.append({"name": node.name, "ip": node.ip, "podCIDR": node.pod_cidr,
                           "labels": dict(node.labels), "state": "running" if pid else
                           ("stopped" if exists else "absent"), "qemuPid": pid,
                           "console": self.files(node.name).console})
-        return {
-            "provider": self.name,
-            "cluster": self.cluster,
-            "osEntry": self.os_entry,
-            "state": self._health() if exists else "absent",
-            "stateDir": self.state_dir,
-            "inventory": self.inventory_path(),
-            "sshConfig": self.ssh_config_path,
-            "router": {"netns": plan.fabric_netns, "ip": ROUTER_IP},
-            "client": {"netns": plan.client_netns, "ip": CLIENT_IP},
-            "world": {"netns": plan.world_netns, "ip": WORLD_IP},
-            "nodes": nodes,
-        }
+        return self._status(nodes, osEntry=self.os_entry)
