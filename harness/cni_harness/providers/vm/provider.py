@@ -350,9 +350,9 @@ class VmProvider(FabricProvider):
 
     def _write_access_files(self, plan: ClusterPlan, host_keys: dict[str, str],
                             scale: float) -> None:
-        # exec, and stderr away: with connection sharing the proxy outlives the first ssh
+        # stderr away: with connection sharing the proxy outlives the first ssh
         # (as the master's), and must not hold that ssh's stderr pipe open meanwhile.
-        proxy = f"exec nsenter --net=/run/netns/{plan.fabric_netns} nc %h %p 2>/dev/null"
+        proxy = f"nsenter --net=/run/netns/{plan.fabric_netns} nc %h %p 2>/dev/null"
         hosts = [SshHost(n.name, n.netns, n.ip, proxy, host_keys[n.name]) for n in plan.nodes]
         # One connection per node carries every command: a new ssh handshake costs
         # emulated CPU seconds on a TCG guest.

@@ -213,7 +213,7 @@ def test_ssh_config_reaches_nodes_through_the_fabric_namespace(state):
                           4.0)
     config = _read(p.ssh_config_path)
     assert "Host node1 vmu-node1\n  HostName 10.99.0.11\n  HostKeyAlias vmu-node1\n" in config
-    assert "ProxyCommand exec nsenter --net=/run/netns/vmu-fabric nc %h %p" in config
+    assert "ProxyCommand nsenter --net=/run/netns/vmu-fabric nc %h %p" in config
     assert "ControlMaster auto" in config and f"IdentityFile {p.ssh_key_path}" in config
     known = _read(os.path.join(p.state_dir, "ssh", "known_hosts"))
     assert "vmu-node2 ssh-ed25519 KEY2\n" in known
