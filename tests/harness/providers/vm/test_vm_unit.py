@@ -18,6 +18,7 @@ import yaml
 from cni_harness.matrix.kernels import AptSource
 from cni_harness.matrix.matrix import load_matrix
 from cni_harness.providers.local.addressing import plan_cluster
+from cni_harness.providers.local.netns import cmdline
 from cni_harness.providers.local.node import uplink_mac
 from cni_harness.providers.vagrant import install_packages
 from cni_harness.providers.vm import image as vm_image
@@ -29,6 +30,16 @@ pytestmark = pytest.mark.unit
 
 MIRROR = AptSource(("deb",), ("http://mirror.example/debian",), ("bookworm",), ("main",),
                    "/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+def sleeper(*args: str) -> subprocess.Popen:
+    """A process with `args` on its command line, returned once the kernel shows them (the
+    exec that Popen waits for sets the command line a moment later)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    deadline = time.monotonic() + 10
+    while not cmdline(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proc
 
 
 def fake_image(tmp_path) -> vm_image.BakedImage:
@@ -173,9 +184,7 @@ def test_overlay_and_tap_commands(tmp_path):
 
 def test_a_pidfile_counts_only_for_the_process_it_names(tmp_path):
     files = machine.VmFiles(str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                             "-name", "cni-c-node1,process=cni-c-node1", "-pidfile",
-                             files.pidfile])
+    proc = sleeper("-name", "cni-c-node1,process=cni-c-node1", "-pidfile", files.pidfile)
     try:
         (tmp_path / "qemu.pid").write_text(f"{proc.pid}\n")
         assert machine.qemu_pid(files, "cni-c-node2") is None     # another node's name
@@ -250,13 +259,11 @@ def test_down_replays_the_journal_after_a_crash(state, monkeypatch):
     os.makedirs(files.directory)
     deleted = []
     monkeypatch.setattr(vm_provider, "delete_netns", deleted.append)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                                "-name", "cni-vmu-node1,process=cni-vmu-node1",
-                                "-pidfile", files.pidfile])
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    vm = sleeper("-name", "cni-vmu-node1,process=cni-vmu-node1", "-pidfile", files.pidfile)
+    bystander = sleeper()
     try:
         with open(files.pidfile, "w") as fh:
-            fh.write(str(sleeper.pid))
+            fh.write(str(vm.pid))
         for op, fields in (("state_dir", {"path": p.state_dir}),
                            ("netns", {"name": "vmu-fabric"}), ("netns", {"name": "vmu-client"}),
                            ("vm", {"node": "node1", "name": "cni-vmu-node1",
@@ -268,12 +275,12 @@ def test_down_replays_the_journal_after_a_crash(state, monkeypatch):
             fh.write('{"op": "netns", "na')          # torn by kill -9
         assert p.status()["state"] == "degraded"
         p.down()
-        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert vm.wait(timeout=10) == -signal.SIGKILL
         assert bystander.poll() is None
         assert deleted == ["vmu-client", "vmu-fabric"]
         assert not os.path.exists(p.state_dir)
     finally:
-        for proc in (sleeper, bystander):
+        for proc in (vm, bystander):
             proc.kill()
             proc.wait()
 
