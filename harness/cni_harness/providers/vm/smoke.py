@@ -52,7 +52,7 @@ def traffic(lab: Lab, nodes: list[str], progress: Callable[[str], None]) -> dict
         lab.start_peer_pod(where, name, {"app": "web"})
     client_pod = lab.start_peer_pod(nodes[0], "cl-1", {"app": "client"})
     lab.apply([service("web", {"app": "web"})])
-    lab.wait_programmed("web", timeout=60)
+    lab.wait_programmed("default/web", timeout=60)
     node_port = lab.service("web")["spec"]["ports"][0]["nodePort"]
     entry = lab.provider.node(nodes[0]).ip
     progress(f"probing NodePort {entry}:{node_port} from the client")
