@@ -103,3 +103,16 @@ def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         err += f"\n(stopped after {timeout:.0f} s)"
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
+
+def require_available(available, what: str) -> None:
+    """Skip a test module whose provider cannot run here, saying what is missing; in CI
+    (which installs everything through scripts/setup.sh) that is a failure instead."""
+    import pytest
+
+    if available.ok:
+        return
+    message = f"{what} unavailable: {available.reason()}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
+    pytest.skip(message)
+

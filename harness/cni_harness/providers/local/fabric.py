@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import os
+import shutil
 from typing import Any, Callable
 
 from ...deploy.inventory import render_inventory
@@ -19,7 +20,7 @@ from ...timescale import time_scale
 from ..base import NodeInfo, Provider
 from . import sourceguard
 from .addressing import CLIENT_IP, ROUTER_IP, WORLD_IP, ClusterPlan, plan_cluster
-from .netns import CommandError, list_netns, nft
+from .netns import CommandError, delete_netns, list_netns, nft
 from .node import load_plan
 
 
@@ -78,13 +79,44 @@ class FabricProvider(Provider):
 
     # ------------------------------------------------------------ life cycle
 
-    @abc.abstractmethod
-    def _health(self) -> str:
-        """running, degraded (something died), or absent."""
+    def _owned_netns(self, plan: ClusterPlan) -> tuple[str, ...]:
+        """The host network namespaces this provider makes for a plan (all of them)."""
+        return plan.all_netns
 
     @abc.abstractmethod
+    def _node_running(self, node: str) -> bool:
+        """Whether a node is up (its init or VM alive)."""
+
+    @abc.abstractmethod
+    def _stop_nodes(self, entries: list[dict]) -> None:
+        """Stop every node the journal `entries` record (the first step of teardown)."""
+
+    def _health(self) -> str:
+        """running, degraded (something died or `up` never finished), or absent."""
+        if not os.path.isdir(self.state_dir):
+            return "absent"
+        try:
+            plan = load_plan(self.state_dir)
+        except FileNotFoundError:
+            return "degraded"
+        if not any(e["op"] == "up_complete" for e in self.journal.entries()):
+            return "degraded"
+        if not set(self._owned_netns(plan)) <= list_netns():
+            return "degraded"
+        if not all(self._node_running(node.name) for node in plan.nodes):
+            return "degraded"
+        return "running"
+
     def _teardown(self) -> None:
-        """Remove what the journal says was made (also after a crash)."""
+        """Remove what the journal says was made: the nodes, the namespaces (and whatever
+        still runs in them), the state dir."""
+        entries = self.journal.entries()
+        self._stop_nodes(entries)
+        for entry in reversed(entries):
+            if entry["op"] == "netns":
+                delete_netns(entry["name"])
+        if any(e["op"] == "state_dir" for e in entries) or not entries:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _keep_or_clear(self) -> bool:
         """Under the cluster lock, before `up` creates anything: True when a healthy
@@ -106,8 +138,8 @@ class FabricProvider(Provider):
             self._teardown()
         return False
 
-    def _check_no_clash(self, netns: tuple[str, ...]) -> None:
-        clash = sorted(set(netns) & list_netns())
+    def _check_no_clash(self, plan: ClusterPlan) -> None:
+        clash = sorted(set(self._owned_netns(plan)) & list_netns())
         if clash:
             raise ClusterError(
                 f"network namespaces {', '.join(clash)} exist but are not recorded in "

@@ -40,10 +40,8 @@ from .addressing import (
 )
 from .fabric import ClusterError, FabricProvider, progress_none
 from .netns import (
-    delete_netns,
     find_processes,
     kill_and_wait,
-    list_netns,
     pid_alive,
     start_time,
 )
@@ -52,7 +50,6 @@ from .node import (
     build_client,
     build_fabric,
     build_world,
-    load_plan,
     prepare_disk,
     runtime_path,
 )
@@ -103,7 +100,7 @@ class LocalProvider(FabricProvider):
         with cluster_lock(self.cluster):
             if self._keep_or_clear():
                 return
-            self._check_no_clash(plan.all_netns)
+            self._check_no_clash(plan)
             started = time.monotonic()
             self._create(plan)
             self.progress(f"cluster {self.cluster}: {len(plan.nodes)} nodes up in "
@@ -162,36 +159,14 @@ class LocalProvider(FabricProvider):
     def _supervisors(self) -> list[int]:
         return find_processes(SUPERVISOR_MODULE, "--state", self.state_dir)
 
-    def _teardown(self) -> None:
-        """Remove what the journal says was made: supervisors, namespaces, state dir."""
-        entries = self.journal.entries()
+    def _stop_nodes(self, entries: list[dict]) -> None:
         sups = self._supervisors()
         # SIGTERM: each supervisor stops its node's services and deletes its namespace.
         if sups and not kill_and_wait(sups, signal.SIGTERM, STOP_TIMEOUT):
             kill_and_wait(sups, signal.SIGKILL)
-        for entry in reversed(entries):
-            if entry["op"] == "netns":
-                delete_netns(entry["name"])
-        if any(e["op"] == "state_dir" for e in entries) or not entries:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _health(self) -> str:
-        """running, degraded (something died), or absent."""
-        if not os.path.isdir(self.state_dir):
-            return "absent"
-        try:
-            plan = load_plan(self.state_dir)
-        except FileNotFoundError:
-            return "degraded"
-        if not any(e["op"] == "up_complete" for e in self.journal.entries()):
-            return "degraded"
-        netns = list_netns()
-        if not set(plan.all_netns) <= netns:
-            return "degraded"
-        for node in plan.nodes:
-            if self._node_state(node.name)[0] != "running":
-                return "degraded"
-        return "running"
+    def _node_running(self, node: str) -> bool:
+        return self._node_state(node)[0] == "running"
 
     # ------------------------------------------------------------ nodes
 

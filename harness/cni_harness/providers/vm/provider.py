@@ -47,8 +47,7 @@ from ..local.addressing import (
     plan_cluster,
 )
 from ..local.fabric import ClusterError, FabricProvider, progress_none
-from ..local.netns import delete_netns, list_netns
-from ..local.node import build_client, build_fabric, build_world, load_plan, uplink_mac
+from ..local.node import build_client, build_fabric, build_world, uplink_mac
 from ..qemu.provider import kvm_usable
 from ..sshaccess import SshHost, ensure_key, write_ssh_access
 from . import image as vm_image
@@ -138,8 +137,7 @@ class VmProvider(FabricProvider):
         with cluster_lock(self.cluster):
             if self._keep_or_clear():
                 return
-            # The node namespaces of the plan are the local provider's; VMs make none.
-            self._check_no_clash(plan.all_netns[:3])
+            self._check_no_clash(plan)
             image = vm_image.ensure_image(spec, progress=self.progress)
             started = time.monotonic()
             self._create(plan, image)
@@ -190,34 +188,20 @@ class VmProvider(FabricProvider):
                                  info.fabric_port, uplink_mac(info.ip), self._resources())
         return machine.launch(plan.fabric_netns, argv, self.files(node))
 
-    def _teardown(self) -> None:
-        """Remove what the journal says was made: VMs (by pid), namespaces, state dir."""
-        entries = self.journal.entries()
+    def _owned_netns(self, plan: ClusterPlan) -> tuple[str, ...]:
+        # Fabric, client and world: the nodes are VMs, not namespaces.
+        return (plan.fabric_netns, plan.client_netns, plan.world_netns)
+
+    def _stop_nodes(self, entries: list[dict]) -> None:
+        # By pid, checked to be that VM; the fabric's deletion then takes the taps and
+        # anything else left in it (a qemu whose pidfile was never written).
         for entry in entries:
             if entry["op"] == "vm":
                 machine.kill_vm(machine.VmFiles(os.path.dirname(entry["pidfile"])),
                                 entry["name"])
-        for entry in reversed(entries):
-            if entry["op"] == "netns":
-                delete_netns(entry["name"])    # also the taps, and any process left in it
-        if any(e["op"] == "state_dir" for e in entries) or not entries:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _health(self) -> str:
-        """running, degraded (a VM or namespace is gone), or absent."""
-        if not os.path.isdir(self.state_dir):
-            return "absent"
-        try:
-            plan = load_plan(self.state_dir)
-        except FileNotFoundError:
-            return "degraded"
-        if not any(e["op"] == "up_complete" for e in self.journal.entries()):
-            return "degraded"
-        if not set(plan.all_netns[:3]) <= list_netns():
-            return "degraded"
-        if any(self.vm_pid(n.name) is None for n in plan.nodes):
-            return "degraded"
-        return "running"
+    def _node_running(self, node: str) -> bool:
+        return self.vm_pid(node) is not None
 
     # ------------------------------------------------------------ running commands
 

@@ -14,11 +14,10 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
-from ...deploy.playbook import run_playbook
+from ...deploy.playbook import CONFIG_NAME, run_playbook
 from ...state import write_atomic
 from ...suites.lab import CLIENT, Lab, errors, names, node, pod
 from ...timescale import ENV as TIME_SCALE_ENV
@@ -92,12 +91,9 @@ def run(cluster: str, nodes: int, os_entry: str, keep: bool, reboot: bool,
         provider.up()
         seconds["up"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            fh.write(CONFIG)
-        try:
-            result = run_playbook(provider, config=fh.name, progress=progress)
-        finally:
-            os.unlink(fh.name)
+        # Recorded as the cluster's config, which every later deploy of it uses too.
+        write_atomic(os.path.join(provider.state_dir, CONFIG_NAME), CONFIG)
+        result = run_playbook(provider, progress=progress)
         seconds["deploy"] = round(time.monotonic() - started, 1)
         record["deploy"] = {"rc": result.rc, "failedTasks": result.failed_tasks,
                             "changed": result.changed}

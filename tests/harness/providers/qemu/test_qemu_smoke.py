@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from cni_harness.providers.qemu import provider as qemu
-from cni_harness.testing import run_bounded
+from cni_harness.testing import require_available, run_bounded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,12 +39,7 @@ def _json(*parts: str):
 
 @pytest.fixture(scope="module", autouse=True)
 def qemu_available():
-    available = qemu.availability()
-    if not available.ok:
-        message = f"qemu provider unavailable: {available.reason()}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
-        pytest.skip(message)
+    require_available(qemu.availability(), "qemu provider")
 
 
 def _guests_of(out: str) -> list[str]:

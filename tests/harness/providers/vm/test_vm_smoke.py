@@ -20,7 +20,12 @@ import pytest
 from cni_harness.providers.local.netns import find_processes
 from cni_harness.providers.vm import machine
 from cni_harness.providers.vm.provider import VmProvider
-from cni_harness.testing import root_netns_snapshot, run_bounded, run_cluster_name
+from cni_harness.testing import (
+    require_available,
+    root_netns_snapshot,
+    run_bounded,
+    run_cluster_name,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,12 +37,7 @@ BOUND_SECONDS = 1500
 
 @pytest.fixture(scope="module", autouse=True)
 def vm_available():
-    available = VmProvider.availability()
-    if not available.ok:
-        message = f"vm provider unavailable: {available.reason()}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
-        pytest.skip(message)
+    require_available(VmProvider.availability(), "vm provider")
 
 
 @pytest.fixture(scope="module")

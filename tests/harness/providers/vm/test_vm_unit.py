@@ -17,6 +17,7 @@ import yaml
 
 from cni_harness.matrix.kernels import AptSource
 from cni_harness.matrix.matrix import load_matrix
+from cni_harness.providers.local import fabric
 from cni_harness.providers.local.addressing import plan_cluster
 from cni_harness.providers.local.netns import cmdline
 from cni_harness.providers.local.node import uplink_mac
@@ -258,7 +259,7 @@ def test_down_replays_the_journal_after_a_crash(state, monkeypatch):
     files = p.files("node1")
     os.makedirs(files.directory)
     deleted = []
-    monkeypatch.setattr(vm_provider, "delete_netns", deleted.append)
+    monkeypatch.setattr(fabric, "delete_netns", deleted.append)
     vm = sleeper("-name", "cni-vmu-node1,process=cni-vmu-node1", "-pidfile", files.pidfile)
     bystander = sleeper()
     try:
