@@ -10,18 +10,21 @@ Subclasses say how nodes are made, checked and removed (`_create`, `_health`,
 from __future__ import annotations
 
 import abc
+import json
 import os
 import shutil
+import time
 from typing import Any, Callable
 
 from ...deploy.inventory import render_inventory
 from ...state import Journal, cluster_dir, cluster_lock, write_atomic
 from ...timescale import time_scale
 from ..base import NodeInfo, Provider
+from ..sshaccess import ensure_key
 from . import sourceguard
 from .addressing import CLIENT_IP, ROUTER_IP, WORLD_IP, ClusterPlan, plan_cluster
 from .netns import CommandError, delete_netns, list_netns, nft
-from .node import load_plan
+from .node import build_client, build_fabric, build_world, load_plan
 
 
 class ClusterError(RuntimeError):
@@ -137,6 +140,24 @@ class FabricProvider(Provider):
             self.progress(f"cluster {self.cluster}: removing a stale cluster ({health})")
             self._teardown()
         return False
+
+    def _create_outside(self, plan: ClusterPlan, **record: Any) -> str:
+        """The first steps of every `up`: the state dir (journaled), `cluster.json` (the
+        plan's name and size, the provider, `record`), the harness's ssh key, and the
+        fabric, client and world namespaces (each journaled before it is made). Returns
+        the public key the nodes must accept."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.journal.record("state_dir", path=self.state_dir)
+        write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
+            {"name": plan.name, "nodes": len(plan.nodes), "provider": self.name, **record,
+             "created": time.time()}) + "\n")
+        pubkey = ensure_key(self.ssh_key_path, f"cni-harness@{plan.name}")
+        self.progress(f"cluster {plan.name}: fabric, client, world")
+        for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
+                             (plan.world_netns, build_world)):
+            self.journal.record("netns", name=netns)
+            build(plan)
+        return pubkey
 
     def _check_no_clash(self, plan: ClusterPlan) -> None:
         clash = sorted(set(self._owned_netns(plan)) & list_netns())

@@ -18,7 +18,6 @@ replays the journal (also after `kill -9` of `up`) and removes exactly that.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -28,10 +27,10 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from ...state import cluster_lock, read_json, write_atomic
+from ...state import cluster_lock, read_json
 from ...timescale import scaled
 from ..base import Availability, NodeDown, ProviderUnavailable
-from ..sshaccess import SshHost, ensure_key, write_ssh_access
+from ..sshaccess import SshHost, write_ssh_access
 from .addressing import (
     DEFAULT_CLUSTER,
     DEFAULT_NODES,
@@ -47,9 +46,6 @@ from .netns import (
 )
 from .node import (
     SUPERVISOR_MODULE,
-    build_client,
-    build_fabric,
-    build_world,
     prepare_disk,
     runtime_path,
 )
@@ -107,17 +103,7 @@ class LocalProvider(FabricProvider):
                           f"{time.monotonic() - started:.2f} s")
 
     def _create(self, plan: ClusterPlan) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.journal.record("state_dir", path=self.state_dir)
-        write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
-            {"name": plan.name, "nodes": len(plan.nodes), "provider": "local",
-             "created": time.time()}) + "\n")
-        pubkey = ensure_key(self.ssh_key_path, f"cni-harness@{plan.name}")
-        self.progress(f"cluster {plan.name}: fabric, client, world")
-        for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
-                             (plan.world_netns, build_world)):
-            self.journal.record("netns", name=netns)
-            build(plan)
+        pubkey = self._create_outside(plan)
         host_keys = {}
         for node in plan.nodes:
             host_keys[node.name] = prepare_disk(self.state_dir, plan, node, pubkey)

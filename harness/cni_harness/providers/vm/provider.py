@@ -21,7 +21,6 @@ whatever else ran in them) and the state dir with the overlays.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -47,7 +46,7 @@ from ..local.addressing import (
     plan_cluster,
 )
 from ..local.fabric import ClusterError, FabricProvider, progress_none
-from ..local.node import build_client, build_fabric, build_world, uplink_mac
+from ..local.node import uplink_mac
 from ..qemu.provider import kvm_usable
 from ..sshaccess import SshHost, ensure_key, write_ssh_access
 from . import image as vm_image
@@ -145,20 +144,10 @@ class VmProvider(FabricProvider):
                           f"{time.monotonic() - started:.0f} s")
 
     def _create(self, plan: ClusterPlan, image: vm_image.BakedImage) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.journal.record("state_dir", path=self.state_dir)
         res = self._resources()
         scale = self.time_scale()
-        write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
-            {"name": plan.name, "nodes": len(plan.nodes), "provider": self.name,
-             "osEntry": self.os_entry, "image": image.key, "kvm": res.kvm,
-             "timeScale": scale, "created": time.time()}) + "\n")
-        pubkey = ensure_key(self.ssh_key_path, f"cni-harness@{plan.name}")
-        self.progress(f"cluster {plan.name}: fabric, client, world")
-        for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
-                             (plan.world_netns, build_world)):
-            self.journal.record("netns", name=netns)
-            build(plan)
+        pubkey = self._create_outside(plan, osEntry=self.os_entry, image=image.key,
+                                      kvm=res.kvm, timeScale=scale)
         host_keys = {}
         for node in plan.nodes:
             files = self.files(node.name)
