@@ -107,31 +107,20 @@ KERNEL_ARGS = (f"root={ROOT_DEVICE}", "rw", "console=ttyS0,115200n8", "net.ifnam
                "initcall_blacklist=jent_mod_init")
 
 
+def _in_dir(name: str) -> property:
+    return property(lambda self: os.path.join(self.directory, name))
+
+
 @dataclass(frozen=True)
 class VmFiles:
     """Where one node's files are on the host."""
 
     directory: str
-
-    @property
-    def overlay(self) -> str:
-        return os.path.join(self.directory, "disk.qcow2")
-
-    @property
-    def identity(self) -> str:
-        return os.path.join(self.directory, "identity.tar")
-
-    @property
-    def console(self) -> str:
-        return os.path.join(self.directory, "console.log")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.directory, "qemu.pid")
-
-    @property
-    def host_key(self) -> str:
-        return os.path.join(self.directory, "ssh_host_ed25519_key")
+    overlay = _in_dir("disk.qcow2")          # copy-on-write over the cached image
+    identity = _in_dir("identity.tar")       # given to the guest through fw_cfg
+    console = _in_dir("console.log")         # the serial console
+    pidfile = _in_dir("qemu.pid")
+    host_key = _in_dir("ssh_host_ed25519_key")
 
 
 def vm_name(cluster: str, node: str) -> str:
