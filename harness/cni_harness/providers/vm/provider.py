@@ -21,12 +21,14 @@ whatever else ran in them) and the state dir with the overlays.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ...matrix.matrix import load_matrix
 from ...state import cluster_lock, read_json, write_atomic
@@ -69,6 +71,22 @@ REQUIRED_TOOLS = {
     "nsenter": "apt-get install util-linux",
     "ip": "apt-get install iproute2",
 }
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """For the block, SIGTERM raises SystemExit, so the caller's `finally` (its
+    provider's `down`) runs: the VMs are daemons and would outlive a harness killed
+    without cleaning up. Main thread only (Python's signal rule)."""
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _which(tool: str) -> str | None:
@@ -121,8 +139,12 @@ class VmProvider(FabricProvider):
         return 1.0 if self._resources().kvm else TCG_SCALE
 
     def _resources(self) -> machine.VmResources:
+        """The VMs' resources; whether they run under KVM is what `up` recorded, else a
+        probe (`kvm_usable`, tens of seconds, once per process)."""
         if self.resources is None:
-            self.resources = machine.VmResources(kvm=kvm_usable()[0])
+            recorded = read_json(os.path.join(self.state_dir, "cluster.json"), {}) or {}
+            kvm = recorded["kvm"] if "kvm" in recorded else kvm_usable()[0]
+            self.resources = machine.VmResources(kvm=bool(kvm))
         return self.resources
 
     # ------------------------------------------------------------ up / down
@@ -293,16 +315,23 @@ class VmProvider(FabricProvider):
         """A real reboot (`systemctl reboot` in the guest: the kernel boots again, with a
         new boot id); returns once the node's boot has finished."""
         old = self.boot_id(node)
-        # ssh may lose the connection as the guest goes down: its status means nothing.
-        self.exec(node, ["systemctl", "reboot"], check=False, timeout=30)
-        self.drop_connection(node)
+        self._order(node, "reboot")
         self.wait_booted(node, old)
+
+    def _order(self, node: str, verb: str) -> None:
+        """`systemctl VERB` (reboot, poweroff) in the guest, once: not through `exec`,
+        which would try again when the connection drops, as it does when the guest goes
+        down. Then the shared connection, about to die with it, is ended."""
+        if self.vm_pid(node) is None:
+            raise NodeDown(f"node {node} of cluster {self.cluster} is not running")
+        run_text(self.exec_command(node, ["systemctl", verb]), None, 30 * self.time_scale(),
+                 False)
+        self.drop_connection(node)
 
     def stop_node(self, node: str, timeout: float = STOP_TIMEOUT) -> None:
         """Power a node off (`systemctl poweroff`: qemu exits); its disk stays."""
         files, name = self.files(node), machine.vm_name(self.cluster, node)
-        self.exec(node, ["systemctl", "poweroff"], check=False, timeout=30)
-        self.drop_connection(node)
+        self._order(node, "poweroff")
         if not machine.wait_exit(files, name, timeout * self.time_scale()):
             machine.kill_vm(files, name, graceful_seconds=10)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -22,16 +21,11 @@ from ...state import write_atomic
 from ...suites.lab import CLIENT, Lab, errors, names, node, pod
 from ...timescale import ENV as TIME_SCALE_ENV
 from . import image as vm_image
-from .provider import VmProvider
+from .provider import VmProvider, stop_on_sigterm
 
 CONFIG = "bpfLBMode: Hybrid\ntunnelMode: Disabled\n"
 AGENT_UNIT = "cni-cilium-agent.service"
 TRIES = 6
-
-
-def _sigterm(_signum: int, _frame: Any) -> None:
-    # SystemExit unwinds through the `finally` that takes the VMs down.
-    raise SystemExit(128 + signal.SIGTERM)
 
 
 def service(name: str, selector: dict[str, str]) -> dict:
@@ -132,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--reboot", action="store_true", help="also reboot the last node")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
     began = time.monotonic()
 
     def progress(message: str) -> None:
@@ -140,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {}
     try:
-        run(args.cluster, args.nodes, args.os_entry, args.keep, args.reboot, progress, record)
+        with stop_on_sigterm():
+            run(args.cluster, args.nodes, args.os_entry, args.keep, args.reboot, progress, record)
         return 0 if record.get("deploy", {}).get("rc") == 0 else 1
     except BaseException as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"

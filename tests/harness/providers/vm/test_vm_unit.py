@@ -309,3 +309,25 @@ def test_wait_exit_sees_a_process_end(tmp_path):
     started = time.monotonic()
     assert machine.wait_exit(files, "cni-x-node1", 5)      # no pidfile: nothing runs
     assert time.monotonic() - started < 1
+
+
+def test_sigterm_unwinds_through_finally_inside_stop_on_sigterm():
+    cleaned = []
+    with pytest.raises(SystemExit) as exc:
+        with vm_provider.stop_on_sigterm():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                cleaned.append(True)
+    assert exc.value.code == 128 + signal.SIGTERM and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_kvm_choice_comes_from_the_cluster_record_without_probing(state, monkeypatch):
+    monkeypatch.setattr(vm_provider, "kvm_usable", lambda: pytest.fail("probed"))
+    p = VmProvider("vmu")
+    os.makedirs(p.state_dir)
+    with open(os.path.join(p.state_dir, "cluster.json"), "w") as fh:
+        json.dump({"name": "vmu", "nodes": 3, "kvm": True}, fh)
+    assert p._resources().kvm is True
