@@ -313,13 +313,12 @@ def test_wait_exit_sees_a_process_end(tmp_path):
 
 def test_sigterm_unwinds_through_finally_inside_stop_on_sigterm():
     cleaned = []
-    with pytest.raises(SystemExit) as exc:
-        with vm_provider.stop_on_sigterm():
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-            finally:
-                cleaned.append(True)
+    with pytest.raises(SystemExit) as exc, vm_provider.stop_on_sigterm():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
     assert exc.value.code == 128 + signal.SIGTERM and cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
