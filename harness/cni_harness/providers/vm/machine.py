@@ -104,7 +104,14 @@ KERNEL_ARGS = (f"root={ROOT_DEVICE}", "rw", "console=ttyS0,115200n8", "net.ifnam
                # The jitter entropy source's start-up self test times memory accesses in a
                # loop: ~90 s of an emulated (TCG) CPU at every boot, for an RNG the VM does
                # not need (virtio-rng and the kernel's own pool seed it).
-               "initcall_blacklist=jent_mod_init")
+               "initcall_blacklist=jent_mod_init",
+               # The crypto API's self tests of every algorithm at registration: tens of
+               # seconds more of emulated CPU per boot, testing the emulator.
+               "cryptomgr.notests=1",
+               # Drivers for q35 chipset parts and nested virtualization a node never uses
+               # (watchdog, LPC, SMBus, speaker, KVM): each is emulated work at every boot.
+               "module_blacklist=iTCO_wdt,iTCO_vendor_support,lpc_ich,i2c_i801,pcspkr,"
+               "kvm,kvm_amd,kvm_intel,joydev,serio_raw")
 
 
 def _in_dir(name: str) -> property:
