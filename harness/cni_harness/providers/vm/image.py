@@ -41,7 +41,7 @@ from ..vagrant import install_packages
 DEFAULT_CACHE = "/var/cache/cni-harness/vm-images"
 CACHE_ENV = "CNI_HARNESS_VM_IMAGE_CACHE"
 # Bump when anything below changes what a baked image contains (files, hooks, size).
-BAKE_VERSION = 1
+BAKE_VERSION = 2
 IMAGE_SIZE = "6G"          # sparse; nodes write into their own overlays
 ROOT_DEVICE = "/dev/vda"
 IDENTITY_FW_CFG = "opt/cni-harness/identity"
@@ -183,6 +183,17 @@ ExecStart={IDENTITY_SCRIPT}
 WantedBy=multi-user.target
 """
 
+NODECTL_SHIM = """\
+#!/bin/sh
+# nodectl on a VM node (written by the image bake): the local provider's unit control,
+# which systemd does here. Suites written for namespace nodes stop and start the agent
+# with it; their verbs (start, stop, restart, status, is-active, enable, disable) are
+# systemctl's.
+[ "$1" = "--json" ] && shift
+exec systemctl "$@"
+"""
+NODECTL = "/usr/local/sbin/nodectl"
+
 SSHD_DROPIN = """\
 # cni-harness VM node: the host key comes with the node's identity; root by key only.
 HostKey /etc/ssh/ssh_host_ed25519_key
@@ -209,6 +220,7 @@ def baked_files() -> dict[str, tuple[str, int]]:
         "/etc/sysctl.d/60-cni-harness.conf": ("net.ipv6.conf.all.disable_ipv6 = 1\n"
                                               "net.ipv6.conf.default.disable_ipv6 = 1\n", 0o644),
         "/etc/hostname": ("cni-vm\n", 0o644),
+        NODECTL: (NODECTL_SHIM, 0o755),
     }
 
 

@@ -330,3 +330,13 @@ def test_kvm_choice_comes_from_the_cluster_record_without_probing(state, monkeyp
     with open(os.path.join(p.state_dir, "cluster.json"), "w") as fh:
         json.dump({"name": "vmu", "nodes": 3, "kvm": True}, fh)
     assert p._resources().kvm is True
+
+
+def test_nodectl_on_a_vm_is_systemctl(tmp_path):
+    text, mode = vm_image.baked_files()[vm_image.NODECTL]
+    shim = tmp_path / "nodectl"
+    shim.write_text(text.replace("exec systemctl", "exec echo systemctl"))
+    shim.chmod(mode)
+    out = subprocess.run([str(shim), "--json", "stop", "cni-cilium-agent.service"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "systemctl stop cni-cilium-agent.service\n"
