@@ -21,14 +21,12 @@ whatever else ran in them) and the state dir with the overlays.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from ...matrix.matrix import load_matrix
 from ...state import cluster_lock, read_json, write_atomic
@@ -72,22 +70,6 @@ REQUIRED_TOOLS = {
     "nsenter": "apt-get install util-linux",
     "ip": "apt-get install iproute2",
 }
-
-
-def _sigterm(_signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """For the block, SIGTERM raises SystemExit, so the caller's `finally` (its
-    provider's `down`) runs: the VMs are daemons and would outlive a harness killed
-    without cleaning up. Main thread only (Python's signal rule)."""
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _which(tool: str) -> str | None:

@@ -17,11 +17,12 @@ import time
 from typing import Any, Callable
 
 from ...deploy.playbook import CONFIG_NAME, run_playbook
+from ...signals import sigterm_exits
 from ...state import write_atomic
 from ...suites.lab import CLIENT, Lab, errors, names, node, pod
 from ...timescale import ENV as TIME_SCALE_ENV
 from . import image as vm_image
-from .provider import VmProvider, stop_on_sigterm
+from .provider import VmProvider
 
 CONFIG = "bpfLBMode: Hybrid\ntunnelMode: Disabled\n"
 AGENT_UNIT = "cni-cilium-agent.service"
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {}
     try:
-        with stop_on_sigterm():
+        with sigterm_exits():
             run(args.cluster, args.nodes, args.os_entry, args.keep, args.reboot, progress, record)
         return 0 if record.get("deploy", {}).get("rc") == 0 else 1
     except BaseException as exc:

@@ -26,6 +26,7 @@ from cni_harness.providers.vm import image as vm_image
 from cni_harness.providers.vm import machine
 from cni_harness.providers.vm import provider as vm_provider
 from cni_harness.providers.vm.provider import VmProvider
+from cni_harness.signals import sigterm_exits
 
 pytestmark = pytest.mark.unit
 
@@ -311,16 +312,17 @@ def test_wait_exit_sees_a_process_end(tmp_path):
     assert time.monotonic() - started < 1
 
 
-def test_sigterm_unwinds_through_finally_inside_stop_on_sigterm():
+def test_sigterm_unwinds_through_finally_inside_sigterm_exits():
+    before = signal.getsignal(signal.SIGTERM)
     cleaned = []
-    with pytest.raises(SystemExit) as exc, vm_provider.stop_on_sigterm():
+    with pytest.raises(SystemExit) as exc, sigterm_exits():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
         finally:
             cleaned.append(True)
     assert exc.value.code == 128 + signal.SIGTERM and cleaned == [True]
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_kvm_choice_comes_from_the_cluster_record_without_probing(state, monkeypatch):
