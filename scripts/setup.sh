@@ -31,6 +31,8 @@ PACKAGES=(
   # vagrant-libvirt: without it `vagrant validate` cannot check the libvirt block of vms/
   vagrant vagrant-libvirt
   qemu-system-x86 busybox-static
+  # the vm provider: overlays of its baked image (qemu-img) and the bake (mmdebstrap)
+  qemu-utils mmdebstrap
 )
 
 missing=()

@@ -212,3 +212,35 @@ class RecordingProvider(Provider):
 
     def status(self) -> dict:
         return {"provider": self.name, "cluster": self.cluster, "state": "running"}
+
+
+def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a harness command; past `timeout` it gets SIGTERM, so it stops its guests or
+    VMs itself (a killed command would leave them running and starve everything after
+    it), and SIGKILL only if it has not ended a minute later."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err += f"\n(stopped after {timeout:.0f} s)"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def require_available(available, what: str) -> None:
+    """Skip a test module whose provider cannot run here, saying what is missing; in CI
+    (which installs everything through scripts/setup.sh) that is a failure instead."""
+    import pytest
+
+    if available.ok:
+        return
+    message = f"{what} unavailable: {available.reason()}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
+    pytest.skip(message)
+

@@ -12,6 +12,7 @@ import signal
 import sys
 
 from .. import __version__
+from ..signals import exit_on_sigterm
 from . import cluster, kind, run, vagrant
 from .common import CliError
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = command
     # SIGTERM unwinds like Ctrl-C does: `finally` blocks stop what the command started
     # (guests, VMs, clusters in creation) instead of leaving them running.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -54,6 +55,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
 
-
-def _exit_on_sigterm(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)

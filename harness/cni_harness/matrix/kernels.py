@@ -279,7 +279,9 @@ def prepare_modules_dir(root: str, release: str, headers: tuple[str, str]) -> st
 # --- fetching (edge) --------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
+def file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created with its parents) for the block: one
+    process at a time fills a cache entry."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -371,7 +373,7 @@ def fetch_kernel(entry: str, suite: str, package: str, *, cache: str | None = No
     """The kernel of a matrix entry, from the cache or downloaded from the Debian mirror."""
     cache = cache or cache_root()
     headers = host_headers()
-    with _locked(os.path.join(cache, f".{entry}.lock")):
+    with file_lock(os.path.join(cache, f".{entry}.lock")):
         cached = None if refresh else load_cached(entry, cache)
         if cached is not None:
             prepare_modules_dir(cached.root, cached.release, headers)

@@ -42,6 +42,7 @@ from ..report.report import (
     render_matrix_markdown,
 )
 from ..suites.runner import read_suite_result
+from ..timescale import ENV as TIME_SCALE_ENV
 from .entryjob import JobSpec, clear_outputs, run_preflights
 from .matrix import KernelEntry, Matrix, OsEntry
 
@@ -497,6 +498,10 @@ class ProviderTarget(Target):
         provider = factory(entry)
         started = time.monotonic()
         facts: dict[str, str] = {}
+        if hasattr(provider, "time_scale"):
+            # Emulated VMs (TCG): Ansible's and the suites' waits stretch by the provider's
+            # factor unless the user gave one.
+            os.environ.setdefault(TIME_SCALE_ENV, str(provider.time_scale()))
         try:
             progress(f"{self.name}: bringing up {entry.name}")
             provider.up()

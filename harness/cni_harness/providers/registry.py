@@ -12,9 +12,9 @@ namespace nodes it made itself.
 | `CNI_HARNESS_INVENTORY` | the nodes' Ansible inventory (vagrant: where its nodes come from) |
 | `CNI_HARNESS_MATRIX_ENTRY` | the matrix entry (vm: the OS entry its nodes run) |
 
-Providers other than `local` are imported only when asked for: `vm` is built separately
-and may be missing from a build, which is then said plainly ("vm provider not in this
-build") instead of failing with an ImportError.
+Providers other than `local` are imported only when asked for; a build without the `vm`
+package says so plainly ("vm provider not in this build") instead of failing with an
+ImportError.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ replays the journal (also after `kill -9` of `up`) and removes exactly that.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -28,36 +27,25 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from ...deploy.inventory import render_inventory
-from ...state import Journal, cluster_dir, cluster_lock, read_json, write_atomic
-from ...timescale import scaled, time_scale
-from ..base import Availability, NodeDown, NodeInfo, Provider, ProviderUnavailable
-from . import sourceguard
+from ...state import cluster_lock, read_json
+from ...timescale import scaled
+from ..base import Availability, NodeDown, ProviderUnavailable
+from ..sshaccess import SshHost, write_ssh_access
 from .addressing import (
-    CLIENT_IP,
     DEFAULT_CLUSTER,
     DEFAULT_NODES,
-    ROUTER_IP,
-    WORLD_IP,
     ClusterPlan,
     plan_cluster,
 )
+from .fabric import ClusterError, FabricProvider, progress_none
 from .netns import (
-    CommandError,
-    delete_netns,
     find_processes,
     kill_and_wait,
-    list_netns,
-    nft,
     pid_alive,
     start_time,
 )
 from .node import (
     SUPERVISOR_MODULE,
-    build_client,
-    build_fabric,
-    build_world,
-    load_plan,
     prepare_disk,
     runtime_path,
 )
@@ -70,50 +58,15 @@ REBOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
 
-class ClusterError(RuntimeError):
-    """The cluster cannot be created or used as asked; the message says why and what to do."""
-
-
-def _progress_none(_msg: str) -> None:
-    return None
-
-
-class LocalProvider(Provider):
+class LocalProvider(FabricProvider):
     """Namespace nodes on this kernel (see the module docstring)."""
 
     name = "local"
     shares_host_files = True     # nodes see the host's files below their overlays
 
     def __init__(self, cluster: str = DEFAULT_CLUSTER, nodes: int = DEFAULT_NODES,
-                 progress: Callable[[str], None] = _progress_none):
-        self.cluster = cluster
-        self.node_count = nodes
-        self.progress = progress
-        self.state_dir = cluster_dir(cluster)
-        self.journal = Journal(os.path.join(self.state_dir, "journal.jsonl"))
-
-    # ------------------------------------------------------------ paths and plan
-
-    @property
-    def ssh_config_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh_config")
-
-    @property
-    def ssh_key_path(self) -> str:
-        return os.path.join(self.state_dir, "ssh", "id_ed25519")
-
-    def inventory_path(self) -> str:
-        return os.path.join(self.state_dir, "inventory.yml")
-
-    def plan(self) -> ClusterPlan:
-        """The running cluster's plan, or the one `up` would build."""
-        try:
-            return load_plan(self.state_dir)
-        except FileNotFoundError:
-            return plan_cluster(self.cluster, self.node_count)
-
-    def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in self.plan().nodes]
+                 progress: Callable[[str], None] = progress_none):
+        super().__init__(cluster, nodes, progress)
 
     # ------------------------------------------------------------ availability
 
@@ -141,46 +94,16 @@ class LocalProvider(Provider):
         if not avail.ok:
             raise ProviderUnavailable(f"local provider: {avail.reason()}")
         with cluster_lock(self.cluster):
-            if self.journal.exists():
-                health = self._health()
-                if health == "running":
-                    have = len(load_plan(self.state_dir).nodes)
-                    if have == self.node_count:
-                        self.progress(f"cluster {self.cluster} is already up ({have} nodes)")
-                        return
-                    raise ClusterError(
-                        f"cluster {self.cluster} is up with {have} nodes, not "
-                        f"{self.node_count}; run `cni-harness cluster down --name "
-                        f"{self.cluster}` first")
-                self.progress(f"cluster {self.cluster}: removing a stale cluster ({health})")
-                self._teardown()
-            clash = sorted(set(plan.all_netns) & list_netns())
-            if clash:
-                raise ClusterError(
-                    f"network namespaces {', '.join(clash)} exist but are not recorded in "
-                    f"{self.state_dir}: another cluster or tool owns them; not touching them")
+            if self._keep_or_clear():
+                return
+            self._check_no_clash(plan)
             started = time.monotonic()
             self._create(plan)
             self.progress(f"cluster {self.cluster}: {len(plan.nodes)} nodes up in "
                           f"{time.monotonic() - started:.2f} s")
 
     def _create(self, plan: ClusterPlan) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
-        self.journal.record("state_dir", path=self.state_dir)
-        write_atomic(os.path.join(self.state_dir, "cluster.json"), json.dumps(
-            {"name": plan.name, "nodes": len(plan.nodes), "provider": "local",
-             "created": time.time()}) + "\n")
-        os.makedirs(os.path.dirname(self.ssh_key_path), mode=0o700, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                        f"cni-harness@{plan.name}", "-f", self.ssh_key_path],
-                       check=True, capture_output=True)
-        with open(self.ssh_key_path + ".pub", encoding="ascii") as fh:
-            pubkey = fh.read()
-        self.progress(f"cluster {plan.name}: fabric, client, world")
-        for netns, build in ((plan.fabric_netns, build_fabric), (plan.client_netns, build_client),
-                             (plan.world_netns, build_world)):
-            self.journal.record("netns", name=netns)
-            build(plan)
+        pubkey = self._create_outside(plan)
         host_keys = {}
         for node in plan.nodes:
             host_keys[node.name] = prepare_disk(self.state_dir, plan, node, pubkey)
@@ -219,47 +142,17 @@ class LocalProvider(Provider):
             if pending:
                 time.sleep(0.02)
 
-    def down(self) -> None:
-        with cluster_lock(self.cluster):
-            if not self.journal.exists() and not os.path.isdir(self.state_dir):
-                self.progress(f"cluster {self.cluster}: nothing to remove")
-                return
-            self._teardown()
-            self.progress(f"cluster {self.cluster}: removed")
-
     def _supervisors(self) -> list[int]:
         return find_processes(SUPERVISOR_MODULE, "--state", self.state_dir)
 
-    def _teardown(self) -> None:
-        """Remove what the journal says was made: supervisors, namespaces, state dir."""
-        entries = self.journal.entries()
+    def _stop_nodes(self, entries: list[dict]) -> None:
         sups = self._supervisors()
         # SIGTERM: each supervisor stops its node's services and deletes its namespace.
         if sups and not kill_and_wait(sups, signal.SIGTERM, STOP_TIMEOUT):
             kill_and_wait(sups, signal.SIGKILL)
-        for entry in reversed(entries):
-            if entry["op"] == "netns":
-                delete_netns(entry["name"])
-        if any(e["op"] == "state_dir" for e in entries) or not entries:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _health(self) -> str:
-        """running, degraded (something died), or absent."""
-        if not os.path.isdir(self.state_dir):
-            return "absent"
-        try:
-            plan = load_plan(self.state_dir)
-        except FileNotFoundError:
-            return "degraded"
-        if not any(e["op"] == "up_complete" for e in self.journal.entries()):
-            return "degraded"
-        netns = list_netns()
-        if not set(plan.all_netns) <= netns:
-            return "degraded"
-        for node in plan.nodes:
-            if self._node_state(node.name)[0] != "running":
-                return "degraded"
-        return "running"
+    def _node_running(self, node: str) -> bool:
+        return self._node_state(node)[0] == "running"
 
     # ------------------------------------------------------------ nodes
 
@@ -281,12 +174,6 @@ class LocalProvider(Provider):
         if state not in ("running", "unsupervised"):
             raise NodeDown(f"node {node} of cluster {self.cluster} is not running ({state})")
         return int(rt["initPid"])
-
-    def external_netns(self) -> dict[str, str]:
-        """The namespaces that are not nodes: client, world, router (the fabric)."""
-        plan = self.plan()
-        return {"client": plan.client_netns, "world": plan.world_netns,
-                "router": plan.fabric_netns}
 
     def exec_command(self, node: str, argv: Sequence[str]) -> list[str]:
         """The host command line that runs `argv` as root inside a node (or in the client,
@@ -369,64 +256,19 @@ class LocalProvider(Provider):
             self._spawn_supervisor(node)
         self._wait_running([node], {node: -1}, scaled(timeout))
 
-    # ------------------------------------------------------------ fabric source guard
-
-    def set_source_guard(self, enabled: bool) -> None:
-        """Turn the fabric's anti-spoofing on or off (see `sourceguard`)."""
-        plan = self.plan()
-        if plan.fabric_netns not in list_netns():
-            raise ClusterError(f"cluster {self.cluster} is not up; run `cni-harness cluster up"
-                               f" --name {self.cluster}` first")
-        nft(plan.fabric_netns, sourceguard.ruleset(plan) if enabled else sourceguard.removal())
-        self.progress(f"cluster {self.cluster}: source guard {'on' if enabled else 'off'}")
-
-    def source_guard(self) -> dict[str, int] | None:
-        """Packets the source guard dropped per node, or None when it is off."""
-        netns = self.plan().fabric_netns
-        if netns not in list_netns():
-            return None
-        try:
-            res = nft(netns, None, "-j", "list", "table", "bridge", sourceguard.TABLE)
-        except CommandError:
-            return None          # no such table: the guard is off
-        return sourceguard.parse_drops(res.stdout)
-
     # ------------------------------------------------------------ access files
 
     def _write_access_files(self, plan: ClusterPlan, host_keys: dict[str, str]) -> None:
-        known, blocks = [], []
-        for node in plan.nodes:
-            alias = node.netns
-            known.append(f"{alias} {' '.join(host_keys[node.name].split()[:2])}")
-            blocks.append(
-                f"Host {node.name} {alias}\n"
-                f"  HostName {alias}\n"
-                f"  HostKeyAlias {alias}\n"
-                f"  ProxyCommand nsenter --net=/run/netns/{node.netns} nc 127.0.0.1 %p\n")
-        common = (
-            f"Host {' '.join(n.name for n in plan.nodes)} {' '.join(n.netns for n in plan.nodes)}\n"
-            "  User root\n  Port 22\n"
-            f"  IdentityFile {self.ssh_key_path}\n  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {os.path.join(self.state_dir, 'ssh', 'known_hosts')}\n"
-            "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
-        write_atomic(os.path.join(self.state_dir, "ssh", "known_hosts"), "\n".join(known) + "\n")
-        write_atomic(self.ssh_config_path, "\n".join(blocks) + "\n" + common)
-        group_vars = {
-            "ansible_user": "root",
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_common_args": f"-F {self.ssh_config_path}",
-            "ansible_ssh_pipelining": True,
-            "cni_provider": "local",
-            "cni_cluster": plan.name,
+        hosts = [SshHost(node.name, node.netns, node.netns,
+                         f"nsenter --net=/run/netns/{node.netns} nc 127.0.0.1 %p",
+                         host_keys[node.name]) for node in plan.nodes]
+        write_ssh_access(self.ssh_config_path, self.known_hosts_path, self.ssh_key_path, hosts)
+        self._write_inventory(plan, {
             "cni_cilium_init": "nodeinit",
             "cni_cilium_manage_packages": False,   # the host's /usr (scripts/setup.sh)
             "cni_reboot_command": "/usr/local/sbin/nodectl reboot",
             "cni_boot_time_command": "cat /proc/sys/kernel/random/boot_id",
-            "cni_time_scale": time_scale(),
-        }
-        host_vars = {n.name: {"ansible_host": n.netns} for n in plan.nodes}
-        nodes = [NodeInfo(n.name, n.ip, n.pod_cidr, dict(n.labels)) for n in plan.nodes]
-        write_atomic(self.inventory_path(), render_inventory(nodes, group_vars, host_vars))
+        }, {n.name: {"ansible_host": n.netns} for n in plan.nodes})
 
     # ------------------------------------------------------------ status
 
@@ -441,16 +283,5 @@ class LocalProvider(Provider):
                           "bootId": rt.get("bootId"), "initPid": rt.get("initPid"),
                           "boots": rt.get("generation", 0) + 1 if rt else 0})
         guard = self.source_guard() if exists else None
-        return {
-            "provider": self.name,
-            "cluster": self.cluster,
-            "state": self._health() if exists else "absent",
-            "sourceGuard": {"enabled": guard is not None, "drops": guard or {}},
-            "stateDir": self.state_dir,
-            "inventory": self.inventory_path(),
-            "sshConfig": self.ssh_config_path,
-            "router": {"netns": plan.fabric_netns, "ip": ROUTER_IP},
-            "client": {"netns": plan.client_netns, "ip": CLIENT_IP},
-            "world": {"netns": plan.world_netns, "ip": WORLD_IP},
-            "nodes": nodes,
-        }
+        return self._status(nodes, sourceGuard={"enabled": guard is not None,
+                                                "drops": guard or {}})

@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from cni_harness.providers.qemu import provider as qemu
+from cni_harness.testing import require_available, run_bounded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,29 +39,7 @@ def _json(*parts: str):
 
 @pytest.fixture(scope="module", autouse=True)
 def qemu_available():
-    available = qemu.availability()
-    if not available.ok:
-        message = f"qemu provider unavailable: {available.reason()}"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
-        pytest.skip(message)
-
-
-def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a harness command; past `timeout` it gets SIGTERM, so it stops its guests itself
-    (a killed command would leave them running and starve everything after it)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        err += f"\n(stopped after {timeout:.0f} s)"
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    require_available(qemu.availability(), "qemu provider")
 
 
 def _guests_of(out: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""The `vm` provider: full Debian systems under qemu on the local provider's fabric."""
