@@ -383,7 +383,7 @@ def _peer_teardown(lab, progress) -> None:
     infos = list(lab.provider.nodes())
     for info in infos:
         where = node(info.name)
-        lab.run(where, [AGENT_CLI, "kube-proxy", "cleanup"])
+        lab.run(where, [AGENT_CLI, "kube-proxy", "cleanup"], timeout=600)
         if "-A " not in lab.run(where, ["iptables-save", "-t", "nat"]).stdout:
             lab.run(where, ["nft", "delete", "table", "ip", "nat"])
         for other in infos:
@@ -447,6 +447,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
     cilium: dict[int, dict] = {}
     proxy: dict[int, dict] = {}
     applies: dict[int, float] = {}
+    cleanup_errors: list[str] = []
     try:
         for name in ("bench-iperf", "bench-http"):
             lab.wait_programmed(f"default/{name}", {"ClusterIP": 1})
@@ -521,15 +522,29 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                             bench.measure(path, samples)
                     proxy[count] = _summarise(samples)
             finally:
-                _peer_teardown(lab, progress)
+                _attempt("kube-proxy peer teardown", lambda: _peer_teardown(lab, progress),
+                         cleanup_errors, progress)
     finally:
-        lab.set_module_config(TRAFFIC_CONFIG)
-        lab.delete(docs + _extra_services(0, applied - 1))
-        for name in ("bench-iperf", "bench-http", "bench-cli"):
-            lab.pods.delete(name)
-        lab.run(node("node2"), ["rm", "-f", NGINX_CONF])
+        def restore() -> None:
+            lab.set_module_config(TRAFFIC_CONFIG)
+            lab.delete(docs + _extra_services(0, applied - 1))
+            for name in ("bench-iperf", "bench-http", "bench-cli"):
+                lab.pods.delete(name)
+            lab.run(node("node2"), ["rm", "-f", NGINX_CONF])
+        _attempt("restoring the cluster", restore, cleanup_errors, progress)
     return {"counts": list(counts), "rounds": rounds, "seconds": seconds, "cilium": cilium,
-            "kubeProxy": proxy, "applySeconds": applies}
+            "kubeProxy": proxy, "applySeconds": applies, "cleanupErrors": cleanup_errors}
+
+
+def _attempt(what: str, action: Callable[[], None], errors: list[str],
+             progress: Callable[[str], None]) -> None:
+    """Run a clean-up step; a failure is reported and kept with the results instead of
+    discarding the figures measured before it."""
+    try:
+        action()
+    except Exception as exc:          # whatever broke, the measurements stand
+        errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        progress(f"{what} failed: {exc}")
 
 
 def format_apply_results(results: dict) -> str:
@@ -578,6 +593,7 @@ def format_traffic_results(results: dict) -> str:
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += [f"clean-up failed: {e}" for e in results.get("cleanupErrors", [])]
     return "\n".join(lines)
 
 

@@ -4,7 +4,9 @@ kube-proxy leaves chains named KUBE-* in the nat, filter and mangle tables, jump
 the built-in chains. `plan_cleanup` (pure) turns one table's `iptables-save` text into the
 commands that remove them: first the rules elsewhere that jump into them, then flush, then
 delete. `cleanup` runs the plan with every iptables variant present (nft and legacy keep
-separate rule sets), so a second run finds nothing and changes nothing.
+separate rule sets), one `iptables-restore --noflush` transaction per table (one iptables
+call per command took minutes for 10,000 services: each call rereads the whole ruleset),
+so a second run finds nothing and changes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +51,23 @@ def plan_cleanup(save_text: str, table: str) -> tuple[list[str], list[list[str]]
     return kube, commands
 
 
+def restore_script(table: str, commands: Sequence[Sequence[str]]) -> str:
+    """The plan's commands for one table as an iptables-restore transaction (pure)."""
+    lines = [f"*{table}"]
+    for args in commands:
+        if list(args[:2]) != ["-t", table]:
+            raise ValueError(f"command {' '.join(args)} is not for table {table}")
+        lines.append(" ".join(_restore_quote(a) for a in args[2:]))
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _restore_quote(arg: str) -> str:
+    # iptables-restore splits on blanks and honours double quotes only (as -save writes).
+    if arg and not any(c.isspace() or c in "\"'\\" for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def available_variants() -> list[str]:
     """iptables front ends on this host (plain `iptables` when neither variant exists)."""
     found = [v for v in VARIANTS if shutil.which(v) and shutil.which(f"{v}-save")]
@@ -74,9 +93,10 @@ def cleanup(dry_run: bool = False, variants: Sequence[str] | None = None) -> dic
             report["changed"] = True
             if dry_run:
                 continue
-            for args in commands:
-                res = subprocess.run([variant, "-w", *args], capture_output=True, text=True,
-                                     check=False)
-                if res.returncode != 0:
-                    report["errors"].append(f"{variant} {' '.join(args)}: {res.stderr.strip()}")
+            res = subprocess.run([f"{variant}-restore", "-w", "--noflush"],
+                                 input=restore_script(table, commands), capture_output=True,
+                                 text=True, check=False)
+            if res.returncode != 0:
+                report["errors"].append(f"{variant}-restore -t {table} ({len(commands)} "
+                                        f"commands): {res.stderr.strip()}")
     return report

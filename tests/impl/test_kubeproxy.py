@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cni_cilium.kubeproxy import parse_save, plan_cleanup
+from cni_cilium.kubeproxy import parse_save, plan_cleanup, restore_script
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,16 @@ def test_plan_removes_jumps_then_flushes_then_deletes_only_kube_chains():
 
 def test_nothing_to_do_without_kube_chains():
     assert plan_cleanup("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n", "filter") == ([], [])
+
+
+def test_the_plan_runs_as_one_restore_transaction_per_table():
+    _kube, commands = plan_cleanup(NAT, "nat")
+    script = restore_script("nat", commands)
+    lines = script.splitlines()
+    assert lines[0] == "*nat" and lines[-1] == "COMMIT"
+    assert lines[1] == ('-D PREROUTING -m comment --comment "kubernetes service portals" '
+                        "-j KUBE-SERVICES")
+    assert lines[-2] == "-X KUBE-POSTROUTING"
+    with pytest.raises(ValueError, match="not for table filter"):
+        restore_script("filter", commands)
+

@@ -27,7 +27,6 @@ from .image import IDENTITY_FW_CFG, ROOT_DEVICE, BakedImage
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
 AGENT_UNIT = "cni-cilium-agent.service"      # the install role's unit (playbooks/roles/install)
-TIME_SCALE_ENV = "CNI_CILIUM_TIME_SCALE"     # the agent's poll periods stretch by it
 
 
 @dataclass(frozen=True)
@@ -48,17 +47,11 @@ def node_env(node: NodePlan) -> str:
             f"ROUTER_IP={ROUTER_IP}\nUPLINK_MAC={uplink_mac(node.ip)}\n")
 
 
-def agent_dropin(time_scale: float) -> str:
-    """A systemd drop-in for the agent's unit: its poll periods stretched like the
-    harness's waits (the install role's unit template has no environment setting of its
-    own; a drop-in applies whenever the role installs the unit)."""
-    return f"[Service]\nEnvironment={TIME_SCALE_ENV}={time_scale:g}\n"
-
-
 def identity_files(plan: ClusterPlan, node: NodePlan, authorized_key: str,
-                   host_key: tuple[str, str], time_scale: float
-                   ) -> dict[str, tuple[str, int]]:
-    """{path: (text, mode)} the node gets at every boot; `host_key` is (private, public)."""
+                   host_key: tuple[str, str]) -> dict[str, tuple[str, int]]:
+    """{path: (text, mode)} the node gets at every boot; `host_key` is (private, public).
+    (The agent's time scale comes with the install role's unit, from the inventory's
+    `cni_time_scale`.)"""
     private, public = host_key
     return {
         "/etc/hostname": (node.name + "\n", 0o644),
@@ -67,8 +60,6 @@ def identity_files(plan: ClusterPlan, node: NodePlan, authorized_key: str,
         "/etc/ssh/ssh_host_ed25519_key": (private.rstrip("\n") + "\n", 0o600),
         "/etc/ssh/ssh_host_ed25519_key.pub": (public.strip() + "\n", 0o644),
         "/root/.ssh/authorized_keys": (authorized_key.strip() + "\n", 0o600),
-        f"/etc/systemd/system/{AGENT_UNIT}.d/10-cni-harness.conf": (
-            agent_dropin(time_scale), 0o644),
     }
 
 

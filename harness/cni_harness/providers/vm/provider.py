@@ -163,7 +163,7 @@ class VmProvider(FabricProvider):
                 private = fh.read()
             host_keys[node.name] = public
             write_atomic(files.identity, machine.identity_tar(machine.identity_files(
-                plan, node, pubkey, (private, public), scale)))
+                plan, node, pubkey, (private, public))))
             subprocess.run(machine.overlay_argv(image, files.overlay), check=True,
                            capture_output=True)
             machine.create_tap(plan.fabric_netns, node.fabric_port)

@@ -127,11 +127,10 @@ def test_ensure_image_does_not_bake_what_the_cache_holds(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- identity
 
-def test_identity_files_carry_name_address_keys_and_the_time_scale():
+def test_identity_files_carry_name_address_and_keys():
     plan = plan_cluster("idt", 3)
     node = plan.node("node2")
-    files = machine.identity_files(plan, node, "ssh-ed25519 AAAAclient c", ("PRIV\n", "PUB"),
-                                   8.0)
+    files = machine.identity_files(plan, node, "ssh-ed25519 AAAAclient c", ("PRIV\n", "PUB"))
     assert files["/etc/hostname"] == ("node2\n", 0o644)
     hosts = files["/etc/hosts"][0]
     assert all(f"{n.ip}\t{n.name}" in hosts for n in plan.nodes)
@@ -140,8 +139,6 @@ def test_identity_files_carry_name_address_keys_and_the_time_scale():
                    "ROUTER_IP": "10.99.0.1", "UPLINK_MAC": uplink_mac("10.99.0.12")}
     assert files["/etc/ssh/ssh_host_ed25519_key"] == ("PRIV\n", 0o600)
     assert files["/root/.ssh/authorized_keys"] == ("ssh-ed25519 AAAAclient c\n", 0o600)
-    dropin = files[f"/etc/systemd/system/{machine.AGENT_UNIT}.d/10-cni-harness.conf"][0]
-    assert "Environment=CNI_CILIUM_TIME_SCALE=8\n" in dropin
 
 
 def test_identity_tar_is_root_owned_deterministic_and_keeps_modes():
