@@ -69,7 +69,9 @@ def test_local_from_the_environment_uses_the_named_cluster():
 
 
 def test_the_vm_provider_missing_from_the_build_is_said_plainly(monkeypatch):
+    # A build without the package (also when another test imported it already).
     monkeypatch.setitem(sys.modules, "cni_harness.providers.vm", None)
+    monkeypatch.setitem(sys.modules, "cni_harness.providers.vm.provider", None)
     with pytest.raises(ProviderNotInBuild, match="vm provider not in this build"):
         provider_class("vm")
     assert issubclass(ProviderNotInBuild, ProviderUnavailable)
