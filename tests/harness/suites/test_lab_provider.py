@@ -56,7 +56,9 @@ def test_suite_lab_fails_on_a_provider_the_environment_cannot_give(monkeypatch):
 def test_suite_lab_fails_when_the_vm_provider_is_not_in_the_build(monkeypatch):
     import sys
 
+    # A build without the package (also when another test imported it already).
     monkeypatch.setitem(sys.modules, "cni_harness.providers.vm", None)
+    monkeypatch.setitem(sys.modules, "cni_harness.providers.vm.provider", None)
     monkeypatch.setenv("CNI_HARNESS_PROVIDER", "vm")
     with pytest.raises(LabError, match="vm provider not in this build"), \
             suite_lab("labx", ""):
