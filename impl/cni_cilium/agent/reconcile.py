@@ -86,7 +86,11 @@ class Agent:
         self.service_cidr = service_cidr
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
+        # The loop's periods, stretched once by the agent's time scale.
         self.tick = pacing.paced(TICK_SECONDS)
+        self.attach_check_seconds = pacing.paced(ATTACH_CHECK_SECONDS)
+        self.status_file_seconds = pacing.paced(STATUS_FILE_SECONDS)
+        self.writer_max_seconds = pacing.paced(WRITER_MAX_SECONDS)
         self.started = time.time()
         self.datapath: loader.LoadedDatapath | None = None
         self.maps: dict[str, PinnedMap] = {}
@@ -354,7 +358,7 @@ class Agent:
         if self.source.writer_active():
             if self._writer_since is None:
                 self._writer_since = now
-            if now - self._writer_since < pacing.paced(WRITER_MAX_SECONDS):
+            if now - self._writer_since < self.writer_max_seconds:
                 return True
         else:
             self._writer_since = None
@@ -392,11 +396,11 @@ class Agent:
                     self.check_attachments()
                 except Exception:
                     log.exception("attachment check failed")
-                next_check = now + pacing.paced(ATTACH_CHECK_SECONDS)
+                next_check = now + self.attach_check_seconds
             if now >= next_status:
                 with contextlib.suppress(Exception):
                     paths.write_json_atomic(paths.AGENT_STATUS, self.status())
-                next_status = now + pacing.paced(STATUS_FILE_SECONDS)
+                next_status = now + self.status_file_seconds
             self.lb.tick(self.translation.frontends if self.translation else [])
             self.stop_event.wait(self.tick)
 
