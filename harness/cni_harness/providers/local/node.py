@@ -24,6 +24,7 @@ import time
 
 from ...state import read_json, write_atomic
 from ...timescale import scaled
+from ..sshaccess import ensure_key
 from .addressing import (
     CLIENT_IP,
     LB_POOL,
@@ -225,10 +226,7 @@ def prepare_disk(state_dir: str, plan: ClusterPlan, node: NodePlan, authorized_k
     os.makedirs(enabled, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.symlink("../units/sshd.service", os.path.join(enabled, "sshd.service"))
-    key = os.path.join(etc, "ssh", "ssh_host_ed25519_key")
-    if not os.path.exists(key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.netns,
-                        "-f", key], check=True, capture_output=True)
+    host_key = ensure_key(os.path.join(etc, "ssh", "ssh_host_ed25519_key"), node.netns)
     # root's shell start-up files as a fresh machine has them, not the host's (which may
     # put another Python first on PATH for every ssh command).
     for name in (".bashrc", ".profile"):
@@ -240,8 +238,7 @@ def prepare_disk(state_dir: str, plan: ClusterPlan, node: NodePlan, authorized_k
     _write(os.path.join(ssh_dir, "authorized_keys"), authorized_key.strip() + "\n", 0o600)
     _write(os.path.join(disk, "usr", "upper", "local", "sbin", "nodectl"),
            NODECTL.format(python=sys.executable), 0o755)
-    with open(key + ".pub", encoding="ascii") as fh:
-        return fh.read().strip()
+    return host_key
 
 
 # ---------------------------------------------------------------- the supervisor
