@@ -79,6 +79,40 @@ def test_pinned_maps_read_and_write_through_bpf_syscalls(loaded):
         assert stats.percpu and stats.percpu_sum_u64(bpfabi.index_key(0)) == 0
 
 
+def test_batched_reads_see_every_entry_once_in_any_chunk_size(loaded):
+    """count() and items() read hash maps with BPF_MAP_LOOKUP_BATCH: chunks smaller than
+    the map, an LRU map (conntrack) and an empty map all give exactly what was written."""
+    entries = {bpfabi.CtKey(f"10.0.{i // 250}.{i % 250}", "10.96.0.1", 1000 + i, 80, "TCP",
+                            bpfabi.CT_SERVICE).encode():
+               bpfabi.CtEntry("10.100.1.5", 8080, 0, 1, 1, 1, 1).encode()
+               for i in range(1500)}
+    with loaded.open_map("ct4") as ct:
+        assert ct.map_type == 9                         # BPF_MAP_TYPE_LRU_HASH
+        before = ct.count()
+        for key, value in entries.items():
+            ct.update(key, value)
+        try:
+            chunks = ct._lookup_batches(size=97)
+            assert chunks is not None, "this kernel has batch lookups (>= 5.6)"
+            seen: dict[bytes, bytes] = {}
+            sizes = []
+            for count, keys, values in chunks:
+                sizes.append(count)
+                for i in range(count):
+                    key = keys[i * ct.key_size:(i + 1) * ct.key_size]
+                    assert key not in seen
+                    seen[key] = values[i * ct.value_size:(i + 1) * ct.value_size]
+            assert len(sizes) > 1 and max(sizes) <= 97
+            assert {k: v for k, v in seen.items() if k in entries} == entries
+            assert ct.count() == len(seen) == before + len(entries)
+            assert dict(ct.items()) == seen
+        finally:
+            for key in entries:
+                ct.delete(key)
+    with loaded.open_map("lb_affinity") as empty:
+        assert empty.count() == 0 and list(empty.items()) == []
+
+
 def test_a_second_load_reuses_the_pinned_maps(loaded, bpffs):
     with loaded.open_map("ct4") as ct:
         key = bpfabi.CtKey("1.1.1.1", "2.2.2.2", 1, 2, "UDP", bpfabi.CT_SERVICE).encode()
