@@ -152,7 +152,11 @@ static __always_inline int policy_judge(struct __sk_buff *skb, const struct pkt 
 		stat_inc(STAT_POLICY_AUDIT);
 		flags = CT_F_AUDIT;
 	}
-	flow_emit(skb, p, cfg, &v, point);
+	/* A verdict exists only where a policy selects the subject in this direction (as
+	 * Cilium's policy-verdict notifications): unselected traffic would otherwise cost
+	 * the agent an event to decode per new connection, for nothing to show. */
+	if (r.action != PV_NONE)
+		flow_emit(skb, p, cfg, &v, point);
 	if (audited)
 		audited->flags &= ~CT_F_AUDIT;   /* allowed now (audit mode is off) */
 	else

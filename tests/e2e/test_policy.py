@@ -265,6 +265,7 @@ def set_audit(cluster, on: bool) -> None:
 def test_default_deny_on_a_pod_allows_by_labels_and_port(clean, record_property):
     c, lab = clean, clean.lab
     web = c.pod_ip("web")
+    unselected_since = time.time()
     before = lab.probe(pod("other-2"), "tcp", web, 8080)
     started = time.time()
     c.apply(ccnp("web-from-clients", endpointSelector=app("web"),
@@ -275,11 +276,14 @@ def test_default_deny_on_a_pod_allows_by_labels_and_port(clean, record_property)
     other = lab.probe(pod("other-2"), "tcp", web, 8080, count=2, timeout=1)
     udp = lab.probe(pod("cli-1"), "udp", web, 8080, count=2, timeout=1)
     denied_after = c.drops("node1", "policy_denied")
-    flows = c.flows_since(started, nodes=["node1"], to_ip=f"{web}/32")
+    seen = c.flows_since(unselected_since, nodes=["node1"], to_ip=f"{web}/32")
+    flows = [f for f in seen if f["time"] >= started]
     dropped = [f for f in flows if f["verdict"] == "DROPPED"]
     evidence(record_property, before=before, same_node=same_node, across=across, other=other,
              udp=udp, drops=[denied_before, denied_after], flows=flows)
     assert ok(before)                      # nothing selected web before the policy
+    # ... so that connection had no verdict to report (no flow event to decode).
+    assert [f for f in seen if f["time"] < started] == []
     assert ok(same_node) and ok(across)
     assert {a["peer"] for a in same_node + across} == {c.pod_ip("cli-1"), c.pod_ip("cli-3")}
     assert failed(other) and failed(udp)
