@@ -173,10 +173,10 @@ def cluster():
              "endpoints": [{"addresses": [pods["web-2"].ip], "nodeName": "node2",
                             "conditions": {"ready": True}}]},
         ])
-        for name, count in (("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1),
-                            ("iperf", 1)):
-            lab.wait_programmed(f"default/{name}", {"ClusterIP": count})
-        lab.wait_programmed("default/solo-local")
+        lab.wait_all_programmed({
+            **{f"default/{name}": {"ClusterIP": count} for name, count in (
+                ("web", 2), ("web-lb", 2), ("stream", 1), ("manual", 1), ("iperf", 1))},
+            "default/solo-local": None})
         lab.wait_programmed("Pod default/hp", nodes=["node2"])
         progress("pods and services ready")
         world = lab.popen(WORLD, ["python3", lab.tool(WORLD, "peer_server.py"), "--name", "world",

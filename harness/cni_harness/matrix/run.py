@@ -497,7 +497,10 @@ class ProviderTarget(Target):
         _cls, factory = self._load()
         provider = factory(entry)
         started = time.monotonic()
-        facts: dict[str, str] = {}
+        cluster = getattr(provider, "cluster", None) or self.cluster_for(entry)
+        # Named in the report from the start: whoever checks afterwards that the entry's
+        # nodes are gone (CI's VM smoke) learns which ones, also when the entry failed.
+        facts: dict[str, str] = {"cluster": cluster}
         if hasattr(provider, "time_scale"):
             # Emulated VMs (TCG): Ansible's and the suites' waits stretch by the provider's
             # factor unless the user gave one.
@@ -532,8 +535,7 @@ class ProviderTarget(Target):
                                 f"accepts {release}: {'; '.join(deployed.failed_tasks)}",
                                 seconds=time.monotonic() - started, facts=facts)
             if plan.suites and verdicts.get("default", True):
-                chosen = self.selection(entry, getattr(provider, "cluster", None)
-                                        or self.cluster_for(entry), provider.inventory_path(),
+                chosen = self.selection(entry, cluster, provider.inventory_path(),
                                         provider.name)
                 run_suites(plan.suites, os.path.join(entry_dir, "suites"), k=plan.k,
                            env=chosen.env(), progress=progress,

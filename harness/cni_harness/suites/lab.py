@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .. import tools
 from ..timescale import scaled
@@ -141,6 +141,15 @@ def deployed_lab(cluster: str, config_text: str, nodes: int = 3,
     lab.created = created
     lab.install_tools()
     return lab, created
+
+
+def programmed(frontends: list[dict], service: str,
+               count_by_type: Mapping[str, int] | None = None) -> bool:
+    """Whether an agent's frontends (`service list`) include the service's, each of a type
+    in `count_by_type` with that many selected backends (pure)."""
+    own = [f for f in frontends if f["service"] == service]
+    return bool(own) and all(len(f["selected"]) == count_by_type[f["type"]]
+                             for f in own if count_by_type and f["type"] in count_by_type)
 
 
 def names(answers: list[dict]) -> Counter:
@@ -391,17 +400,19 @@ class Lab:
                         nodes: Sequence[str] | None = None, timeout: float = 20) -> None:
         """Until every node's agent has the service's frontends (with `count_by_type`
         selected backends per frontend type when given)."""
+        self.wait_all_programmed({service: count_by_type}, nodes, timeout)
+
+    def wait_all_programmed(self, services: Mapping[str, dict[str, int] | None],
+                            nodes: Sequence[str] | None = None, timeout: float = 20) -> None:
+        """`wait_programmed` for several services at once ({service: count_by_type}): one
+        `service list` per node and try, however many services (each is a CLI start on the
+        node, seconds on an emulated VM)."""
         for name in nodes or [n.name for n in self.provider.nodes()]:
             def ready(name=name) -> bool:
-                frontends = [f for f in self.agent(name, "service", "list")["frontends"]
-                             if f["service"] == service]
-                if not frontends:
-                    return False
-                if count_by_type is None:
-                    return True
-                return all(len(f["selected"]) == count_by_type[f["type"]]
-                           for f in frontends if f["type"] in count_by_type)
-            self.wait_for(f"{service} programmed on {name}", ready, timeout)
+                frontends = self.agent(name, "service", "list")["frontends"]
+                return all(programmed(frontends, service, counts)
+                           for service, counts in services.items())
+            self.wait_for(f"{', '.join(services)} programmed on {name}", ready, timeout)
 
     def egress_status(self, gateway: str, nodes: Sequence[str] | None = None) -> dict:
         """An EgressGateway's status as the agents report it: every running agent's view

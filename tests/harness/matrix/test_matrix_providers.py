@@ -114,7 +114,8 @@ def test_an_entry_runs_up_deploy_suites_down_with_the_providers_environment(
                            "CNI_HARNESS_MATRIX_ENTRY": "debian-11"}
     nodes = ("node1: Debian GNU/Linux 11 (bullseye), 5.10.0-30-amd64; "
              "node2: Debian GNU/Linux 11 (bullseye), 5.10.0-31-amd64")
-    assert result.facts == {"nodes": nodes} and seen["facts"]["nodes"] == nodes
+    assert result.facts == {"cluster": "vmd11abcde", "nodes": nodes}
+    assert seen["facts"]["nodes"] == nodes
     guest = (tmp_path / "guest.json").read_text()
     assert '"node2"' in guest and "5.10.0-31-amd64" in guest
 
@@ -126,3 +127,4 @@ def test_a_failing_up_is_an_entry_error_and_the_provider_still_goes_down(tmp_pat
     result = target.run_entry(entry, plan, str(tmp_path), lambda _m: None)
     assert result.error == "vm: no image for debian-11"
     assert provider.calls == ["up", "down"]
+    assert result.facts == {"cluster": "vmd11abcde"}      # named although up failed

@@ -3,7 +3,7 @@ the e2e suites)."""
 
 import pytest
 
-from cni_harness.suites.lab import parse_samples
+from cni_harness.suites.lab import parse_samples, programmed
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +32,17 @@ def test_the_tools_the_lab_installs_are_where_it_looks():
     from cni_harness.suites.lab import TOOLS, TOOLS_DIR
 
     assert all(os.path.isfile(os.path.join(TOOLS_DIR, name)) for name in TOOLS), TOOLS_DIR
+
+
+FRONTENDS = [{"service": "default/web", "type": "ClusterIP", "selected": ["a", "b"]},
+             {"service": "default/web", "type": "NodePort", "selected": ["a"]},
+             {"service": "default/solo", "type": "ClusterIP", "selected": []}]
+
+
+def test_a_service_is_programmed_with_its_frontends_and_the_backends_asked_for():
+    assert programmed(FRONTENDS, "default/web")
+    assert programmed(FRONTENDS, "default/web", {"ClusterIP": 2})
+    assert not programmed(FRONTENDS, "default/web", {"ClusterIP": 2, "NodePort": 2})
+    assert programmed(FRONTENDS, "default/solo") and not programmed(
+        FRONTENDS, "default/solo", {"ClusterIP": 1})
+    assert not programmed(FRONTENDS, "default/gone")

@@ -20,7 +20,14 @@ import time
 from dataclasses import dataclass
 
 from ..local.addressing import NODE_NETWORK, ROUTER_IP, ClusterPlan, NodePlan
-from ..local.netns import cmdline, ip_batch, kill_and_wait, pid_alive, start_time
+from ..local.netns import (
+    cmdline,
+    find_processes,
+    ip_batch,
+    kill_and_wait,
+    pid_alive,
+    start_time,
+)
 from ..local.node import hosts_file, uplink_mac
 from .image import IDENTITY_FW_CFG, ROOT_DEVICE, BakedImage
 
@@ -126,12 +133,17 @@ def vm_name(cluster: str, node: str) -> str:
     return f"cni-{cluster}-{node}"
 
 
+def name_option(name: str) -> str:
+    """qemu's `-name` value for a VM: its name, also as the process name (`ps` shows it)."""
+    return f"{name},process={name}"
+
+
 def qemu_argv(name: str, image: BakedImage, files: VmFiles, tap: str, mac: str,
               res: VmResources) -> list[str]:
     """The command line of a node's VM (daemonized, pid in `files.pidfile`)."""
     accel = ["-accel", "kvm", "-cpu", "host"] if res.kvm else ["-accel", "tcg", "-cpu", "max"]
     return [
-        QEMU, "-name", f"{name},process={name}", "-machine", "q35", *accel,
+        QEMU, "-name", name_option(name), "-machine", "q35", *accel,
         "-m", str(res.memory_mib), "-smp", str(res.cpus),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", image.kernel, "-initrd", image.initrd, "-append", " ".join(KERNEL_ARGS),
@@ -202,6 +214,11 @@ def qemu_pid(files: VmFiles, name: str) -> int | None:
                                                         for a in args):
         return None
     return pid if pid_alive(pid) and start_time(pid) is not None else None
+
+
+def vm_processes(name: str) -> list[int]:
+    """Every running qemu started with this VM's name, wherever its pidfile is or was."""
+    return find_processes("-name", name_option(name))
 
 
 def kill_vm(files: VmFiles, name: str, graceful_seconds: float = 0.0) -> bool:

@@ -197,6 +197,17 @@ class VmProvider(FabricProvider):
     def _node_running(self, node: str) -> bool:
         return self.vm_pid(node) is not None
 
+    def leftovers(self) -> list[str]:
+        """What of this cluster still exists on the host, described: each node's qemu,
+        found by its `-name` among all processes (not through the pidfile or the journal,
+        which `down` removes), and the state dir. Empty once `down` has done its work."""
+        left = [f"VM {name} (pid {pid})" for name in
+                (machine.vm_name(self.cluster, n.name) for n in self.plan().nodes)
+                for pid in machine.vm_processes(name)]
+        if os.path.exists(self.state_dir):
+            left.append(f"state dir {self.state_dir}")
+        return left
+
     # ------------------------------------------------------------ running commands
 
     def vm_pid(self, node: str) -> int | None:

@@ -17,28 +17,17 @@ import sys
 
 import pytest
 
-from cni_harness.providers.local.netns import find_processes
-from cni_harness.providers.vm import machine
 from cni_harness.providers.vm.provider import VmProvider
-from cni_harness.testing import (
-    require_available,
-    root_netns_snapshot,
-    run_bounded,
-    run_cluster_name,
-)
+from cni_harness.testing import root_netns_snapshot, run_bounded, run_cluster_name
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.vm_smoke]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.vm_smoke,
+              pytest.mark.usefixtures("vm_available")]
 
 NODES = 3
 # Measured under TCG on 2 cores shared at load 4-6: bake 396-416 s (cached afterwards:
 # 0.2 s), one VM's boot 83-112 s, site.yml on one VM 234-250 s, the probes with their
 # pods 106 s, a reboot 204-320 s. Three VMs share the cores, so the bound leaves room.
 BOUND_SECONDS = 1800
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vm_available():
-    require_available(VmProvider.availability(), "vm provider")
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +80,5 @@ def test_a_reboot_is_a_real_one_and_the_agent_comes_back(smoke):
 def test_nothing_is_left_and_the_root_namespace_is_untouched(smoke):
     res, record, cluster, before = smoke
     assert res.returncode == 0, _context(res, record)
-    left = [pid for i in range(1, NODES + 1)
-            for pid in find_processes("-name", "{0},process={0}".format(
-                machine.vm_name(cluster, f"node{i}")))]
-    assert not left, f"VMs left running: {left}"
-    assert not os.path.exists(VmProvider(cluster).state_dir)
+    assert not VmProvider(cluster, nodes=NODES).leftovers()
     assert root_netns_snapshot() == before

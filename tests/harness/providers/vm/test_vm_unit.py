@@ -252,6 +252,21 @@ def test_plan_is_the_local_providers(state):
     assert _provider().plan() == LocalProvider("vmu", nodes=3).plan()
 
 
+def test_leftovers_name_a_vm_running_without_its_pidfile_and_the_state_dir(state):
+    p = _provider()
+    assert p.leftovers() == []
+    name = machine.vm_name("vmu", "node2")
+    proc = sleeper("-name", machine.name_option(name))      # no pidfile, no journal
+    try:
+        os.makedirs(p.state_dir)
+        assert p.leftovers() == [f"VM {name} (pid {proc.pid})", f"state dir {p.state_dir}"]
+    finally:
+        proc.kill()
+        proc.wait()
+    os.rmdir(p.state_dir)
+    assert p.leftovers() == []
+
+
 def test_down_replays_the_journal_after_a_crash(state, monkeypatch):
     p = _provider()
     files = p.files("node1")
