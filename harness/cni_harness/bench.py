@@ -37,6 +37,7 @@ from cni_cilium.config import settings_from_mapping
 from cni_cilium.datapath import loader
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import parse_documents
+from cni_cilium.paths import AGENT_PID as AGENT_PID_FILE
 from cni_cilium.preflight import extra_lb_refusal
 from cni_cilium.translate import MANAGED_MAPS, DesiredState, apply_ops, diff_maps, translate
 
@@ -300,15 +301,17 @@ class TrafficBench:
         header = ["-H", "Connection: close"] if close else []
         script = (f"taskset -c {CLIENT_CPU} wrk -t1 -c{WRK_CONNECTIONS} "
                   f'-d{max(1, round(self.seconds))}s --timeout 3s "$@"; cat /proc/$$/stat')
-        server_before = self.server_cpu()
+        server_before, agents_before = self.server_cpu(), self.agents_cpu()
         res = self.lab.run(where, ["sh", "-c", script, "wrk", *header,
                                    f"http://{host}:{port}/"],
                            timeout=self.seconds + 60, check=True)
-        server = self.server_cpu() - server_before
+        server, agents = self.server_cpu() - server_before, self.agents_cpu()
         out = parse_wrk(res.stdout)
         out["clientCpu"] = round(child_cpu_seconds(res.stdout.strip().splitlines()[-1])
                                  / self.seconds, 2)
         out["serverCpu"] = round(server / self.seconds, 2)
+        out["agentCpu"] = {n: round((agents[n] - agents_before[n]) / self.seconds, 2)
+                           for n in agents if n in agents_before}
         return out
 
     def iperf(self, where, host: str, port: int) -> float:
@@ -326,6 +329,20 @@ class TrafficBench:
             self.server_pid = found.split()[0] if found.split() else ""
         res = self.lab.run(node("node2"), ["cat", f"/proc/{self.server_pid}/stat"])
         return process_cpu_seconds(res.stdout) if res.returncode == 0 and res.stdout else 0.0
+
+    def agents_cpu(self) -> dict[str, float]:
+        """CPU seconds each node's agent used so far; nodes without a running agent (the
+        kube-proxy peer's phase) are left out. The agents share the cores with the
+        generator and the server: their share is what the datapath's figures lost."""
+        from .suites.lab import node
+
+        used = {}
+        for info in self.lab.provider.nodes():
+            res = self.lab.run(node(info.name), ["sh", "-c",
+                                                 f"cat /proc/$(cat {AGENT_PID_FILE})/stat"])
+            if res.returncode == 0 and res.stdout.strip():
+                used[info.name] = process_cpu_seconds(res.stdout)
+        return used
 
     def measure(self, path: Path, into: dict) -> None:
         """One round of the three figures of a path, appended to into[label]."""
@@ -593,8 +610,25 @@ def format_traffic_results(results: dict) -> str:
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    busiest = busiest_agent_cpu(results)
+    if busiest:
+        lines.append("busiest agent's CPU share during the cni-cilium wrk runs: median "
+                     f"{_median(busiest):.2f}, max {max(busiest):.2f} of a CPU")
     lines += [f"clean-up failed: {e}" for e in results.get("cleanupErrors", [])]
     return "\n".join(lines)
+
+
+def busiest_agent_cpu(results: dict) -> list[float]:
+    """Per cni-cilium wrk run, the largest agent CPU share of any node (pure; runs of
+    records without `agentCpu` are skipped)."""
+    shares = []
+    for paths in results["cilium"].values():
+        for summary in paths.values():
+            for run in summary["samples"]["runs"]:
+                for record in run.values():
+                    if record.get("agentCpu"):
+                        shares.append(max(record["agentCpu"].values()))
+    return shares
 
 
 def parse_counts(text: str, option: str) -> list[int]:

@@ -1,0 +1,30 @@
+"""The traffic table of `cni-harness bench datapath` (the pure part)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cni_harness.bench import DIRECT, busiest_agent_cpu, format_traffic_results
+
+pytestmark = pytest.mark.unit
+
+
+def _summary(conn: float, agent_cpu: list[dict[str, float]]) -> dict:
+    runs = [{"close": {"rps": conn, "agentCpu": cpu}, "keepalive": {"rps": conn * 5}}
+            for cpu in agent_cpu]
+    return {"conn": conn, "keepalive": conn * 5, "gbps": 5.0,
+            "samples": {"runs": runs}}
+
+
+def test_ratios_to_direct_and_the_busiest_agent_per_run():
+    results = {"counts": [1], "rounds": 2, "seconds": 3.0,
+               "cilium": {1: {DIRECT: _summary(1000, [{"node1": 0.02, "node2": 0.05}]),
+                              "client->NodePort (SNAT)": _summary(
+                                  900, [{"node1": 0.19, "node2": 0.1}, {}])}},
+               "kubeProxy": {1: {DIRECT: _summary(1100, [])}}}
+    assert busiest_agent_cpu(results) == [0.05, 0.19]
+    text = format_traffic_results(results)
+    assert "| client->NodePort (SNAT) | 1 | 900 (0.90) | - |" in text
+    assert "| pod->pod direct | 1 | 1,000 (1.00) | 1,100 (1.10) |" in text
+    assert "busiest agent's CPU share during the cni-cilium wrk runs: median 0.12, max 0.19" \
+        in text
