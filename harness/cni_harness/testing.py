@@ -244,3 +244,19 @@ def require_available(available, what: str) -> None:
         pytest.fail(message + " (CI installs all of it through scripts/setup.sh)")
     pytest.skip(message)
 
+
+
+FAILURES_FILE = "failures.log"
+
+
+def record_failure(report: Any, results_dir: str | None) -> str | None:
+    """Append a failed test phase's traceback to `results_dir/failures.log` as soon as
+    it fails (from the e2e conftest's `pytest_runtest_logreport`); the file's path, or
+    None when nothing was written. pytest prints tracebacks only when the session ends,
+    so a suite cut short by its time limit (an emulated guest's entry) left none."""
+    if not results_dir or not report.failed:
+        return None
+    path = os.path.join(results_dir, FAILURES_FILE)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+    return path

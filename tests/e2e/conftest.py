@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+
+from cni_harness.suites.runner import RESULTS_ENV
+from cni_harness.testing import record_failure
+
+
+def pytest_runtest_logreport(report):
+    """A failed phase's traceback into the suite's results directory at once."""
+    record_failure(report, os.environ.get(RESULTS_ENV))
 
 
 @pytest.hookimpl(hookwrapper=True)
