@@ -338,9 +338,11 @@ class TrafficBench:
 
         used = {}
         for info in self.lab.provider.nodes():
-            res = self.lab.run(node(info.name), ["sh", "-c",
-                                                 f"cat /proc/$(cat {AGENT_PID_FILE})/stat"])
-            if res.returncode == 0 and res.stdout.strip():
+            # No pid file (agents stopped for the peer) must not read /proc/stat instead.
+            res = self.lab.run(node(info.name), [
+                "sh", "-c", f'pid=$(cat {AGENT_PID_FILE}) && [ -n "$pid" ] && '
+                'cat "/proc/$pid/stat"'])
+            if res.returncode == 0 and ")" in res.stdout:
                 used[info.name] = process_cpu_seconds(res.stdout)
         return used
 
