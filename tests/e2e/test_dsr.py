@@ -36,6 +36,7 @@ from cni_harness.providers.local.addressing import CLIENT_IP
 from cni_harness.providers.local.sourceguard import CAUSE as SOURCE_GUARD_CAUSE
 from cni_harness.suites.lab import CLIENT, FABRIC, PEER_PORT, node
 from cni_harness.testing import keep_cluster, require_provider, suite_cluster_name, suite_lab
+from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -313,7 +314,7 @@ def test_long_lived_dsr_connection_survives_kill_9_of_both_agents(bed, record_pr
                      if e["kind"] == "reply" and e["nat"] == frontend and "dsr" in e["flags"]
                      and e["expiresIn"] > 3600]
     read_while_streaming = stream.poll() is None
-    out, err = stream.communicate(timeout=100)
+    out, err = stream.communicate(timeout=scaled(100))
     evidence(record_property, curl=[stream.returncode, out, err], agents_back_after_s=back_s,
              entries_read_while_streaming=read_while_streaming,
              receiving_node_entries=service_entries, backend_node_entries=reply_entries)

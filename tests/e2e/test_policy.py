@@ -43,6 +43,7 @@ from cni_harness.suites.lab import (
     progress_log,
 )
 from cni_harness.testing import require_provider, suite_cluster_name, suite_lab
+from cni_harness.timescale import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -140,9 +141,11 @@ class Cluster:
 
     def ssh(self, node_name: str, command: str = "echo $SSH_CONNECTION",
             timeout: float = 15) -> subprocess.CompletedProcess:
+        """One ssh from the client; `timeout` (native speed, time-scaled) bounds the whole
+        run, ssh's own connect timeout decides whether the node answered."""
         self.require_client_ssh()
         return subprocess.run(self.lab.client_ssh_argv(node_name, command), text=True,
-                              capture_output=True, timeout=timeout, check=False)
+                              capture_output=True, timeout=scaled(timeout), check=False)
 
     def ssh_session(self, node_name: str, seconds: int, stop_file: str = "") -> subprocess.Popen:
         """An ssh session from the client that reports its own connection, then ticks once
@@ -167,7 +170,7 @@ def session_port(line: str) -> int:
 
 
 def finished(session: subprocess.Popen, seconds: int) -> dict:
-    out, err = session.communicate(timeout=seconds + 60)
+    out, err = session.communicate(timeout=scaled(seconds + 60))
     lines = out.splitlines()
     ticks = [float(ln.split()[2]) for ln in lines if ln.startswith("tick")]
     return {"rc": session.returncode, "ticks": len(ticks), "lastTick": max(ticks, default=0),
@@ -401,7 +404,7 @@ def test_a_policy_change_never_drops_an_established_allowed_connection(clean, re
     time.sleep(1.5)
     c.apply(ccnp("web-closed", endpointSelector=app("web"), ingress=[{}]))
     new = lab.probe(pod("cli-3"), "tcp", c.pod_ip("web"), 8080, timeout=1)
-    out, err = stream.communicate(timeout=60)
+    out, err = stream.communicate(timeout=scaled(60))
     evidence(record_property, stream=[stream.returncode, out, err], new_connection=new)
     assert stream.returncode == 0 and out.split()[:2] == ["200", str(seconds * rate)], err
     assert failed(new)
@@ -573,7 +576,7 @@ def _kill_agents_under_policies(c, lab) -> dict:
     after = check()
     streams = {}
     for label, stream in (("pod", pod_stream), ("host", host_stream)):
-        out, err = stream.communicate(timeout=90)
+        out, err = stream.communicate(timeout=scaled(90))
         streams[label] = [stream.returncode, out, err]
     time.sleep(2)                       # the session ticks on under the new agents
     lab.run(node("node2"), ["touch", STOP_SSH], check=True)

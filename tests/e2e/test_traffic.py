@@ -544,7 +544,7 @@ def test_established_nodeport_stream_survives_agent_kill_and_restart(cluster, re
     first_ok = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"),
                          timeout=2)
     new_conn_s = time.monotonic() - back_at
-    out, err = stream.communicate(timeout=60)
+    out, err = stream.communicate(timeout=scaled(60))
     evidence(record_property, curl=[stream.returncode, out, err], during_downtime=during,
              restart_seconds=round(back_at - killed_at, 2), new_connection_after_s=round(
                  new_conn_s, 2), restarts=[before["restarts"], after["restarts"]],

@@ -263,11 +263,14 @@ class Lab:
     def stream(self, where: Where, host: str, port: int, seconds: int, rate: int,
                max_seconds: int) -> subprocess.Popen:
         """A long-lived HTTP download from the peer server's /stream (`seconds` at `rate`
-        bytes/s) run by curl at `where`; its stdout ends as "CODE BYTES REMOTE_IP"."""
+        bytes/s) run by curl at `where`; its stdout ends as "CODE BYTES REMOTE_IP".
+        `max_seconds` (native speed) is stretched by the time scale: an emulated guest's
+        server and curl fall behind the rate while agents start, and a late stream that
+        still delivers every byte is not a dropped connection."""
         url = f"http://{host}:{port}/stream?seconds={seconds}&rate={rate}"
         return self.popen(where, ["curl", "-sS", "-o", "/dev/null", "-w",
                                   "%{http_code} %{size_download} %{remote_ip}",
-                                  "-m", str(max_seconds), url],
+                                  "-m", str(round(scaled(max_seconds))), url],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def probe(self, where: Where, protocol: str, host: str, port: int, count: int = 1,
@@ -343,7 +346,9 @@ class Lab:
 
     def client_ssh_argv(self, node_name: str, command: str, timeout: int = 3) -> list[str]:
         """A real ssh from the external client namespace to a node's sshd on its address
-        (the provider's key and host keys), running `command` there."""
+        (the provider's key and host keys), running `command` there. `timeout` is ssh's
+        ConnectTimeout at native speed, time-scaled: it covers the banner exchange, which
+        an emulated guest's sshd (a fork and re-exec) can take seconds to reach."""
         key = getattr(self.provider, "ssh_key_path", None)
         if not key:
             raise LabError(f"provider {self.provider.name} has no ssh key for the client")
@@ -352,8 +357,8 @@ class Lab:
         return self.argv(CLIENT, [
             "ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
             "-o", f"HostKeyAlias={target.netns}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", "-o", "LogLevel=ERROR",
-            f"root@{target.ip}", command])
+            "-o", "BatchMode=yes", "-o", f"ConnectTimeout={round(scaled(timeout))}",
+            "-o", "LogLevel=ERROR", f"root@{target.ip}", command])
 
     def datapath_counters(self) -> dict[str, dict[str, float]]:
         """Per node, the datapath's non-zero counters (events and drops by reason)."""
