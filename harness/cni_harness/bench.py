@@ -241,7 +241,19 @@ http {
 MODES = {"SNAT": {"TCP": "SNAT", "UDP": "SNAT"}, "DSR": {"TCP": "DSR", "UDP": "DSR"},
          "Hybrid": {"TCP": "DSR", "UDP": "SNAT"}}
 DIRECT = "pod->pod direct"
+# The agents count as idle below 5% of a CPU over 2 s (a status write every 2 s and the
+# ct GC stay under it on a quiet node); a settle gives up after 3 minutes.
+SETTLE_SHARE = 0.05
+SETTLE_WINDOW_S = 2.0
+SETTLE_TIMEOUT_S = 180.0
 METRICS = (("conn", "new conn/s"), ("keepalive", "keep-alive req/s"), ("gbps", "iperf3 Gb/s"))
+
+
+def busiest_share(before: dict[str, float], after: dict[str, float], seconds: float) -> float:
+    """The largest CPU share (of one CPU) any agent used between two readings of
+    CPU seconds per node; nodes missing from either reading are left out."""
+    shares = [(after[n] - before[n]) / seconds for n in after if n in before]
+    return max(shares, default=0.0)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -345,6 +357,28 @@ class TrafficBench:
             if res.returncode == 0 and ")" in res.stdout:
                 used[info.name] = process_cpu_seconds(res.stdout)
         return used
+
+    def settle(self, why: str, window: float = SETTLE_WINDOW_S,
+               threshold: float = SETTLE_SHARE, timeout: float = SETTLE_TIMEOUT_S) -> float:
+        """Wait until no agent uses more than `threshold` of a CPU over `window` seconds:
+        after an apply or a mode switch the agents retranslate and rewrite maps for a
+        while, and a wrk run in that time measures the agents, not the datapath. Returns
+        the seconds waited; past `timeout` it says so and goes on (the runs record each
+        agent's CPU, so a busy agent stays visible in the results)."""
+        started = time.monotonic()
+        while True:
+            before = self.agents_cpu()
+            time.sleep(window)
+            share = busiest_share(before, self.agents_cpu(), window)
+            waited = time.monotonic() - started
+            if share <= threshold:
+                if waited > window * 1.5:
+                    self.progress(f"  agents idle after {waited:.0f} s ({why})")
+                return waited
+            if waited >= timeout:
+                self.progress(f"  an agent still uses {share:.2f} of a CPU {waited:.0f} s "
+                              f"after {why}; measuring anyway")
+                return waited
 
     def measure(self, path: Path, into: dict) -> None:
         """One round of the three figures of a path, appended to into[label]."""
@@ -466,6 +500,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
     cilium: dict[int, dict] = {}
     proxy: dict[int, dict] = {}
     applies: dict[int, float] = {}
+    settled: dict[str, float] = {}
     cleanup_errors: list[str] = []
     try:
         for name in ("bench-iperf", "bench-http"):
@@ -508,9 +543,12 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                 applies[count] = round(time.monotonic() - started, 1)
                 progress(f"  {count} services programmed on every node in "
                          f"{applies[count]} s")
+            settled[f"{count} services"] = round(bench.settle(f"{count} services"), 1)
             samples: dict = {}
             for mode in MODES:
                 lab.set_module_config(f"bpfLBMode: {mode}\n", MODES[mode], timeout=120)
+                settled[f"{count} services, {mode}"] = round(
+                    bench.settle(f"switching {count} services to {mode}"), 1)
                 for r in range(rounds):
                     progress(f"cni-cilium, {count} services, {mode}, round {r + 1}/{rounds}")
                     paths = [direct, clusterip] if mode == "SNAT" else []
@@ -552,7 +590,8 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
             lab.run(node("node2"), ["rm", "-f", NGINX_CONF])
         _attempt("restoring the cluster", restore, cleanup_errors, progress)
     return {"counts": list(counts), "rounds": rounds, "seconds": seconds, "cilium": cilium,
-            "kubeProxy": proxy, "applySeconds": applies, "cleanupErrors": cleanup_errors}
+            "kubeProxy": proxy, "applySeconds": applies, "settleSeconds": settled,
+            "cleanupErrors": cleanup_errors}
 
 
 def _attempt(what: str, action: Callable[[], None], errors: list[str],
@@ -574,6 +613,11 @@ def format_apply_results(results: dict) -> str:
     for count, seconds in sorted(results.get("applySeconds", {}).items()):
         lines.append(f"  {count - previous:>6} services added ({count} in all): {seconds:.1f} s")
         previous = count
+    waits = {k: v for k, v in results.get("settleSeconds", {}).items() if v > SETTLE_WINDOW_S * 1.5}
+    if waits:
+        lines.append(f"waited for the agents to go idle (< {SETTLE_SHARE:g} of a CPU) before "
+                     "measuring:")
+        lines += [f"  after {what}: {seconds:.0f} s" for what, seconds in waits.items()]
     return "\n".join(lines)
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cni_harness.bench import DIRECT, busiest_agent_cpu, format_traffic_results
+from cni_harness.bench import (
+    DIRECT,
+    busiest_agent_cpu,
+    busiest_share,
+    format_apply_results,
+    format_traffic_results,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -28,3 +34,19 @@ def test_ratios_to_direct_and_the_busiest_agent_per_run():
     assert "| pod->pod direct | 1 | 1,000 (1.00) | 1,100 (1.10) |" in text
     assert "busiest agent's CPU share during the cni-cilium wrk runs: median 0.12, max 0.19" \
         in text
+
+
+def test_busiest_share_is_the_largest_agent_cpu_between_two_readings():
+    before = {"node1": 10.0, "node2": 4.0, "node3": 1.0}
+    after = {"node1": 10.1, "node2": 4.6, "gone": 9.0}
+    assert busiest_share(before, after, 2.0) == pytest.approx(0.3)
+    assert busiest_share({}, after, 2.0) == 0.0
+
+
+def test_apply_results_name_the_settles_that_took_time():
+    text = format_apply_results({"applySeconds": {10000: 16.2},
+                                 "settleSeconds": {"10000 services": 2.0,
+                                                   "10000 services, DSR": 14.3}})
+    assert "9999 services added (10000 in all): 16.2 s" in text
+    assert "after 10000 services, DSR: 14 s" in text
+    assert "after 10000 services:" not in text
