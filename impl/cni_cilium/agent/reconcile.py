@@ -68,6 +68,7 @@ SETTLE_MAX_SECONDS = 5.0    # ... unless it keeps changing for longer
 WRITER_MAX_SECONDS = 120.0  # the longest a batch writer's lock holds reconciles back
 ATTACH_CHECK_SECONDS = 0.5
 STATUS_FILE_SECONDS = 2.0
+COSTLY_JOB_SHARE = 0.01     # of a CPU: the most a scan or a map count may use
 
 
 class Agent:
@@ -90,6 +91,12 @@ class Agent:
         self.tick = pacing.paced(TICK_SECONDS)
         self.attach_check_seconds = pacing.paced(ATTACH_CHECK_SECONDS)
         self.status_file_seconds = pacing.paced(STATUS_FILE_SECONDS)
+        # Full scans of the inputs (every manifest file stat'ed) and counts of conntrack
+        # for the status grow with the cluster: each is kept under 1% of a CPU.
+        self.scan_pacer = pacing.CostPacer(COSTLY_JOB_SHARE, floor=self.tick)
+        self.ct_count_pacer = pacing.CostPacer(COSTLY_JOB_SHARE, floor=self.status_file_seconds)
+        self.ct_count = 0
+        self.ct_count_lock = threading.Lock()
         self.writer_max_seconds = pacing.paced(WRITER_MAX_SECONDS)
         self.started = time.time()
         self.datapath: loader.LoadedDatapath | None = None
@@ -366,19 +373,19 @@ class Agent:
                 and now - self._settling_since < SETTLE_MAX_SECONDS)
 
     def run(self) -> None:
-        next_check = next_status = next_scan = 0.0
+        next_check = next_status = 0.0
         quick: tuple = ()
         while not self.stop_event.is_set():
-            # A full scan stats every file (edits in place); with many files it runs less
-            # often, so polling stays under ~5% of a CPU. Directory changes are seen at once.
+            # A full scan stats every file (edits in place): paced by its cost. Files added,
+            # removed or renamed (atomic writes) change the directory: seen at once.
             now = time.monotonic()
             if self._manifests_settling(now) and not self._retry:
                 self.stop_event.wait(self.tick / 2)
                 continue
-            if now >= next_scan or self._quick_signature() != quick or self._retry:
+            if self.scan_pacer.due(now) or self._quick_signature() != quick or self._retry:
                 quick = self._quick_signature()
                 signature = self._inputs_signature()
-                next_scan = now + max(self.tick, 20 * (time.monotonic() - now))
+                self.scan_pacer.ran(now, time.monotonic())
             else:
                 signature = self._signature
             if signature != self._signature or self._retry:

@@ -97,16 +97,28 @@ def _tunnel_view(agent: Agent, tr: Translation | None) -> dict:
 def _map_fill(agent: Agent) -> dict[str, dict]:
     with agent.lock:
         counts = {name: len(entries) for name, entries in agent.programmed.items()}
-    ct = PinnedMap(agent.maps["ct4"].path)   # this thread's own handle
-    try:
-        counts["ct4"] = ct.count()
-    finally:
-        ct.close()
+    counts["ct4"] = _ct_count(agent)
     out = {}
     for name, count in counts.items():
         cap = MAP_CAPACITY[name]
         out[name] = {"entries": count, "capacity": cap, "fill": round(count / cap, 6)}
     return out
+
+
+def _ct_count(agent: Agent) -> int:
+    """Conntrack's entries, counted again only as often as the count's own cost allows
+    (`Agent.ct_count_pacer`): at 10^5 entries one count is tens of ms of CPU, and the
+    status is written every 2 s and read by every `cni-cilium status`."""
+    with agent.ct_count_lock:
+        now = time.monotonic()
+        if agent.ct_count_pacer.due(now):
+            ct = PinnedMap(agent.maps["ct4"].path)   # this thread's own handle
+            try:
+                agent.ct_count = ct.count()
+            finally:
+                ct.close()
+            agent.ct_count_pacer.ran(now, time.monotonic())
+        return agent.ct_count
 
 
 def datapath_stats(agent: Agent) -> dict[str, int]:
