@@ -425,9 +425,6 @@ def _bench_datapath(args: argparse.Namespace) -> int:
     from .. import bench
     from ..suites.lab import LabError, deployed_lab
 
-    def progress(message: str) -> None:
-        print(f"==> {message}", flush=True)
-
     try:
         counts = bench.parse_counts(args.services, "--services")
         traffic_counts = sorted(set(bench.parse_counts(args.traffic_services,
