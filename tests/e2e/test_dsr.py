@@ -293,10 +293,11 @@ def test_a_udp_flow_pinned_to_a_deleted_backend_moves_to_its_successor(bed, reco
 def test_long_lived_dsr_connection_survives_kill_9_of_both_agents(bed, record_property):
     bed.use_mode("DSR")
     # Long enough that the agents are back (6-10 s measured on a loaded 2-core host: bcc
-    # compiles at start) and the conntrack entries are read while the stream still runs.
-    lab, seconds, rate = bed.lab, 30, 250_000
+    # compiles at start; 22 s in a TCG guest) and the conntrack entries are read while the
+    # stream still runs (another ~8 s in a TCG guest: the stream needs a scaled floor).
+    lab, seconds, rate = bed.lab, round(max(30, scaled(10))), 250_000
     stream = lab.stream(CLIENT, bed.ips[RECEIVING], bed.node_port("dsr-web", "http"),
-                        seconds, rate, max_seconds=90)
+                        seconds, rate, max_seconds=seconds + 60)
     time.sleep(1.5)
     pids = {n: lab.agent(n, "status")["pid"] for n in (RECEIVING, BACKEND)}
     for name, pid in pids.items():
