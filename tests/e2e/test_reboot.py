@@ -163,6 +163,13 @@ def rebooted(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {n for n in NODES if after[n] != before[n]}
 
 
+def boot_id_view(before: dict[str, str], after: dict[str, str]) -> dict[str, dict]:
+    """Per node, the kernel's boot id before and after a phase, and whether it changed:
+    the evidence that a reboot was a real one."""
+    return {n: {"before": before[n], "after": after[n], "changed": after[n] != before[n]}
+            for n in NODES}
+
+
 def status_view(doc: dict) -> dict:
     return {"state": doc.get("state"), "rebootRequired": doc.get("rebootRequired"),
             "modes": {k: doc["modes"].get(k) for k in
@@ -224,10 +231,12 @@ def test_phase1_config_changed_no_reboot_old_mode_still_works(rig, record_proper
                                      "/var/log/cni-cilium/agent.log"]).stdout.strip()
             for n in NODES}
     mesh, wire = rig.captured_mesh(f"{old}-to-{new}-phase1")
+    after = rig.boot_ids()
     evidence(record_property, phase=1, change=f"{old} -> {new}",
              agents={n: status_view(s) for n, s in statuses.items()}, metrics=metrics,
-             logs=logs, mesh=mesh, capture=wire, rebooted=result.changed_by(REBOOT_TASK))
-    assert rig.boot_ids() == before, "a node rebooted although the reboot was off"
+             logs=logs, mesh=mesh, capture=wire, rebooted=result.changed_by(REBOOT_TASK),
+             bootIds=boot_id_view(before, after))
+    assert after == before, "a node rebooted although the reboot was off"
     for n, doc in statuses.items():
         assert doc["rebootRequired"], (n, status_view(doc))
         assert doc["modes"]["tunnelMode"] == old and doc["modes"]["tunnelModePending"] == new
@@ -249,13 +258,14 @@ def test_phase2_one_node_rebooted_mixed_modes_break_cross_node_traffic(
     statuses = rig.statuses()
     mesh, wire = rig.captured_mesh(f"{old}-to-{new}-phase2")
     expected_failures = sorted(p for p in mesh if crosses(p, FIRST))
+    after = rig.boot_ids()
     evidence(record_property, phase=2, change=f"{old} -> {new}", rebooted=FIRST,
              agents={n: status_view(s) for n, s in statuses.items()}, mesh=mesh,
              capture=wire, reboots=result.changed_by(REBOOT_TASK),
+             bootIds=boot_id_view(before, after),
              verdict=(f"expected for the mixed state: {FIRST} runs {new}, the others {old}; "
                       f"cross-node pod traffic between them fails ({len(expected_failures)} "
                       "pairs), the availability issue the docs warn about"))
-    after = rig.boot_ids()
     assert rebooted(before, after) == {FIRST}, (before, after)
     assert statuses[FIRST]["modes"]["tunnelMode"] == new
     assert not statuses[FIRST]["rebootRequired"]
@@ -292,6 +302,7 @@ def test_phase3_all_rebooted_new_mode_on_the_wire_and_traffic_suite_passes(
         assert [c["host"] for c in reboots] == [n for n in NODES if n != FIRST], reboots
         assert reboots[0]["end"] <= reboots[1]["start"], reboots
         after = rig.boot_ids()
+        view["bootIds"] = boot_id_view(before, after)
         assert rebooted(before, after) == set(NODES) - {FIRST}, (before, after)
         assert all(mesh[p] == p.split("->")[1] for p in mesh), mesh
         assert_wire_shows(new, wire)
