@@ -380,11 +380,14 @@ class TrafficBench:
                               f"after {why}; measuring anyway")
                 return waited
 
-    def measure(self, path: Path, into: dict) -> None:
-        """One round of the three figures of a path, appended to into[label]."""
+    def measure(self, path: Path, into: dict, baseline: str = "") -> None:
+        """One round of the three figures of a path, appended to into[label]; with a
+        `baseline` label, paired with that path's latest round (measured just before)."""
         self.progress(f"  {path.label}")
         samples = into.setdefault(path.label, {"conn": [], "keepalive": [], "gbps": [],
                                                "runs": []})
+        if baseline:
+            samples.setdefault("pairs", []).append(len(into[baseline]["conn"]) - 1)
         close = self.wrk(path.where, *path.http, close=True)
         keep = self.wrk(path.where, *path.http, close=False)
         samples["conn"].append(close["rps"])
@@ -393,9 +396,21 @@ class TrafficBench:
         samples["runs"].append({"close": close, "keepalive": keep})
 
 
-def _summarise(samples: dict) -> dict:
-    return {label: {**{m: _median(s[m]) for m, _ in METRICS}, "samples": s}
-            for label, s in samples.items()}
+def summarise(samples: dict, baseline: str = DIRECT) -> dict:
+    """Per path, the median of each figure; for a path paired with `baseline` round by
+    round (`pairs`: the baseline's sample index per sample), also `ratios`: per figure the
+    median of the per-round ratios (pure). Pairing takes out what drifts between the
+    minutes apart a mode's rounds are measured (other load, the host's frequency)."""
+    out = {}
+    for label, s in samples.items():
+        summary = {**{m: _median(s[m]) for m, _ in METRICS}, "samples": s}
+        if s.get("pairs") and baseline in samples:
+            base = samples[baseline]
+            summary["ratios"] = {m: _median([s[m][i] / base[m][j]
+                                             for i, j in enumerate(s["pairs"]) if base[m][j]])
+                                 for m, _ in METRICS}
+        out[label] = summary
+    return out
 
 
 def _peer_setup(lab, progress) -> None:
@@ -551,10 +566,11 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                     bench.settle(f"switching {count} services to {mode}"), 1)
                 for r in range(rounds):
                     progress(f"cni-cilium, {count} services, {mode}, round {r + 1}/{rounds}")
-                    paths = [direct, clusterip] if mode == "SNAT" else []
+                    bench.measure(direct, samples)
+                    paths = [clusterip] if mode == "SNAT" else []
                     for path in [*paths, *external(mode)]:
-                        bench.measure(path, samples)
-            cilium[count] = _summarise(samples)
+                        bench.measure(path, samples, baseline=DIRECT)
+            cilium[count] = summarise(samples)
         if peer == "kube-proxy":
             objects, _problems = parse_documents(
                 [d for text in lab.api.desired_files().values() for d in [json.loads(text)]],
@@ -577,7 +593,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                         progress(f"kube-proxy, {count} services, round {r + 1}/{rounds}")
                         for path in [direct, clusterip, *external("")]:
                             bench.measure(path, samples)
-                    proxy[count] = _summarise(samples)
+                    proxy[count] = summarise(samples)
             finally:
                 _attempt("kube-proxy peer teardown", lambda: _peer_teardown(lab, progress),
                          cleanup_errors, progress)
@@ -621,11 +637,12 @@ def format_apply_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: float, base: float, digits: int) -> str:
+def _cell(value: float, base: float, digits: int, paired: float | None = None) -> str:
+    """A figure and its ratio: the paired one when there is one, else value / base."""
     if not value:
         return "-"
-    ratio = f" ({value / base:.2f})" if base else ""
-    return f"{value:,.{digits}f}{ratio}"
+    ratio = paired if paired is not None else (value / base if base else None)
+    return f"{value:,.{digits}f}" + (f" ({ratio:.2f})" if ratio is not None else "")
 
 
 def format_traffic_results(results: dict) -> str:
@@ -636,8 +653,9 @@ def format_traffic_results(results: dict) -> str:
         head += [f"{name} cni-cilium", f"{name} kube-proxy"]
     rows = [head]
     for count in results["counts"]:
-        ours = results["cilium"].get(count, {})
-        theirs = results["kubeProxy"].get(count, {})
+        # A --json document read back has its counts as string keys.
+        ours = results["cilium"].get(count) or results["cilium"].get(str(count), {})
+        theirs = results["kubeProxy"].get(count) or results["kubeProxy"].get(str(count), {})
         base = ours.get(DIRECT, {})
         for label in ours:
             peer_label = re.sub(r" \((SNAT)\)$", "", label)
@@ -646,12 +664,15 @@ def format_traffic_results(results: dict) -> str:
             row = [label, f"{count:,}"]
             for key, _name in METRICS:
                 digits = 1 if key == "gbps" else 0
-                row += [_cell(ours[label][key], base.get(key, 0), digits),
+                paired = ours[label].get("ratios", {}).get(key)
+                row += [_cell(ours[label][key], base.get(key, 0), digits, paired),
                         _cell(other.get(key, 0), base.get(key, 0), digits)]
             rows.append(row)
     lines = [f"wrk -t1 -c{WRK_CONNECTIONS} (CPU {CLIENT_CPU}) and iperf3 against nginx / iperf3 "
              f"on node2 (CPU {SERVER_CPU}); medians of {results['rounds']} rounds of "
-             f"{results['seconds']:g} s; (ratio to pod->pod direct, cni-cilium, same count); "
+             f"{results['seconds']:g} s; (ratio to pod->pod direct, cni-cilium, same count: "
+             "for cni-cilium the median of per-round ratios, direct measured first in each "
+             "round of every mode); "
              "kube-proxy's NodePort/LoadBalancer figures are on the SNAT rows (it masquerades)",
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]

@@ -10,6 +10,7 @@ from cni_harness.bench import (
     busiest_share,
     format_apply_results,
     format_traffic_results,
+    summarise,
 )
 
 pytestmark = pytest.mark.unit
@@ -34,6 +35,31 @@ def test_ratios_to_direct_and_the_busiest_agent_per_run():
     assert "| pod->pod direct | 1 | 1,000 (1.00) | 1,100 (1.10) |" in text
     assert "busiest agent's CPU share during the cni-cilium wrk runs: median 0.12, max 0.19" \
         in text
+
+
+def _samples(conn: list[float], pairs: list[int] | None = None) -> dict:
+    out = {"conn": conn, "keepalive": [c * 5 for c in conn], "gbps": [5.0] * len(conn),
+           "runs": []}
+    if pairs is not None:
+        out["pairs"] = pairs
+    return out
+
+
+def test_paired_ratios_are_medians_of_each_round_against_the_direct_round_before_it():
+    # Direct drifts from 1000 to 2000 between modes; the path runs at 0.9x of each round's.
+    samples = {DIRECT: _samples([1000, 1000, 2000, 2000]),
+               "client->NodePort (DSR)": _samples([1800, 1800], pairs=[2, 3]),
+               "client->NodePort (SNAT)": _samples([900, 950], pairs=[0, 1])}
+    summary = summarise(samples)
+    assert DIRECT in summary and "ratios" not in summary[DIRECT]
+    assert summary["client->NodePort (DSR)"]["ratios"] == {"conn": 0.9, "keepalive": 0.9,
+                                                           "gbps": 1.0}
+    assert summary["client->NodePort (SNAT)"]["ratios"]["conn"] == pytest.approx(0.925)
+    # Against the median of all direct rounds (1500) the DSR path would read 1.20.
+    text = format_traffic_results({"counts": [1], "rounds": 2, "seconds": 3.0,
+                                   "cilium": {"1": summary}, "kubeProxy": {}})
+    assert "| client->NodePort (DSR) | 1 | 1,800 (0.90) | - |" in text
+    assert "| pod->pod direct | 1 | 1,500 (1.00) | - |" in text
 
 
 def test_busiest_share_is_the_largest_agent_cpu_between_two_readings():
