@@ -460,9 +460,9 @@ def _peer_teardown(lab, progress) -> None:
         lab.run(where, [NODECTL, "start", AGENT_UNIT], check=True)
     for info in infos:
         progress(f"kube-proxy peer: cni-cilium back on {info.name}")
-        lab.wait_for(f"{info.name}'s agent", lambda n=info.name: lab.agent(
+        lab.wait_for(f"{info.name}'s agent", lambda n=info.name: lab.agent_view(
             n, "status")["state"] == "running" and all(
-            d["ok"] for d in lab.agent(n, "status")["devices"].values()), timeout=120)
+            d["ok"] for d in lab.agent_view(n, "status")["devices"].values()), timeout=120)
 
 
 def _extra_services(first: int, last: int) -> list[dict]:
@@ -553,7 +553,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                 applied = count
                 for info in lab.provider.nodes():
                     lab.wait_for(f"{count} services on {info.name}",
-                                 lambda n=info.name, want=count + 1: lab.agent(
+                                 lambda n=info.name, want=count + 1: lab.agent_view(
                                      n, "status")["services"]["services"] >= want, timeout=600)
                 applies[count] = round(time.monotonic() - started, 1)
                 progress(f"  {count} services programmed on every node in "
@@ -781,8 +781,8 @@ def algorithm_benchmark(lab, seconds: float = 3.0, rounds: int = 3,
             lab.wait_programmed(f"default/{doc['metadata']['name']}", {"ClusterIP": 1})
         node1 = lab.provider.node("node1").ip
         lab.wait_for("each alg-* service to run its algorithm on node1", lambda: all(
-            f["algorithm"] == f["algorithmRequested"] for f in lab.agent(
-                "node1", "service", "list")["frontends"] if f["service"].startswith(
+            f["algorithm"] == f["algorithmRequested"] for f in lab.agent_view(
+                "node1", "services")["frontends"] if f["service"].startswith(
                     "default/alg-")), timeout=20)
         lab.wait_for("iperf3 server", lambda: lab.run(pod("alg-iperf"), [
             "ss", "-ltn", f"sport = :{IPERF_PORT}"]).stdout.count("LISTEN"), timeout=10)

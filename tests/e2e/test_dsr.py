@@ -275,7 +275,7 @@ def test_a_udp_flow_pinned_to_a_deleted_backend_moves_to_its_successor(bed, reco
     bed.backend = lab.start_peer_pod(BACKEND, "dsr-be", {"app": "dsr-be"})
     lab.wait_for("the new backend programmed", lambda: all(
         f["selected"] == [f"{bed.backend.ip}:{PEER_PORT}"]
-        for f in lab.agent(RECEIVING, "service", "list")["frontends"]
+        for f in lab.agent_view(RECEIVING, "services")["frontends"]
         if f["service"] == "default/dsr-web"))
     after = bed.observe("UDP", tries=1, sport=sport)
     removed = lab.agent(RECEIVING, "status")["staleConntrackRemoved"] - removed_before
@@ -304,7 +304,7 @@ def test_long_lived_dsr_connection_survives_kill_9_of_both_agents(bed, record_pr
         lab.run(node(name), ["kill", "-9", str(pid)], check=True)
     killed_at = time.monotonic()
     for name, pid in pids.items():
-        lab.wait_for(f"{name}'s agent back", lambda n=name, p=pid: lab.agent(
+        lab.wait_for(f"{name}'s agent back", lambda n=name, p=pid: lab.agent_view(
             n, "status")["pid"] != p, timeout=40)
     back_s = round(time.monotonic() - killed_at, 2)
     frontend = f"{bed.ips[RECEIVING]}:{bed.node_port('dsr-web', 'http')}"

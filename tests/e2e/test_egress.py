@@ -214,7 +214,7 @@ def test_invalid_objects_are_refused_by_field_and_a_policy_without_gateway_is_re
     lab.apply([orphan])
     try:
         problems = lab.wait_for("the orphan policy in node1's status", lambda: [
-            p for p in lab.agent("node1", "status")["problems"] if "egp-orphan" in p])
+            p for p in lab.agent_view("node1", "status")["problems"] if "egp-orphan" in p])
         still = cluster.world_peers(pod("b-1"))
     finally:
         lab.delete([orphan])

@@ -210,7 +210,7 @@ def extra_refused(cluster):
     lab.set_module_config(yaml.safe_dump(EXTRA_ON))
     try:
         problems = lab.wait_for("the agents to refuse extraLoadBalancerAlgorithmsEnabled", lambda: [
-            p for p in lab.agent("node1", "status")["problems"]
+            p for p in lab.agent_view("node1", "status")["problems"]
             if "extraLoadBalancerAlgorithmsEnabled needs kernel >= 5.15" in p], timeout=20)
         log = lab.run(node("node1"), ["grep", "-c", "needs kernel >= 5.15",
                                       "/var/log/cni-cilium/agent.log"]).stdout.strip()
@@ -367,11 +367,11 @@ def test_least_conn_counts_survive_an_agent_restart(cluster, extra_refused, reco
         held = lab.wait_for("the held connection counted", lambda: (
             lambda c: c if sum(c.values()) == 1 else None)(active_connections(cluster)),
             timeout=20)
-        old = lab.agent("node1", "status")
+        old = lab.agent_view("node1", "status")
         lab.run(node("node1"), ["kill", "-9", str(old["pid"])], check=True)
         new = lab.wait_for("node1's agent back", lambda: (
             lambda s: s if s["pid"] != old["pid"] and s["state"] == "running" else None)(
-                lab.agent("node1", "status")), timeout=60)
+                lab.agent_view("node1", "status")), timeout=60)
         after = active_connections(cluster)
         short = lab.probe(CLIENT, "tcp", host, port, count=10)
     finally:
@@ -397,7 +397,7 @@ def test_least_conn_udp_flows_that_expire_give_their_count_back(
     released = lab.wait_for("expired UDP flows to be recounted", lambda: (
         lambda c: c if sum(c.values()) == 0 else None)(
             active_connections(cluster, protocol="UDP")), timeout=120, interval=2)
-    status = lab.agent("node1", "status")["leastConn"]
+    status = lab.agent_view("node1", "status")["leastConn"]
     evidence(record_property, answers=names(answers), counted=counted, released=released,
              least_conn=status)
     assert not errors(answers)

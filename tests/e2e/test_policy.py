@@ -32,6 +32,7 @@ import pytest
 pytest.importorskip("cni_harness.providers.local.provider",
                     reason="needs the local cluster provider")
 
+from cni_cilium.policy.parse import policy_digest
 from cni_harness.providers.local.addressing import CLIENT_IP, WORLD_IP
 from cni_harness.suites.lab import (
     AGENT_CLI,
@@ -116,11 +117,10 @@ class Cluster:
     def apply(self, *docs: dict) -> None:
         """Apply policies (replacing same-named ones) and wait until every agent has them."""
         self.lab.apply(list(docs))
-        names = {d["metadata"]["name"] for d in self.applied} | {
-            d["metadata"]["name"] for d in docs}
         self.applied = [d for d in self.applied if d["metadata"]["name"] not in
                         {x["metadata"]["name"] for x in docs}] + list(docs)
-        self.lab.wait_policies(sorted(names), self.pod_ips())
+        self.lab.wait_policies({d["metadata"]["name"]: policy_digest(d) for d in self.applied},
+                               self.pod_ips())
 
     def remove_all(self) -> None:
         if self.applied:
@@ -259,8 +259,8 @@ def clean(cluster):
 def set_audit(cluster, on: bool) -> None:
     cluster.lab.set_module_config(AUDIT_CONFIG if on else CONFIG)
     for name in cluster.nodes:
-        cluster.lab.wait_for(f"audit mode {on} on {name}", lambda n=name: cluster.lab.agent(
-            n, "status")["policy"]["auditMode"] is on)
+        cluster.lab.wait_for(f"audit mode {on} on {name}", lambda n=name: (
+            cluster.lab.agent_view(n, "status")["policy"]["auditMode"] is on))
 
 
 # ---------------------------------------------------------------- endpoints
@@ -570,7 +570,7 @@ def _kill_agents_under_policies(c, lab) -> dict:
     dead = {n: lab.run(node(n), ["test", "-e", "/run/cni-cilium/agent.sock"]).returncode != 0
             or lab.run(node(n), [AGENT_CLI, "status"]).returncode != 0 for n in pids}
     for name, pid in pids.items():
-        lab.wait_for(f"{name}'s agent back", lambda n=name, p=pid: lab.agent(
+        lab.wait_for(f"{name}'s agent back", lambda n=name, p=pid: lab.agent_view(
             n, "status")["pid"] != p, timeout=60)
     back_at = time.time()
     after = check()
@@ -608,7 +608,7 @@ def test_invalid_policies_are_refused_by_field_and_the_rest_keeps_working(
     lab.provider.put_file("node1", path, json.dumps(bad[3]).encode())
     try:
         agent_problems = lab.wait_for("the agent's problem line", lambda: [
-            p for p in lab.agent("node1", "status")["problems"] if "bad-port" in p])
+            p for p in lab.agent_view("node1", "status")["problems"] if "bad-port" in p])
         allowed = lab.probe(pod("cli-3"), "tcp", c.pod_ip("web"), 8080)
         denied = lab.probe(pod("other-2"), "tcp", c.pod_ip("web"), 8080, timeout=1)
     finally:
@@ -648,7 +648,7 @@ def test_a_flood_of_denied_packets_is_rate_limited_not_stalling_the_node(
     answered_in = time.monotonic() - started
     after = lab.wait_for("the collector to catch up", lambda: (
         lambda f: f if f["seen"] - before["seen"] >= f["events"] - before["events"] else None)(
-            lab.agent("node1", "status")["policy"]["flows"]), timeout=10)
+            lab.agent_view("node1", "status")["policy"]["flows"]), timeout=10)
     drops = c.drops("node1", "policy_denied") - drops_before
     allowed_after = lab.probe(pod("cli-1"), "tcp", c.pod_ip("other-2"), 8080)
     evidence(record_property, sent=count, drops=drops, flows_before=before, flows_after=after,
@@ -686,7 +686,7 @@ def test_the_docs_procedure_audit_first_then_enforce(clean, record_property):
     pids = {n: lab.agent(n, "status")["pid"] for n in c.nodes}
     deploy(c, AUDIT_CONFIG)                               # step 1: policyAuditMode: true
     for name in c.nodes:
-        lab.wait_for(f"audit mode on {name}", lambda n=name: lab.agent(
+        lab.wait_for(f"audit mode on {name}", lambda n=name: lab.agent_view(
             n, "status")["policy"]["auditMode"])
     lockdown = ccnp("nodes-cluster-only", nodeSelector={},
                     ingress=[{"fromEntities": ["cluster"]}])
@@ -710,7 +710,7 @@ def test_the_docs_procedure_audit_first_then_enforce(clean, record_property):
         if f["verdict"] == "FORWARDED" and f["match"] == "L3-L4"], timeout=10)
     deploy(c, CONFIG)                                     # policyAuditMode removed
     for name in c.nodes:
-        lab.wait_for(f"audit mode off on {name}", lambda n=name: not lab.agent(
+        lab.wait_for(f"audit mode off on {name}", lambda n=name: not lab.agent_view(
             n, "status")["policy"]["auditMode"])
     enforced_at = time.time()
     denied_before = c.drops("node2", "policy_denied")

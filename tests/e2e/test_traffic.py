@@ -499,7 +499,7 @@ def test_invalid_manifests_are_refused_by_field_and_the_rest_keeps_working(
         lab.provider.put_file(n, path, bad.encode())
     try:
         problems = lab.wait_for("the problem in the agent's status", lambda: [
-            p for p in lab.agent("node1", "status")["problems"] if "broken" in p], timeout=10)
+            p for p in lab.agent_view("node1", "status")["problems"] if "broken" in p], timeout=10)
         answers = lab.probe(pod("cl-1"), "tcp", cluster.cluster_ip("web"), 80, count=6)
     finally:
         for n in cluster.nodes:
@@ -536,7 +536,7 @@ def test_established_nodeport_stream_survives_agent_kill_and_restart(cluster, re
     killed_at = time.monotonic()
     during = lab.probe(CLIENT, "tcp", cluster.ip("node1"), cluster.node_port("stream"))
     after = lab.wait_for("the agent to be back", lambda: (
-        lambda s: s if s["pid"] != old_pid else None)(lab.agent("node1", "status")),
+        lambda s: s if s["pid"] != old_pid else None)(lab.agent_view("node1", "status")),
         timeout=30)
     back_at = time.monotonic()
     # The first new connection once the agent is back must answer (a figure, not a timed
@@ -592,10 +592,10 @@ def test_service_paths_fail_without_the_datapath(cluster, record_property):
         world = lab.probe(pod("cl-3"), "tcp", WORLD_IP, 8080, count=1, timeout=1)
     finally:
         lab.run(node("node3"), [NODECTL, "start", AGENT_UNIT], check=True)
-        lab.wait_for("node3's agent", lambda: lab.agent("node3", "status")["state"] ==
+        lab.wait_for("node3's agent", lambda: lab.agent_view("node3", "status")["state"] ==
                      "running", timeout=60)
     lab.wait_for("node3's cl-3 endpoint programs", lambda: all(
-        d["ok"] for d in lab.agent("node3", "status")["devices"].values()), timeout=30)
+        d["ok"] for d in lab.agent_view("node3", "status")["devices"].values()), timeout=30)
     restored = lab.probe(CLIENT, "tcp", cluster.ip("node3"), cluster.node_port("web"),
                          count=4)
     evidence(record_property, nodeport=nodeport, clusterip=clusterip, world=world,
@@ -612,7 +612,7 @@ def test_agent_stops_on_sigterm_leaving_the_datapath_in_place(cluster, record_pr
                             count=4)
     finally:
         lab.run(node("node2"), [NODECTL, "start", AGENT_UNIT], check=True)
-        lab.wait_for("node2's agent", lambda: lab.agent("node2", "status")["state"] ==
+        lab.wait_for("node2's agent", lambda: lab.agent_view("node2", "status")["state"] ==
                      "running", timeout=60)
     evidence(record_property, answers_while_stopped=names(answers))
     assert not errors(answers)

@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from cni_cilium.paths import AGENT_SOCKET
+
 from .. import tools
 from ..timescale import scaled
 
@@ -24,6 +26,10 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(tools.__file__))
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
+# The JSON documents `cni-cilium status|service list|policy get|identity list|egress list
+# --json` print are the agent API's paths of the same name (impl/cni_cilium/nodecli.py).
+AGENT_VIEWS = {"status": "/status", "services": "/services", "policy": "/policy",
+               "identities": "/identities", "egress": "/egress"}
 MODULE_CONFIG = "/etc/cni-cilium/config.yaml"   # docs/architecture.md, files on a node
 PEER_PORT = 8080
 DATAPATH_METRICS = "cni_cilium_datapath_"   # the agent's datapath_{events,drops}_total
@@ -305,12 +311,20 @@ class Lab:
                        check=True)
         return json.loads(res.stdout)
 
+    def agent_view(self, node_name: str, view: str, timeout: float = 30) -> Any:
+        """One of AGENT_VIEWS from a node's agent API, parsed: the document the CLI's
+        `--json` prints, fetched by curl. The waits poll this: an emulated guest starts
+        curl in a fraction of the seconds the CLI's Python start takes."""
+        return json.loads(self._agent_get(node_name, AGENT_VIEWS[view], timeout))
+
+    def _agent_get(self, node_name: str, path: str, timeout: float = 30) -> str:
+        return self.run(node(node_name), [
+            "curl", "-fsS", "--unix-socket", AGENT_SOCKET, f"http://agent{path}"],
+            timeout=timeout, check=True).stdout
+
     def metrics(self, node_name: str) -> dict[str, float]:
         """Every sample of a node agent's Prometheus metrics: {sample with labels: value}."""
-        res = self.run(node(node_name), [
-            "curl", "-sS", "--unix-socket", "/run/cni-cilium/agent.sock",
-            "http://agent/metrics"], check=True)
-        return parse_samples(res.stdout)
+        return parse_samples(self._agent_get(node_name, "/metrics"))
 
     def metric(self, node_name: str, sample: str) -> float:
         """One sample of a node agent's Prometheus metrics (0 when absent)."""
@@ -330,19 +344,24 @@ class Lab:
             found += [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
         return sorted(found, key=lambda f: (f["time"], f["node"], f["seq"]))
 
-    def wait_policies(self, names: Sequence[str], addresses: Sequence[str] = (),
-                      timeout: float = 20) -> None:
-        """Until every node's agent has exactly the policies `names` in effect and knows the
-        identity of each of `addresses` (pods it must tell apart)."""
+    def wait_policies(self, policies: Mapping[str, str] | Sequence[str],
+                      addresses: Sequence[str] = (), timeout: float = 20) -> None:
+        """Until every node's agent has exactly `policies` in effect and knows the identity
+        of each of `addresses` (pods it must tell apart). `policies`: names, or {name:
+        digest} (`cni_cilium.policy.parse.policy_digest` of the document) when a policy
+        was replaced under the same name and the new version is what must be in effect."""
+        digests = dict(policies) if isinstance(policies, Mapping) else {}
         for info in self.provider.nodes():
             def ready(name=info.name) -> bool:
-                doc = self.agent(name, "policy", "get")
-                if sorted(p["name"] for p in doc["policies"]) != sorted(names):
+                doc = self.agent_view(name, "policy")
+                in_effect = {p["name"]: p.get("digest", "") for p in doc["policies"]}
+                if sorted(in_effect) != sorted(policies) or any(
+                        in_effect[n] != d for n, d in digests.items()):
                     return False
-                identities = self.agent(name, "identity", "list")["identities"]
+                identities = self.agent_view(name, "identities")["identities"]
                 known = {a.split("/")[0] for i in identities for a in i["addresses"]}
                 return set(addresses) <= known
-            self.wait_for(f"policies {sorted(names)} on {info.name}", ready, timeout)
+            self.wait_for(f"policies {sorted(policies)} on {info.name}", ready, timeout)
 
     def client_ssh_argv(self, node_name: str, command: str, timeout: int = 3) -> list[str]:
         """A real ssh from the external client namespace to a node's sshd on its address
@@ -394,8 +413,9 @@ class Lab:
         if lb_modes is None:
             return
         for info in self.provider.nodes():
-            self.wait_for(f"LB modes {lb_modes} on {info.name}", lambda n=info.name: self.agent(
-                n, "status")["modes"]["lbMode"] == lb_modes, timeout)
+            self.wait_for(f"LB modes {lb_modes} on {info.name}",
+                          lambda n=info.name: self.agent_view(
+                              n, "status")["modes"]["lbMode"] == lb_modes, timeout)
 
     def module_config(self, node_name: str) -> str:
         """The module config file on a node, as the agent reads it."""
@@ -410,25 +430,24 @@ class Lab:
     def wait_all_programmed(self, services: Mapping[str, dict[str, int] | None],
                             nodes: Sequence[str] | None = None, timeout: float = 20) -> None:
         """`wait_programmed` for several services at once ({service: count_by_type}): one
-        `service list` per node and try, however many services (each is a CLI start on the
-        node, seconds on an emulated VM)."""
+        `services` view per node and try, however many services."""
         for name in nodes or [n.name for n in self.provider.nodes()]:
             def ready(name=name) -> bool:
-                frontends = self.agent(name, "service", "list")["frontends"]
+                frontends = self.agent_view(name, "services")["frontends"]
                 return all(programmed(frontends, service, counts)
                            for service, counts in services.items())
             self.wait_for(f"{', '.join(services)} programmed on {name}", ready, timeout)
 
     def egress_status(self, gateway: str, nodes: Sequence[str] | None = None) -> dict:
         """An EgressGateway's status as the agents report it: every running agent's view
-        (`cni-cilium egress list`), the status they agree on (activeNodeName, readyNodes,
-        the Ready condition as the active node's agent gives it), and whether they agree.
+        (the `egress` view), the status they agree on (activeNodeName, readyNodes, the
+        Ready condition as the active node's agent gives it), and whether they agree.
         Nodes whose agent does not answer (stopped, rebooting) are listed as such."""
         views: dict[str, dict] = {}
         down: dict[str, str] = {}
         for name in nodes or [n.name for n in self.provider.nodes()]:
             try:
-                doc = self.agent(name, "egress", "list", timeout=10)
+                doc = self.agent_view(name, "egress", timeout=10)
             except (LabError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
                 down[name] = str(exc).splitlines()[0][:200] if str(exc) else "no answer"
                 continue

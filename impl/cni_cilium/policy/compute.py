@@ -120,6 +120,7 @@ class PolicyTranslation:
     rules: dict[int, str] = field(default_factory=dict)       # rule id -> where it is
     subjects: list[SubjectView] = field(default_factory=list)
     policies: dict[str, list[str]] = field(default_factory=dict)   # name -> what it selects
+    digests: dict[str, str] = field(default_factory=dict)     # name -> version in effect
     names: dict[str, str] = field(default_factory=dict)       # address -> pod or node name
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -127,7 +128,8 @@ class PolicyTranslation:
     def to_dict(self) -> dict:
         """The agent's /policy document."""
         return {"auditMode": self.audit,
-                "policies": [{"name": n, "selects": s} for n, s in sorted(self.policies.items())],
+                "policies": [{"name": n, "selects": s, "digest": self.digests.get(n, "")}
+                             for n, s in sorted(self.policies.items())],
                 "subjects": [s.to_dict() for s in self.subjects],
                 "rules": {str(k): v for k, v in sorted(self.rules.items())},
                 "identities": len(self.identities), "ipcache": len(self.ipcache),
@@ -380,6 +382,7 @@ def translate_policies(settings, node: Node, nodes: Sequence[Node], objects: Seq
                 subjects[s].policies.append(policy.name)
             _spec_entries(policy.name, spec, chosen, universe, rules, groups, enforce)
         out.policies[policy.name] = selected
+        out.digests[policy.name] = policy.digest
     _write(groups, enforce, subjects, out)
     out.subjects = list(subjects.values())
     return out

@@ -142,6 +142,7 @@ class ClusterwideNetworkPolicy:
     name: str
     specs: tuple[PolicySpec, ...]
     labels: dict[str, str] = field(default_factory=dict)
+    digest: str = ""               # parse.policy_digest: which version of the document
 
     kind = KIND
 

@@ -9,8 +9,10 @@ ignored: a policy is enforced as written or not at all.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
-from typing import Any
+import json
+from typing import Any, Mapping
 
 from ..manifests import _LABEL_NAME, _LABEL_VALUE, _cidr, _Ctx, _list, _mapping, _meta
 from .model import (
@@ -270,6 +272,15 @@ def parse_spec(ctx: _Ctx, raw: Any, path: str) -> PolicySpec | None:
                       default_deny, str(description))
 
 
+def policy_digest(doc: Mapping[str, Any]) -> str:
+    """The version of a policy document: a digest of its `spec` and `specs` (pure). The
+    agent reports it per policy, so a caller that replaced a policy can tell when the new
+    version, not only the name, is in effect."""
+    body = json.dumps({"spec": doc.get("spec"), "specs": doc.get("specs")}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def parse_clusterwide_policy(doc: dict, ctx: _Ctx) -> ClusterwideNetworkPolicy | None:
     """A CiliumClusterwideNetworkPolicy document, or None (the problems are in ctx)."""
     if doc.get("apiVersion") != API_VERSION:
@@ -285,4 +296,5 @@ def parse_clusterwide_policy(doc: dict, ctx: _Ctx) -> ClusterwideNetworkPolicy |
     specs = [parse_spec(ctx, raw, path) for path, raw in raw_specs]
     if ctx.problems:
         return None
-    return ClusterwideNetworkPolicy(name, tuple(s for s in specs if s is not None), labels)
+    return ClusterwideNetworkPolicy(name, tuple(s for s in specs if s is not None), labels,
+                                    policy_digest(doc))

@@ -384,3 +384,22 @@ def test_the_node_translation_carries_the_policy_maps_and_their_problems():
     assert index_key(0) in out.maps["policy_cfg"]
     assert PolicyMaps(out.maps).identity("10.100.2.11") >= 256
     assert PolicyMaps(out.maps).identity("198.51.100.1") == WORLD
+
+
+def test_each_policy_in_effect_carries_the_digest_of_its_version():
+    """/policy names each policy's version, so a caller that replaced a policy under the
+    same name can wait for the new one (the harness's wait_policies)."""
+    from cni_cilium.policy.parse import policy_digest
+
+    first = {"nodeSelector": {}, "ingress": [{"fromEntities": ["cluster"]}]}
+    second = {**first, "ingress": [*first["ingress"], {"fromCIDR": ["10.99.0.2/32"]}]}
+    views = []
+    for spec in (first, second):
+        [policy] = policies(ccnp("nodes", spec))
+        doc = translate_policies(DEFAULT, NODES[1], NODES, [*NODES, *PODS, policy]).to_dict()
+        views.append(doc["policies"])
+    assert views[0][0]["digest"] == policy_digest({"spec": first})
+    assert views[1][0]["digest"] == policy_digest({"spec": second}) != views[0][0]["digest"]
+    # the same spec whatever its key order or the metadata around it
+    assert policy_digest({"spec": dict(reversed(list(first.items()))),
+                          "metadata": {"name": "x"}}) == views[0][0]["digest"]
