@@ -17,8 +17,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from cni_cilium.paths import AGENT_SOCKET
-
 from .. import tools
 from ..timescale import scaled
 
@@ -26,6 +24,7 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(tools.__file__))
 NODE_TOOLS_DIR = "/opt/cni-harness/tools"
 TOOLS = ("peer_server.py", "probe.py")
 AGENT_CLI = "/opt/cni-cilium/venv/bin/cni-cilium"
+AGENT_SOCKET = "/run/cni-cilium/agent.sock"   # on the node, whatever the controller's root
 # The JSON documents `cni-cilium status|service list|policy get|identity list|egress list
 # --json` print are the agent API's paths of the same name (impl/cni_cilium/nodecli.py).
 AGENT_VIEWS = {"status": "/status", "services": "/services", "policy": "/policy",
