@@ -20,7 +20,7 @@ static __always_inline int affinity_lookup(const struct pkt *p, const struct lb_
 {
 	struct lb_affinity_key key = {};
 	struct lb_affinity *a;
-	u32 now = ct_now();
+	u32 now = pkt_now(p);
 
 	affinity_key_set(&key, fe_key, p->saddr);
 	a = lb_affinity.lookup(&key);
@@ -39,7 +39,7 @@ static __always_inline void affinity_record(const struct pkt *p, const struct lb
 
 	affinity_key_set(&key, fe_key, p->saddr);
 	value.backend = *backend;
-	value.last_used = ct_now();
+	value.last_used = pkt_now(p);
 	lb_affinity.update(&key, &value);
 }
 

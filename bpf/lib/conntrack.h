@@ -9,11 +9,6 @@
 #define CT_LIFETIME_TCP_CLOSING 10
 #define CT_LIFETIME_UDP 60
 
-static __always_inline u32 ct_now(void)
-{
-	return bpf_ktime_get_ns() / 1000000000ULL;
-}
-
 static __always_inline void ct_key_set(struct ct_key *k, __be32 saddr, __be32 daddr,
 				       __be16 sport, __be16 dport, u8 proto, u8 kind)
 {
@@ -37,12 +32,12 @@ static __always_inline u32 ct_lifetime(const struct pkt *p, u16 flags)
 	return CT_LIFETIME_TCP;
 }
 
-/* A live entry, or NULL when absent or expired. */
-static __always_inline struct ct_entry *ct_lookup(struct ct_key *k)
+/* A live entry at the packet's time, or NULL when absent or expired. */
+static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, const struct pkt *p)
 {
 	struct ct_entry *e = ct4.lookup(k);
 
-	if (e && e->expires < ct_now())
+	if (e && e->expires < pkt_now(p))
 		return 0;
 	return e;
 }
@@ -61,7 +56,7 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, u3
 
 	if (p->tcp_flags & (TCPF_FIN | TCPF_RST))
 		e->flags |= CT_F_CLOSING;
-	expires = ct_now() + ct_lifetime(p, e->flags);
+	expires = pkt_now(p) + ct_lifetime(p, e->flags);
 	if (e->expires != expires)
 		e->expires = expires;
 	__sync_fetch_and_add(&e->packets, 1);
@@ -74,7 +69,7 @@ static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p, u3
 static __always_inline void ct_entry_init(struct ct_entry *e, const struct pkt *p,
 					  __be32 nat_addr, __be16 nat_port, u16 flags, u32 len)
 {
-	u32 now = ct_now();
+	u32 now = pkt_now(p);
 
 	e->nat_addr = nat_addr;
 	e->nat_port = nat_port;

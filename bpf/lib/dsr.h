@@ -95,11 +95,11 @@ static __always_inline void dsr_record_reply(const struct pkt *p, const struct d
 	struct ct_entry *e, fresh = {};
 
 	ct_key_set(&reply, p->daddr, p->saddr, p->dport, p->sport, p->proto, CT_REPLY);
-	e = ct_lookup(&reply);
+	e = ct_lookup(&reply, p);
 	if (e && e->nat_addr == opt->addr && e->nat_port == opt->port && !ct_is_reopen(p, e)) {
 		/* Keep it alive while the client sends (UDP: every datagram carries the option). */
 		if (p->proto == IPPROTO_UDP)
-			e->expires = ct_now() + CT_LIFETIME_UDP;
+			e->expires = pkt_now(p) + CT_LIFETIME_UDP;
 		return;
 	}
 	ct_entry_init(&fresh, p, opt->addr, opt->port, CT_F_REDIRECT | CT_F_DSR, 0);

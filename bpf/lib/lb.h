@@ -83,7 +83,7 @@ static __always_inline int lb_connection(const struct pkt *p, const struct lb_ke
 	int reason;
 
 	ct_key_set(&svc, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_SERVICE);
-	e = ct_lookup(&svc);
+	e = ct_lookup(&svc, p);
 	if (e && !ct_is_reopen(p, e)) {
 		backend->addr = e->nat_addr;
 		backend->port = e->nat_port;
@@ -170,7 +170,7 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 
 	__be32 backend;
 
 	ct_key_set(&reply, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_REPLY);
-	e = ct_lookup(&reply);
+	e = ct_lookup(&reply, p);
 	if (!e)
 		return 0;
 	e->flags |= CT_F_REPLIED;

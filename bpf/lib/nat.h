@@ -65,7 +65,7 @@ static __always_inline void nat_in_touch(struct ct_entry *e, const struct pkt *p
 	nat_note_close(e, p, fin_flag);
 	ct_touch(e, p, len);
 	if ((e->flags & CT_F_FIN_REPLY) && !(p->tcp_flags & TCPF_RST))
-		e->expires = ct_now() + NAT_PEER_TIME_WAIT;
+		e->expires = pkt_now(p) + NAT_PEER_TIME_WAIT;
 }
 
 /* Whether a new connection (this packet) may take the port of the NAT_IN entry `taken`:
@@ -95,7 +95,7 @@ static __always_inline __be16 snat_claim_port(const struct pkt *p, __be32 nat_ad
 	u32 min = cfg->nat_port_min;
 	u32 range = (u32)cfg->nat_port_max - min + 1;
 	u32 start = nat_scan_start(ntohs(p->sport), min, range);
-	u32 now = ct_now();
+	u32 now = pkt_now(p);
 
 	ct_entry_init(&orig, p, p->saddr, p->sport, 0, len);
 	ct_key_set(&in, p->daddr, nat_addr, p->dport, 0, p->proto, CT_NAT_IN);
@@ -129,7 +129,7 @@ static __always_inline __be16 snat_current_port(struct pkt *p, __be32 nat_addr, 
 	__be16 port;
 
 	ct_key_set(&out, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_NAT_OUT);
-	e = ct_lookup(&out);
+	e = ct_lookup(&out, p);
 	if (!e || e->nat_addr != nat_addr)
 		return 0;
 	port = e->nat_port;
@@ -190,7 +190,7 @@ static __always_inline int snat_reverse(struct __sk_buff *skb, struct pkt *p,
 	if (p->daddr != cfg->node_ip || dport < cfg->nat_port_min || dport > cfg->nat_port_max)
 		return 0;
 	ct_key_set(&in, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_NAT_IN);
-	e = ct_lookup(&in);
+	e = ct_lookup(&in, p);
 	if (!e)
 		return 0;
 	nat_in_touch(e, p, skb->len, CT_F_FIN_REPLY);

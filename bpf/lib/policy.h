@@ -176,7 +176,7 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct pkt 
 	/* A reply: to a connection the subject accepted (when it sends) or opened. */
 	ct_key_set(&key, t->daddr, t->saddr, t->dport, t->sport, t->proto,
 		   sends ? CT_POLICY_IN : CT_POLICY_OUT);
-	e = ct_lookup(&key);
+	e = ct_lookup(&key, t);
 	if (e) {
 		/* The connection's own direction decides whether an audited one still passes. */
 		ct_touch(e, t, skb->len);
@@ -184,7 +184,7 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct pkt 
 	}
 	ct_key_set(&key, t->saddr, t->daddr, t->sport, t->dport, t->proto,
 		   sends ? CT_POLICY_OUT : CT_POLICY_IN);
-	e = ct_lookup(&key);
+	e = ct_lookup(&key, t);
 	if (!e || ct_is_reopen(t, e))
 		return policy_judge(skb, t, p, point, 0);
 	if (e->flags & CT_F_AUDIT) {

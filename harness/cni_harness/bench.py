@@ -243,6 +243,7 @@ MODES = {"SNAT": {"TCP": "SNAT", "UDP": "SNAT"}, "DSR": {"TCP": "DSR", "UDP": "D
 DIRECT = "pod->pod direct"
 # The agents count as idle below 5% of a CPU over 2 s (a status write every 2 s and the
 # ct GC stay under it on a quiet node); a settle gives up after 3 minutes.
+BPF_STATS_SYSCTL = "kernel.bpf_stats_enabled"
 SETTLE_SHARE = 0.05
 SETTLE_WINDOW_S = 2.0
 SETTLE_TIMEOUT_S = 180.0
@@ -308,17 +309,24 @@ class TrafficBench:
         self.server_pid = ""
 
     # ---------------------------------------------------------------- generators
-    def wrk(self, where, host: str, port: int, close: bool) -> dict:
-        """wrk pinned to the client CPU; its own CPU share and the server's."""
+    def wrk(self, where, host: str, port: int, close: bool, programs: bool = False) -> dict:
+        """wrk pinned to the client CPU; its own CPU share and the server's; with
+        `programs`, also the BPF programs' run time and runs per request (all nodes)."""
         header = ["-H", "Connection: close"] if close else []
         script = (f"taskset -c {CLIENT_CPU} wrk -t1 -c{WRK_CONNECTIONS} "
                   f'-d{max(1, round(self.seconds))}s --timeout 3s "$@"; cat /proc/$$/stat')
         server_before, agents_before = self.server_cpu(), self.agents_cpu()
+        programs_before = self.program_runs() if programs else None
         res = self.lab.run(where, ["sh", "-c", script, "wrk", *header,
                                    f"http://{host}:{port}/"],
                            timeout=self.seconds + 60, check=True)
+        after = self.program_runs() if programs else None
         server, agents = self.server_cpu() - server_before, self.agents_cpu()
         out = parse_wrk(res.stdout)
+        if after and programs_before and out["requests"]:
+            out["bpfNsPerRequest"] = round((after[0] - programs_before[0]) / out["requests"])
+            out["bpfRunsPerRequest"] = round((after[1] - programs_before[1])
+                                             / out["requests"], 2)
         out["clientCpu"] = round(child_cpu_seconds(res.stdout.strip().splitlines()[-1])
                                  / self.seconds, 2)
         out["serverCpu"] = round(server / self.seconds, 2)
@@ -331,6 +339,24 @@ class TrafficBench:
                                    "-t", str(max(1, round(self.seconds))), "-J"],
                            timeout=self.seconds + 60, check=True)
         return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+
+    @contextlib.contextmanager
+    def program_stats(self) -> Iterator[None]:
+        """kernel.bpf_stats_enabled on every node while inside (the programs' run counters
+        move only then; they cost two clock reads a run), as it was afterwards."""
+        from .suites.lab import node
+
+        names = [info.name for info in self.lab.provider.nodes()]
+        was = {n: self.lab.run(node(n), ["sysctl", "-n", BPF_STATS_SYSCTL]).stdout.strip()
+               for n in names}
+        for n in names:
+            self.lab.run(node(n), ["sysctl", "-qw", f"{BPF_STATS_SYSCTL}=1"], check=True)
+        try:
+            yield
+        finally:
+            for n in names:
+                if was[n] in ("0", "1"):
+                    self.lab.run(node(n), ["sysctl", "-qw", f"{BPF_STATS_SYSCTL}={was[n]}"])
 
     def server_cpu(self) -> float:
         """CPU seconds the nginx worker used so far (0 when it cannot be read)."""
@@ -357,6 +383,22 @@ class TrafficBench:
             if res.returncode == 0 and ")" in res.stdout:
                 used[info.name] = process_cpu_seconds(res.stdout)
         return used
+
+    def program_runs(self) -> tuple[int, int] | None:
+        """(run time ns, runs) of every node's programs together, from the agents' status;
+        None when a node's agent does not answer (the kube-proxy peer's phase)."""
+        from .suites.lab import LabError
+
+        total_ns = total_runs = 0
+        for info in self.lab.provider.nodes():
+            try:
+                programs = self.lab.agent_view(info.name, "status")["bpf"]["programs"]
+            except (LabError, ValueError, KeyError):   # no agent, or one without counters
+                return None
+            for run in programs.values():
+                total_ns += run["runTimeNs"]
+                total_runs += run["runCount"]
+        return total_ns, total_runs
 
     def settle(self, why: str, window: float = SETTLE_WINDOW_S,
                threshold: float = SETTLE_SHARE, timeout: float = SETTLE_TIMEOUT_S) -> float:
@@ -395,6 +437,17 @@ class TrafficBench:
         samples["gbps"].append(self.iperf(path.where, *path.iperf))
         samples["runs"].append({"close": close, "keepalive": keep})
 
+    def program_cost(self, path: Path, into: dict) -> None:
+        """The datapath's own cost on a path: BPF run time and runs per request of one
+        new-connection and one keep-alive wrk run (inside `program_stats`). Separate runs:
+        counting costs each program run two clock reads, which the rates must not pay."""
+        self.progress(f"  {path.label} (programs' time)")
+        into.setdefault(path.label, {"conn": [], "keepalive": [], "gbps": [], "runs": []})
+        into[path.label]["programs"] = {
+            key: {k: run.get(k) for k in ("bpfNsPerRequest", "bpfRunsPerRequest", "rps")}
+            for key, run in (("conn", self.wrk(path.where, *path.http, True, True)),
+                             ("keepalive", self.wrk(path.where, *path.http, False, True)))}
+
 
 def summarise(samples: dict, baseline: str = DIRECT) -> dict:
     """Per path, the median of each figure; for a path paired with `baseline` round by
@@ -404,6 +457,8 @@ def summarise(samples: dict, baseline: str = DIRECT) -> dict:
     out = {}
     for label, s in samples.items():
         summary = {**{m: _median(s[m]) for m, _ in METRICS}, "samples": s}
+        if s.get("programs"):
+            summary["programs"] = s["programs"]
         if s.get("pairs") and baseline in samples:
             base = samples[baseline]
             summary["ratios"] = {m: _median([s[m][i] / base[m][j]
@@ -564,12 +619,16 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                 lab.set_module_config(f"bpfLBMode: {mode}\n", MODES[mode], timeout=120)
                 settled[f"{count} services, {mode}"] = round(
                     bench.settle(f"switching {count} services to {mode}"), 1)
+                paths = [clusterip] if mode == "SNAT" else []
                 for r in range(rounds):
                     progress(f"cni-cilium, {count} services, {mode}, round {r + 1}/{rounds}")
                     bench.measure(direct, samples)
-                    paths = [clusterip] if mode == "SNAT" else []
                     for path in [*paths, *external(mode)]:
                         bench.measure(path, samples, baseline=DIRECT)
+                progress(f"cni-cilium, {count} services, {mode}: the programs' time per request")
+                with bench.program_stats():
+                    for path in [direct, *paths, *external(mode)]:
+                        bench.program_cost(path, samples)
             cilium[count] = summarise(samples)
         if peer == "kube-proxy":
             objects, _problems = parse_documents(
@@ -677,12 +736,36 @@ def format_traffic_results(results: dict) -> str:
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += format_program_costs(results)
     busiest = busiest_agent_cpu(results)
     if busiest:
         lines.append("busiest agent's CPU share during the cni-cilium wrk runs: median "
                      f"{_median(busiest):.2f}, max {max(busiest):.2f} of a CPU")
     lines += [f"clean-up failed: {e}" for e in results.get("cleanupErrors", [])]
     return "\n".join(lines)
+
+
+def format_program_costs(results: dict) -> list[str]:
+    """The table of the datapath's own time per request and path (pure; empty when the
+    run measured none)."""
+    rows = []
+    for count in results["counts"]:
+        ours = results["cilium"].get(count) or results["cilium"].get(str(count), {})
+        for label, summary in ours.items():
+            cost = summary.get("programs")
+            if not cost:
+                continue
+            rows.append([label, f"{count:,}"] + [
+                f"{cost[key]['bpfNsPerRequest'] / 1000:.2f} ({cost[key]['bpfRunsPerRequest']:g})"
+                if cost.get(key, {}).get("bpfNsPerRequest") is not None else "-"
+                for key in ("conn", "keepalive")])
+    if not rows:
+        return []
+    return ["", "cni-cilium's BPF programs per request, all nodes together: µs of run time "
+            "(program runs), from the kernel's run counters (kernel.bpf_stats_enabled) "
+            "during one extra wrk run per path whose rate is not in the table above",
+            "| path | services | new conn | keep-alive |", "|---|---|---|---|",
+            *["| " + " | ".join(r) + " |" for r in rows]]
 
 
 def busiest_agent_cpu(results: dict) -> list[float]:

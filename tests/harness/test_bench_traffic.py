@@ -76,3 +76,27 @@ def test_apply_results_name_the_settles_that_took_time():
     assert "9999 services added (10000 in all): 16.2 s" in text
     assert "after 10000 services, DSR: 14 s" in text
     assert "after 10000 services:" not in text
+
+
+def test_the_programs_time_per_request_gets_its_own_table_from_the_extra_runs():
+    samples = {DIRECT: _samples([1000]),
+               "client->NodePort (SNAT)": _samples([900], pairs=[0])}
+    samples[DIRECT]["programs"] = {
+        "conn": {"bpfNsPerRequest": 21500, "bpfRunsPerRequest": 40.0, "rps": 990},
+        "keepalive": {"bpfNsPerRequest": 4012, "bpfRunsPerRequest": 8.02, "rps": 5000}}
+    samples["client->NodePort (SNAT)"]["programs"] = {
+        "conn": {"bpfNsPerRequest": None, "bpfRunsPerRequest": None, "rps": 0},
+        "keepalive": {"bpfNsPerRequest": 5950, "bpfRunsPerRequest": 10.0, "rps": 4500}}
+    text = format_traffic_results({"counts": [1], "rounds": 1, "seconds": 3.0,
+                                   "cilium": {1: summarise(samples)}, "kubeProxy": {}})
+    assert "| pod->pod direct | 1 | 21.50 (40) | 4.01 (8.02) |" in text
+    assert "| client->NodePort (SNAT) | 1 | - | 5.95 (10) |" in text
+    # The rates table stays the rounds' own.
+    assert "| client->NodePort (SNAT) | 1 | 900 (0.90) | - |" in text
+
+
+def test_no_programs_table_when_the_run_measured_none():
+    text = format_traffic_results({"counts": [1], "rounds": 1, "seconds": 3.0,
+                                   "cilium": {1: summarise({DIRECT: _samples([1000])})},
+                                   "kubeProxy": {}})
+    assert "BPF programs per request" not in text

@@ -230,6 +230,24 @@ def prog_info(fd: int) -> ProgInfo:
                     btf_id, verified, xbuf.raw[:xlated_len])
 
 
+@dataclass(frozen=True)
+class ProgRunStats:
+    """A loaded program's id and what it ran: the kernel counts runs and their time only
+    while kernel.bpf_stats_enabled is 1 (5.1+), so both stay 0 otherwise."""
+
+    prog_id: int
+    run_time_ns: int
+    run_cnt: int
+
+
+def prog_run_stats(fd: int) -> ProgRunStats:
+    """The run counters of the program behind `fd` (no instruction dump: cheap enough for
+    every status)."""
+    raw = _obj_info(fd, _PROG_INFO_SIZE).raw
+    run_time_ns, run_cnt = struct.unpack_from("=QQ", raw, 192)
+    return ProgRunStats(struct.unpack_from("=I", raw, 4)[0], run_time_ns, run_cnt)
+
+
 def raise_memlock_limit() -> None:
     """Kernels before 5.11 charge maps and programs to RLIMIT_MEMLOCK (bcc raises it the
     same way); later ones ignore it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .. import paths
 from . import compilecache
 from .bpfcache import Uncacheable, origin_line
-from .bpfsys import BPF_PROG_TYPE_SCHED_CLS, PinnedMap, ProgramRefused, is_bpffs
+from .bpfsys import BPF_PROG_TYPE_SCHED_CLS, PinnedMap, ProgramRefused, is_bpffs, prog_run_stats
 from .compilecache import CacheMismatch, CacheOutcome, CompileCache
 from .source import MAIN, PROGRAMS, abi_digest, bundle
 
@@ -103,7 +103,18 @@ class LoadedDatapath:
         """The `bpf` section of the agent's status."""
         return {"origin": self.origin, "compileSeconds": round(self.compile_seconds, 3),
                 "loadSeconds": round(self.load_seconds, 3), "cache": self.cache.to_dict(),
-                "abi": self.digest, "pinDir": self.pin_dir, "sources": self.bpf_dir}
+                "abi": self.digest, "pinDir": self.pin_dir, "sources": self.bpf_dir,
+                "programs": self.program_runs()}
+
+    def program_runs(self) -> dict[str, dict[str, int]]:
+        """Per program: its kernel id, runs and run time (ns, summed over every device it
+        is attached to; counted while kernel.bpf_stats_enabled is 1)."""
+        out = {}
+        for name, fd in sorted(self.prog_fds.items()):
+            run = prog_run_stats(fd)
+            out[name] = {"id": run.prog_id, "runCount": run.run_cnt,
+                         "runTimeNs": run.run_time_ns}
+        return out
 
     def summary(self) -> str:
         """The agent's log line: where the programs came from and how long it took."""

@@ -214,3 +214,26 @@ def test_maglev_tables_are_identical_on_every_node_but_for_locality():
             (b.addr, b.port) if b else None for _k, raw in sorted(chunks.items())
             for b in bpfabi.decode_maglev_chunk(raw)]
     assert per_node["node1"] == per_node["node3"]
+
+
+def test_program_runs_count_each_packet_and_its_time_while_stats_are_on(datapath):
+    """What the agent's status reports per program: the kernel's run counters, which move
+    only while kernel.bpf_stats_enabled is 1 (the benchmark turns it on)."""
+    dp, _maps, _tr = datapath
+    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(stats_path, encoding="ascii") as fh:
+        was = fh.read().strip()
+    before = dp.program_runs()
+    assert set(before) == set(dp.prog_fds) and all(r["id"] > 0 for r in before.values())
+    try:
+        with open(stats_path, "w", encoding="ascii") as fh:
+            fh.write("1")
+        for sport in range(40000, 40010):
+            send(datapath, tcp_packet(CLIENT, NODE_IP, sport, 30010))
+    finally:
+        with open(stats_path, "w", encoding="ascii") as fh:
+            fh.write(was)
+    after = dp.program_runs()
+    assert after["from_netdev"]["runCount"] - before["from_netdev"]["runCount"] == 10
+    assert after["from_netdev"]["runTimeNs"] > before["from_netdev"]["runTimeNs"]
+    assert after["to_container"]["runCount"] == before["to_container"]["runCount"]
