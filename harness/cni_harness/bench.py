@@ -87,6 +87,21 @@ def private_bpffs() -> Iterator[str]:
         os.rmdir(path)
 
 
+@contextlib.contextmanager
+def private_datapath() -> Iterator[tuple[Any, dict]]:
+    """(the loaded programs, their managed maps) in a private bpffs, as the agent loads
+    them (this checkout's sources, or $CNI_CILIUM_BPF_DIR's), removed afterwards."""
+    with private_bpffs() as bpffs:
+        dp = loader.load(loader.find_bpf_dir(), pin_root=os.path.join(bpffs, "cni-cilium"),
+                         bpffs=bpffs)
+        maps = {name: dp.open_map(name) for name in MANAGED_MAPS}
+        try:
+            yield dp, maps
+        finally:
+            for m in maps.values():
+                m.close()
+
+
 @dataclass
 class ProgramResult:
     services: int
@@ -116,10 +131,7 @@ def program_benchmark(counts: Sequence[int] = (1000, 10000),
     """(bcc compile seconds, one result per service count)."""
     settings = settings_from_mapping({"bpfLBMode": "SNAT"})
     results = []
-    with private_bpffs() as bpffs:
-        dp = loader.load(loader.find_bpf_dir(), pin_root=os.path.join(bpffs, "cni-cilium"),
-                         bpffs=bpffs)
-        maps = {name: dp.open_map(name) for name in MANAGED_MAPS}
+    with private_datapath() as (dp, maps):
         programmed: dict[str, dict[bytes, bytes]] = {name: {} for name in maps}
         for count in counts:
             progress(f"programming {count} services x {BACKENDS_PER_SERVICE} backends ...")
@@ -151,11 +163,112 @@ def program_benchmark(counts: Sequence[int] = (1000, 10000),
             clear = diff_maps(programmed, {name: {} for name in maps})
             write_ops(maps, clear)
             programmed = apply_ops(programmed, clear)
-        for m in maps.values():
-            m.close()
         compile_s = dp.compile_seconds + dp.load_seconds
-        del dp
     return compile_s, results
+
+
+PACKET_RUNS = 2000
+PACKET_NODEPORT = 30080
+PACKET_BACKEND = "10.100.2.50"    # a pod on node2: node1 forwards to it
+PACKET_CLIENT = "10.99.0.100"
+TC_VERDICTS = {0: "ok", 2: "shot", 7: "redirect"}
+
+
+def _nodeport_docs() -> list[dict]:
+    """One NodePort service whose only backend is a pod on node2 (pure)."""
+    return [{"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "np", "namespace": "bench"},
+             "spec": {"type": "NodePort", "clusterIP": "10.96.255.250",
+                      "ports": [{"name": "http", "port": 80, "targetPort": 8080,
+                                 "nodePort": PACKET_NODEPORT}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "np-1", "namespace": "bench",
+                          "labels": {"kubernetes.io/service-name": "np"}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": [PACKET_BACKEND], "nodeName": "node2",
+                            "conditions": {"ready": True}}],
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]
+
+
+def packet_cost_benchmark(counts: Sequence[int] = (1, 10000), runs: int = PACKET_RUNS,
+                          progress: Callable[[str], None] = print) -> list[dict]:
+    """Per packet kind, the time node1's program takes for it (median and 90th percentile
+    of `runs` single BPF_PROG_TEST_RUNs, the kernel's own measure), with node1's maps
+    programmed by the agent's translation for `count` services: a NodePort connection's
+    SYN, its established request and its reply through the SNAT port in from_netdev, the
+    translated request leaving in to_netdev, and pod -> pod passing both ways. A test run
+    sends nothing (a redirect is only its return value); the FIB lookup before a redirect
+    uses this host's routes, so `verdict` says how each run ended."""
+    settings = settings_from_mapping({"bpfLBMode": "SNAT"})
+    out = []
+    with private_datapath() as (dp, maps):
+        programmed: dict[str, dict[bytes, bytes]] = {name: {} for name in maps}
+        for n, count in enumerate(counts):
+            progress(f"per-packet cost with {count} services ...")
+            docs = [*yaml.safe_load_all(synthetic_manifests(count - 1)), *_nodeport_docs()]
+            objects, problems = parse_documents(docs, "bench")
+            if problems:
+                raise RuntimeError(f"benchmark manifests invalid: {problems[:3]}")
+            ops = diff_maps(programmed, translate(DesiredState(settings, "node1",
+                                                               objects)).maps)
+            write_ops(maps, ops)
+            programmed = apply_ops(programmed, ops)
+            # Client ports differ per count: each count's connections are new.
+            out += [{"services": count, **row}
+                    for row in _packet_costs(dp.prog_fds, 10000 + 20000 * n, runs)]
+    return out
+
+
+def _packet_costs(prog_fds: dict[str, int], first_port: int, runs: int) -> list[dict]:
+    """The runs of `packet_cost_benchmark` against programmed maps: 64 NodePort connections
+    opened first (their SNAT ports read from the translated frames), then each kind."""
+    from cni_cilium.datapath.bpfsys import prog_test_run_timed
+    from cni_cilium.datapath.frames import TCP_ACK, TCP_SYN, ipv4_tuple, tcp_frame
+
+    node_ip, local_pod, client = NODES[0][1], "10.100.1.5", PACKET_CLIENT
+    nat_port = {}
+    for sport in range(first_port + runs, first_port + runs + 64):
+        prog_test_run_timed(prog_fds["from_netdev"], tcp_frame(
+            client, node_ip, sport, PACKET_NODEPORT, TCP_SYN))
+        _r, frame, _ns = prog_test_run_timed(prog_fds["from_netdev"], tcp_frame(
+            client, node_ip, sport, PACKET_NODEPORT, TCP_ACK))
+        nat_port[sport] = ipv4_tuple(frame)[1]
+    conns = sorted(nat_port)
+    kinds: list[tuple[str, str, Callable[[int], bytes]]] = [
+        ("from_netdev", "NodePort SYN, a new connection", lambda i: tcp_frame(
+            client, node_ip, first_port + i, PACKET_NODEPORT, TCP_SYN)),
+        ("from_netdev", "NodePort request, established", lambda i: tcp_frame(
+            client, node_ip, conns[i % 64], PACKET_NODEPORT, TCP_ACK)),
+        ("from_netdev", "NodePort reply to the SNAT port", lambda i: tcp_frame(
+            PACKET_BACKEND, node_ip, 8080, nat_port[conns[i % 64]], TCP_ACK)),
+        ("to_netdev", "NodePort request leaving, translated", lambda i: tcp_frame(
+            node_ip, PACKET_BACKEND, nat_port[conns[i % 64]], 8080, TCP_ACK)),
+        ("from_netdev", "pod -> pod, arriving", lambda i: tcp_frame(
+            PACKET_BACKEND, local_pod, 8080, 40000 + i % 64, TCP_ACK)),
+        ("to_netdev", "pod -> pod, leaving", lambda i: tcp_frame(
+            local_pod, PACKET_BACKEND, 40000 + i % 64, 8080, TCP_ACK))]
+    rows = []
+    for program, packet, frames in kinds:
+        ns, verdicts = [], set()
+        for i in range(runs):
+            retval, _frame, took = prog_test_run_timed(prog_fds[program], frames(i))
+            ns.append(took)
+            verdicts.add(TC_VERDICTS.get(retval, str(retval)))
+        rows.append({"program": program, "packet": packet, "medianNs": round(_median(ns)),
+                     "p90Ns": sorted(ns)[int(len(ns) * 0.9)],
+                     "verdict": ",".join(sorted(verdicts))})
+    return rows
+
+
+def format_packet_costs(rows: Sequence[dict], runs: int = PACKET_RUNS) -> str:
+    """The per-packet table (pure)."""
+    lines = [f"node1's programs per packet (BPF_PROG_TEST_RUN, median and 90th percentile of "
+             f"{runs} runs, ns)",
+             "| program | packet | services | median | p90 | verdict |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['program']} | {r['packet']} | {r['services']:,} | {r['medianNs']:,} | "
+              f"{r['p90Ns']:,} | {r['verdict']} |" for r in rows]
+    return "\n".join(lines)
 
 
 # One agent-like start: the datapath loaded as the agent loads it, timed from before the
@@ -685,7 +798,9 @@ def format_apply_results(results: dict) -> str:
     node's agent lists them."""
     lines = ["apply (ApiServer.apply, one call) until every node's agent has the services:"]
     previous = 1
-    for count, seconds in sorted(results.get("applySeconds", {}).items()):
+    # A --json document read back has its counts as string keys.
+    applied = {int(count): seconds for count, seconds in results.get("applySeconds", {}).items()}
+    for count, seconds in sorted(applied.items()):
         lines.append(f"  {count - previous:>6} services added ({count} in all): {seconds:.1f} s")
         previous = count
     waits = {k: v for k, v in results.get("settleSeconds", {}).items() if v > SETTLE_WINDOW_S * 1.5}

@@ -76,6 +76,9 @@ def test_apply_results_name_the_settles_that_took_time():
     assert "9999 services added (10000 in all): 16.2 s" in text
     assert "after 10000 services, DSR: 14 s" in text
     assert "after 10000 services:" not in text
+    # The same read back from `--json` (string keys).
+    assert "9999 services added (10000 in all): 16.2 s" in format_apply_results(
+        {"applySeconds": {"10000": 16.2}})
 
 
 def test_the_programs_time_per_request_gets_its_own_table_from_the_extra_runs():

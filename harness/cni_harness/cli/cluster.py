@@ -440,6 +440,9 @@ def _bench_datapath(args: argparse.Namespace) -> int:
         text.append(bench.format_program_results(compile_s, results))
         report["compileCache"] = bench.compile_cache_benchmark(progress)
         text.append(bench.format_cache_results(report["compileCache"]))
+    if not args.no_packets:
+        report["packets"] = bench.packet_cost_benchmark(traffic_counts, progress=progress)
+        text.append(bench.format_packet_costs(report["packets"]))
     progress("building maglev tables ...")
     report["maglev"] = bench.maglev_benchmark()
     text.append(bench.format_maglev_results(report["maglev"]))
@@ -599,7 +602,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-programming", action="store_true",
                        help="skip the map programming figures")
     bench.add_argument("--no-traffic", action="store_true",
-                       help="only the map programming figures (no cluster needed)")
+                       help="no cluster: only the figures measured in a private bpffs "
+                       "(map programming, per-packet program time, compile cache, maglev)")
+    bench.add_argument("--no-packets", action="store_true",
+                       help="skip the per-packet program time (BPF_PROG_TEST_RUN at each "
+                       "--traffic-services count)")
     bench.add_argument("--traffic-services", default="1,1000,10000",
                        help="service counts the traffic paths are measured at "
                             "(default %(default)s)")

@@ -9,7 +9,6 @@ compared with what the Python side predicts (the Maglev table and flow hash).
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 
 import pytest
@@ -26,6 +25,7 @@ from cni_cilium.bpfabi import (
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.datapath import loader
 from cni_cilium.datapath.bpfsys import prog_test_run
+from cni_cilium.datapath.frames import TCP_ACK, TCP_FIN, tcp_frame
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 from cni_cilium.translate import DesiredState, diff_maps, translate
@@ -39,27 +39,6 @@ NODE_IP, CLIENT = "10.99.0.11", "10.99.0.100"
 SETTINGS = settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True,
                                   "svcSourceRangeCheck": True, "bpfLBMode": "SNAT"})
 TC_ACT_SHOT = 2
-TCP_SYN, TCP_ACK, TCP_FIN = 0x02, 0x10, 0x01
-
-
-def _csum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def tcp_packet(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN) -> bytes:
-    """An Ethernet frame with an IPv4 TCP segment (header checksum right: the programs fix
-    checksums incrementally)."""
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
-                               bpfabi.ip_bytes(src), bpfabi.ip_bytes(dst)))
-    ip[10:12] = struct.pack("!H", _csum(bytes(ip)))
-    eth = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00"
-    return eth + bytes(ip) + tcp
-
-
 def service(name: str, ip: str, node_port: int, algorithm: str | None = None,
             affinity: int = 0, lb_ip: str | None = None, ranges: tuple = ()) -> Service:
     return Service("default", name, "LoadBalancer" if lb_ip else "NodePort", ip,
@@ -138,7 +117,7 @@ def test_maglev_picks_what_the_table_and_flow_hash_predict(datapath):
     selected = next(f.selected for f in tr.frontends if f.service == "default/mg")
     mismatches = []
     for sport in range(40000, 40200):
-        send(datapath, tcp_packet(CLIENT, NODE_IP, sport, 30010))
+        send(datapath, tcp_frame(CLIENT, NODE_IP, sport, 30010))
         addr, _port, _flags = chosen(datapath, CLIENT, sport, NODE_IP, 30010)
         predicted = maglev.backend_for_flow(selected, CLIENT, sport, 30010, "TCP")
         if addr != predicted.addr:
@@ -154,19 +133,19 @@ def test_least_conn_sends_new_connections_to_the_backend_with_fewest(datapath):
         maps["lb_conns"].update(BackendKey(addr, 8080, "TCP").encode(), bpfabi.conn_count(count))
     picks = []
     for sport in range(41000, 41005):
-        send(datapath, tcp_packet(CLIENT, NODE_IP, sport, 30011))
+        send(datapath, tcp_frame(CLIENT, NODE_IP, sport, 30011))
         addr, _port, flags = chosen(datapath, CLIENT, sport, NODE_IP, 30011)
         assert flags & CT_F_COUNTED
         picks.append(addr)
     assert picks == [LC[1]] * 5                      # 0..4 active: still the fewest
     assert [active(datapath, a) for a in LC] == [5, 5, 7]
     # A client's FIN gives the count back, once.
-    send(datapath, tcp_packet(CLIENT, NODE_IP, 41000, 30011, TCP_FIN | TCP_ACK))
-    send(datapath, tcp_packet(CLIENT, NODE_IP, 41000, 30011, TCP_FIN | TCP_ACK))
+    send(datapath, tcp_frame(CLIENT, NODE_IP, 41000, 30011, TCP_FIN | TCP_ACK))
+    send(datapath, tcp_frame(CLIENT, NODE_IP, 41000, 30011, TCP_FIN | TCP_ACK))
     assert [active(datapath, a) for a in LC] == [5, 4, 7]
     assert not chosen(datapath, CLIENT, 41000, NODE_IP, 30011)[2] & CT_F_COUNTED
     # Later packets of an open connection follow conntrack and count nothing more.
-    send(datapath, tcp_packet(CLIENT, NODE_IP, 41001, 30011, TCP_ACK))
+    send(datapath, tcp_frame(CLIENT, NODE_IP, 41001, 30011, TCP_ACK))
     assert [active(datapath, a) for a in LC] == [5, 4, 7]
 
 
@@ -175,7 +154,7 @@ def test_affinity_keeps_a_client_on_its_backend_across_connections(datapath):
     hits = stat(datapath, "affinity_hit")
     first = None
     for sport in range(42000, 42020):
-        send(datapath, tcp_packet(CLIENT, NODE_IP, sport, 30012))
+        send(datapath, tcp_frame(CLIENT, NODE_IP, sport, 30012))
         addr = chosen(datapath, CLIENT, sport, NODE_IP, 30012)[0]
         first = first or addr
         assert addr == first
@@ -186,7 +165,7 @@ def test_affinity_keeps_a_client_on_its_backend_across_connections(datapath):
     others = set()
     for i in range(40):
         src = f"10.99.0.{150 + i}"
-        send(datapath, tcp_packet(src, NODE_IP, 42100, 30012))
+        send(datapath, tcp_frame(src, NODE_IP, 42100, 30012))
         others.add(chosen(datapath, src, 42100, NODE_IP, 30012)[0])
     assert others == set(AF)
 
@@ -195,13 +174,13 @@ def test_source_ranges_drop_outsiders_and_admit_members_and_cluster_addresses(da
     drops = stat(datapath, "drop_source_range")
     lb_ip = "10.97.0.13"
     for client in (CLIENT, "192.0.2.200", "10.99.0.12", "10.100.3.7"):   # range, range,
-        send(datapath, tcp_packet(client, lb_ip, 43000, 80))            # node, pod
+        send(datapath, tcp_frame(client, lb_ip, 43000, 80))            # node, pod
         assert chosen(datapath, client, 43000, lb_ip, 80)[0] == "10.100.2.40", client
     for client in ("192.0.2.1", "203.0.113.10", "10.99.0.101"):
-        assert send(datapath, tcp_packet(client, lb_ip, 43001, 80)) == TC_ACT_SHOT, client
+        assert send(datapath, tcp_frame(client, lb_ip, 43001, 80)) == TC_ACT_SHOT, client
     assert stat(datapath, "drop_source_range") == drops + 3
     # The node port of the same service is not subject to the ranges (kube-proxy's too).
-    send(datapath, tcp_packet("203.0.113.10", NODE_IP, 43002, 30013))
+    send(datapath, tcp_frame("203.0.113.10", NODE_IP, 43002, 30013))
     assert chosen(datapath, "203.0.113.10", 43002, NODE_IP, 30013)[0] == "10.100.2.40"
 
 
@@ -229,7 +208,7 @@ def test_program_runs_count_each_packet_and_its_time_while_stats_are_on(datapath
         with open(stats_path, "w", encoding="ascii") as fh:
             fh.write("1")
         for sport in range(40000, 40010):
-            send(datapath, tcp_packet(CLIENT, NODE_IP, sport, 30010))
+            send(datapath, tcp_frame(CLIENT, NODE_IP, sport, 30010))
     finally:
         with open(stats_path, "w", encoding="ascii") as fh:
             fh.write(was)
