@@ -539,8 +539,7 @@ class TrafficBench:
         """One round of the three figures of a path, appended to into[label]; with a
         `baseline` label, paired with that path's latest round (measured just before)."""
         self.progress(f"  {path.label}")
-        samples = into.setdefault(path.label, {"conn": [], "keepalive": [], "gbps": [],
-                                               "runs": []})
+        samples = _path_samples(into, path.label)
         if baseline:
             samples.setdefault("pairs", []).append(len(into[baseline]["conn"]) - 1)
         close = self.wrk(path.where, *path.http, close=True)
@@ -555,11 +554,15 @@ class TrafficBench:
         new-connection and one keep-alive wrk run (inside `program_stats`). Separate runs:
         counting costs each program run two clock reads, which the rates must not pay."""
         self.progress(f"  {path.label} (programs' time)")
-        into.setdefault(path.label, {"conn": [], "keepalive": [], "gbps": [], "runs": []})
-        into[path.label]["programs"] = {
+        _path_samples(into, path.label)["programs"] = {
             key: {k: run.get(k) for k in ("bpfNsPerRequest", "bpfRunsPerRequest", "rps")}
             for key, run in (("conn", self.wrk(path.where, *path.http, True, True)),
                              ("keepalive", self.wrk(path.where, *path.http, False, True)))}
+
+
+def _path_samples(into: dict, label: str) -> dict:
+    """A path's sample lists in `into`, created empty on first use."""
+    return into.setdefault(label, {**{m: [] for m, _ in METRICS}, "runs": []})
 
 
 def summarise(samples: dict, baseline: str = DIRECT) -> dict:
