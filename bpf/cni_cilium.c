@@ -7,7 +7,8 @@
  *                   LoadBalancer translation (SNAT or DSR to remote backends), DSR option
  *                   of packets for this node's pods
  *   to_netdev       uplink egress: egress gateway (lib/egress.h), masquerade of pod ->
- *                   world traffic
+ *                   world traffic; a packet an ingress program translated and redirected
+ *                   here (MARK_TRANSLATED, lib/fib.h) passes at once
  *   from_host       cilium_host egress: ClusterIP connections opened by the node itself
  *                   (and, in VXLAN mode, its connections to other nodes' pods)
  *   from_overlay    VXLAN device ingress (VXLAN mode): decapsulated packets from other
@@ -35,6 +36,30 @@
 #define FROM_NETDEV 1
 #define FROM_HOST 2
 
+/* SNAT mode, a remote backend: destination to the backend and source to this node's
+ * address and NAT port, in one rewrite; the backend answers to this node, which reverses
+ * both translations. */
+static __always_inline int snat_to_backend(struct __sk_buff *skb, struct pkt *p,
+					   const struct lb_backend *backend)
+{
+	struct node_config *cfg = node_config();
+	struct pkt was = *p;
+	__be16 port;
+
+	if (!cfg)
+		return TC_ACT_SHOT;
+	p->daddr = backend->addr;
+	p->dport = backend->port;
+	port = snat_port(p, cfg->node_ip, cfg, skb->len, STAT_SNAT_NEW, STAT_SNAT);
+	if (!port)
+		return TC_ACT_SHOT;
+	p->saddr = cfg->node_ip;
+	p->sport = port;
+	if (pkt_rewrite(skb, &was, p) < 0)
+		return TC_ACT_SHOT;
+	return fib_redirect(skb, p, MARK_TRANSLATED);
+}
+
 /* Translate a packet addressed to a service frontend. *handled is 0 when it is not one. */
 static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, int origin,
 					  int *handled)
@@ -42,7 +67,6 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 	struct lb_key key = {};
 	struct lb_frontend *fe;
 	struct lb_backend backend = {};
-	struct node_config *cfg;
 	u16 reply_flags = 0;
 	int reason;
 
@@ -65,24 +89,18 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 		stat_inc(reason);
 		return TC_ACT_SHOT;
 	}
+	if (origin == FROM_NETDEV && !(backend.flags & (BE_LOCAL | BE_DSR)))
+		return snat_to_backend(skb, p, &backend);
 	if (set_endpoint(skb, p, 0, backend.addr, backend.port) < 0)
 		return TC_ACT_SHOT;
 	if (origin == FROM_POD && lb_is_hairpin(p, &backend)) {
 		/* The pod would drop a packet from its own address: come from the hairpin one. */
 		if (set_addr(skb, p, 1, htonl(HAIRPIN_ADDR)) < 0)
 			return TC_ACT_SHOT;
-		return fib_redirect(skb, p);
+		return fib_redirect(skb, p, 0);
 	}
 	if (origin == FROM_NETDEV && (backend.flags & BE_DSR))
 		return dsr_forward(skb, p, &key);
-	if (origin == FROM_NETDEV && !(backend.flags & BE_LOCAL)) {
-		/* SNAT mode: the remote backend answers to this node, which reverses both
-		 * translations. */
-		cfg = node_config();
-		if (!cfg || snat_apply(skb, p, cfg->node_ip, cfg, STAT_SNAT_NEW, STAT_SNAT) < 0)
-			return TC_ACT_SHOT;
-		return fib_redirect(skb, p);
-	}
 	return TC_ACT_OK;   /* FROM_HOST: from_host redirects once its policy passed */
 }
 
@@ -94,12 +112,13 @@ int from_container(struct __sk_buff *skb)
 
 	if (parse_pkt(skb, &p) < 0)
 		return tunnel_or_pass(skb);
-	ret = lb_reverse(skb, &p, &flags);
-	if (ret < 0)
-		return TC_ACT_SHOT;
-	if (ret > 0)
-		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p) : tunnel_or_pass(skb);
 	sent = p;
+	if (lb_reverse(skb, &p, &flags)) {
+		if (pkt_rewrite(skb, &sent, &p) < 0)
+			return TC_ACT_SHOT;
+		return (flags & CT_F_REDIRECT) ? fib_redirect(skb, &p, MARK_TRANSLATED) :
+						 tunnel_or_pass(skb);
+	}
 	ret = handle_service(skb, &p, FROM_POD, &handled);
 	if (!handled)
 		lb_forget_stale_reply(&p);
@@ -112,24 +131,21 @@ int from_container(struct __sk_buff *skb)
 
 int to_container(struct __sk_buff *skb)
 {
-	struct pkt p = {};
+	struct pkt p = {}, arrived;
 	u16 flags = 0;
-	int ret;
 
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
-	ret = lb_reverse(skb, &p, &flags);
-	if (ret < 0)
-		return TC_ACT_SHOT;
-	if (ret > 0)
-		return TC_ACT_OK;
+	arrived = p;
+	if (lb_reverse(skb, &p, &flags))
+		return pkt_rewrite(skb, &arrived, &p) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	return policy_pod_ingress(skb, &p) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 static __always_inline int netdev_ingress(struct __sk_buff *skb)
 {
 	struct node_config *cfg;
-	struct pkt p = {};
+	struct pkt p = {}, arrived;
 	u16 flags = 0;
 	int nat, ret, handled;
 
@@ -140,16 +156,15 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (dsr_receive(skb, &p, cfg) < 0)
 		return TC_ACT_SHOT;
-	nat = snat_reverse(skb, &p, cfg);
-	if (nat == 0)
-		nat = egress_reverse(skb, &p, cfg);
-	if (nat < 0)
-		return TC_ACT_SHOT;
+	/* Both reversals work on p's tuple; the packet is written once, after both. */
+	arrived = p;
+	nat = snat_reverse(skb, &p, cfg) || egress_reverse(skb, &p, cfg);
 	ret = lb_reverse(skb, &p, &flags);
-	if (ret < 0)
+	if ((nat || ret) && pkt_rewrite(skb, &arrived, &p) < 0)
 		return TC_ACT_SHOT;
-	if (ret > 0)
-		return (nat || (flags & CT_F_REDIRECT)) ? fib_redirect(skb, &p) : TC_ACT_OK;
+	if (ret)
+		return (nat || (flags & CT_F_REDIRECT)) ?
+			fib_redirect(skb, &p, MARK_TRANSLATED) : TC_ACT_OK;
 	if (nat)
 		return TC_ACT_OK;  /* a masqueraded pod's reply: the stack routes it to the pod */
 	ret = handle_service(skb, &p, FROM_NETDEV, &handled);
@@ -170,6 +185,10 @@ int to_netdev(struct __sk_buff *skb)
 	struct pkt p = {};
 	int ret;
 
+	if (skb->mark == MARK_TRANSLATED) {
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
 	if (parse_pkt(skb, &p) < 0)
 		return TC_ACT_OK;
 	cfg = node_config();
@@ -205,7 +224,7 @@ int from_host(struct __sk_buff *skb)
 		return ret;
 	if (policy_host_dev_egress(skb, &sent, &p) < 0)
 		return TC_ACT_SHOT;
-	return handled ? fib_redirect(skb, &p) : tunnel_or_pass(skb);
+	return handled ? fib_redirect(skb, &p, 0) : tunnel_or_pass(skb);
 }
 
 int from_overlay(struct __sk_buff *skb)

@@ -148,6 +148,46 @@ static __always_inline int set_endpoint(struct __sk_buff *skb, struct pkt *p, in
 	return 0;
 }
 
+/* Write the tuple of `p` into the packet, which still carries the tuple of `was`: changed
+ * addresses with one store, both ports with one checksum update and one store (a NAT of
+ * source and destination at once takes seven helper calls, where two set_endpoint take
+ * ten). */
+static __always_inline int pkt_rewrite(struct __sk_buff *skb, const struct pkt *was,
+				       const struct pkt *p)
+{
+	__be32 addrs[2] = {p->saddr, p->daddr};
+	union { __be16 port[2]; u32 word; } old_ports = {}, new_ports = {};
+	u32 csum_off = l4_csum_off(p);
+	u64 l4_flags = l4_csum_flags(p);
+
+	if (was->saddr != p->saddr &&
+	    (bpf_l4_csum_replace(skb, csum_off, was->saddr, p->saddr,
+				 BPF_F_PSEUDO_HDR | sizeof(p->saddr) | l4_flags) < 0 ||
+	     bpf_l3_csum_replace(skb, IP_CSUM_OFF, was->saddr, p->saddr, sizeof(p->saddr)) < 0))
+		goto fail;
+	if (was->daddr != p->daddr &&
+	    (bpf_l4_csum_replace(skb, csum_off, was->daddr, p->daddr,
+				 BPF_F_PSEUDO_HDR | sizeof(p->daddr) | l4_flags) < 0 ||
+	     bpf_l3_csum_replace(skb, IP_CSUM_OFF, was->daddr, p->daddr, sizeof(p->daddr)) < 0))
+		goto fail;
+	if ((was->saddr != p->saddr || was->daddr != p->daddr) &&
+	    bpf_skb_store_bytes(skb, IP_SRC_OFF, addrs, sizeof(addrs), 0) < 0)
+		goto fail;
+	old_ports.port[0] = was->sport;
+	old_ports.port[1] = was->dport;
+	new_ports.port[0] = p->sport;
+	new_ports.port[1] = p->dport;
+	if (old_ports.word != new_ports.word &&
+	    (bpf_l4_csum_replace(skb, csum_off, old_ports.word, new_ports.word,
+				 sizeof(new_ports.word) | l4_flags) < 0 ||
+	     bpf_skb_store_bytes(skb, p->l4_off, new_ports.port, sizeof(new_ports.port), 0) < 0))
+		goto fail;
+	return 0;
+fail:
+	stat_inc(STAT_DROP_REWRITE);
+	return -1;
+}
+
 static __always_inline struct node_config *node_config(void)
 {
 	u32 zero = 0;

@@ -84,7 +84,7 @@ static __always_inline int dsr_forward(struct __sk_buff *skb, struct pkt *p,
 		p->l4_off += DSR_OPT_LEN;
 		stat_inc(STAT_DSR_OPT_ADDED);
 	}
-	return fib_redirect(skb, p);
+	return fib_redirect(skb, p, MARK_TRANSLATED);
 }
 
 /* Record the reverse translation a DSR option asks for (backend -> client replies leave

@@ -65,8 +65,8 @@ static __always_inline int egress_gateway(struct __sk_buff *skb, struct pkt *p,
 	return TC_ACT_SHOT;
 }
 
-/* A reply to one of this node's egress IPs other than its InternalIP: 1 when reversed, 0
- * when not such a reply, -1 on a rewrite failure (as snat_reverse). */
+/* A reply to one of this node's egress IPs other than its InternalIP: 1 when p's tuple was
+ * reversed, 0 when not such a reply (as snat_reverse). */
 static __always_inline int egress_reverse(struct __sk_buff *skb, struct pkt *p,
 					  const struct node_config *cfg)
 {

@@ -161,8 +161,9 @@ static __always_inline void lb_reply_closing(const struct pkt *p, const struct c
 		lc_forget(e, p->proto);
 }
 
-/* Put the frontend back as the source of a reply (backend -> client). 1 when translated
- * (*flags gets the entry's CT_F_*), 0 when not a service reply, -1 on failure. */
+/* Put the frontend back as the source of a reply (backend -> client) in p's tuple: 1 when
+ * translated (*flags gets the entry's CT_F_*; the caller writes the packet: pkt_rewrite),
+ * 0 when not a service reply. */
 static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 *flags)
 {
 	struct ct_key reply = {};
@@ -178,10 +179,10 @@ static __always_inline int lb_reverse(struct __sk_buff *skb, struct pkt *p, u16 
 	lb_reply_closing(p, e);
 	*flags = e->flags;
 	backend = p->saddr;
-	if (set_endpoint(skb, p, 1, e->nat_addr, e->nat_port) < 0)
-		return -1;
-	if ((e->flags & CT_F_HAIRPIN) && set_addr(skb, p, 0, backend) < 0)
-		return -1;
+	p->saddr = e->nat_addr;
+	p->sport = e->nat_port;
+	if (e->flags & CT_F_HAIRPIN)
+		p->daddr = backend;
 	stat_inc(STAT_REV_DNAT);
 	return 1;
 }

@@ -153,33 +153,46 @@ static __always_inline __be16 snat_current_port(struct pkt *p, __be32 nat_addr, 
 	return port;
 }
 
-/* Translate the packet's source to nat_addr:<port>, reusing the flow's port. */
-static __always_inline int snat_apply(struct __sk_buff *skb, struct pkt *p, __be32 nat_addr,
-				      const struct node_config *cfg, u32 new_stat, u32 hit_stat)
+/* The NAT port of the packet's flow from nat_addr: its live mapping's, else a newly
+ * claimed one (the flow's entries written); 0 when the range has none free (counted). */
+static __always_inline __be16 snat_port(struct pkt *p, __be32 nat_addr,
+					const struct node_config *cfg, u32 len, u32 new_stat,
+					u32 hit_stat)
 {
 	struct ct_key out = {};
 	struct ct_entry fresh = {};
 	__be16 port;
 
-	port = snat_current_port(p, nat_addr, skb->len);
+	port = snat_current_port(p, nat_addr, len);
 	if (port) {
 		stat_inc(hit_stat);
-	} else {
-		port = snat_claim_port(p, nat_addr, cfg, skb->len);
-		if (!port) {
-			stat_inc(STAT_DROP_NAT_EXHAUSTED);
-			return -1;
-		}
-		ct_key_set(&out, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_NAT_OUT);
-		ct_entry_init(&fresh, p, nat_addr, port, 0, skb->len);
-		ct4.update(&out, &fresh);
-		stat_inc(new_stat);
+		return port;
 	}
+	port = snat_claim_port(p, nat_addr, cfg, len);
+	if (!port) {
+		stat_inc(STAT_DROP_NAT_EXHAUSTED);
+		return 0;
+	}
+	ct_key_set(&out, p->saddr, p->daddr, p->sport, p->dport, p->proto, CT_NAT_OUT);
+	ct_entry_init(&fresh, p, nat_addr, port, 0, len);
+	ct4.update(&out, &fresh);
+	stat_inc(new_stat);
+	return port;
+}
+
+/* Translate the packet's source to nat_addr:<port>, reusing the flow's port. */
+static __always_inline int snat_apply(struct __sk_buff *skb, struct pkt *p, __be32 nat_addr,
+				      const struct node_config *cfg, u32 new_stat, u32 hit_stat)
+{
+	__be16 port = snat_port(p, nat_addr, cfg, skb->len, new_stat, hit_stat);
+
+	if (!port)
+		return -1;
 	return set_endpoint(skb, p, 1, nat_addr, port);
 }
 
-/* Undo a source NAT on a reply (peer -> nat_addr:port): 1 when translated, 0 when the
- * packet is not a NAT reply, -1 on a rewrite failure. */
+/* Undo a source NAT on a reply (peer -> nat_addr:port) in p's tuple: 1 when translated
+ * (the caller writes the packet: pkt_rewrite), 0 when the packet is not a NAT reply. */
 static __always_inline int snat_reverse(struct __sk_buff *skb, struct pkt *p,
 					const struct node_config *cfg)
 {
@@ -194,8 +207,8 @@ static __always_inline int snat_reverse(struct __sk_buff *skb, struct pkt *p,
 	if (!e)
 		return 0;
 	nat_in_touch(e, p, skb->len, CT_F_FIN_REPLY);
-	if (set_endpoint(skb, p, 0, e->nat_addr, e->nat_port) < 0)
-		return -1;
+	p->daddr = e->nat_addr;
+	p->dport = e->nat_port;
 	stat_inc(STAT_REV_SNAT);
 	return 1;
 }

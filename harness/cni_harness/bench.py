@@ -222,7 +222,8 @@ def packet_cost_benchmark(counts: Sequence[int] = (1, 10000), runs: int = PACKET
 def _packet_costs(prog_fds: dict[str, int], first_port: int, runs: int) -> list[dict]:
     """The runs of `packet_cost_benchmark` against programmed maps: 64 NodePort connections
     opened first (their SNAT ports read from the translated frames), then each kind."""
-    from cni_cilium.datapath.bpfsys import prog_test_run_timed
+    from cni_cilium.bpfabi import MARK_TRANSLATED
+    from cni_cilium.datapath.bpfsys import prog_test_run_skb, prog_test_run_timed
     from cni_cilium.datapath.frames import TCP_ACK, TCP_SYN, ipv4_tuple, tcp_frame
 
     node_ip, local_pod, client = NODES[0][1], "10.100.1.5", PACKET_CLIENT
@@ -234,26 +235,28 @@ def _packet_costs(prog_fds: dict[str, int], first_port: int, runs: int) -> list[
             client, node_ip, sport, PACKET_NODEPORT, TCP_ACK))
         nat_port[sport] = ipv4_tuple(frame)[1]
     conns = sorted(nat_port)
-    kinds: list[tuple[str, str, Callable[[int], bytes]]] = [
+    # (program, packet, its frames, skb->mark: as from_netdev leaves a packet it redirected)
+    kinds: list[tuple[str, str, Callable[[int], bytes], int]] = [
         ("from_netdev", "NodePort SYN, a new connection", lambda i: tcp_frame(
-            client, node_ip, first_port + i, PACKET_NODEPORT, TCP_SYN)),
+            client, node_ip, first_port + i, PACKET_NODEPORT, TCP_SYN), 0),
         ("from_netdev", "NodePort request, established", lambda i: tcp_frame(
-            client, node_ip, conns[i % 64], PACKET_NODEPORT, TCP_ACK)),
+            client, node_ip, conns[i % 64], PACKET_NODEPORT, TCP_ACK), 0),
         ("from_netdev", "NodePort reply to the SNAT port", lambda i: tcp_frame(
-            PACKET_BACKEND, node_ip, 8080, nat_port[conns[i % 64]], TCP_ACK)),
-        ("to_netdev", "NodePort request leaving, translated", lambda i: tcp_frame(
-            node_ip, PACKET_BACKEND, nat_port[conns[i % 64]], 8080, TCP_ACK)),
+            PACKET_BACKEND, node_ip, 8080, nat_port[conns[i % 64]], TCP_ACK), 0),
+        ("to_netdev", "NodePort request leaving, translated (marked)", lambda i: tcp_frame(
+            node_ip, PACKET_BACKEND, nat_port[conns[i % 64]], 8080, TCP_ACK),
+         MARK_TRANSLATED),
         ("from_netdev", "pod -> pod, arriving", lambda i: tcp_frame(
-            PACKET_BACKEND, local_pod, 8080, 40000 + i % 64, TCP_ACK)),
+            PACKET_BACKEND, local_pod, 8080, 40000 + i % 64, TCP_ACK), 0),
         ("to_netdev", "pod -> pod, leaving", lambda i: tcp_frame(
-            local_pod, PACKET_BACKEND, 40000 + i % 64, 8080, TCP_ACK))]
+            local_pod, PACKET_BACKEND, 40000 + i % 64, 8080, TCP_ACK), 0)]
     rows = []
-    for program, packet, frames in kinds:
+    for program, packet, frames, mark in kinds:
         ns, verdicts = [], set()
         for i in range(runs):
-            retval, _frame, took = prog_test_run_timed(prog_fds[program], frames(i))
-            ns.append(took)
-            verdicts.add(TC_VERDICTS.get(retval, str(retval)))
+            run = prog_test_run_skb(prog_fds[program], frames(i), mark)
+            ns.append(run.duration_ns)
+            verdicts.add(TC_VERDICTS.get(run.retval, str(run.retval)))
         rows.append({"program": program, "packet": packet, "medianNs": round(_median(ns)),
                      "p90Ns": sorted(ns)[int(len(ns) * 0.9)],
                      "verdict": ",".join(sorted(verdicts))})
@@ -535,19 +538,35 @@ class TrafficBench:
                               f"after {why}; measuring anyway")
                 return waited
 
-    def measure(self, path: Path, into: dict, baseline: str = "") -> None:
-        """One round of the three figures of a path, appended to into[label]; with a
-        `baseline` label, paired with that path's latest round (measured just before)."""
-        self.progress(f"  {path.label}")
-        samples = _path_samples(into, path.label)
-        if baseline:
-            samples.setdefault("pairs", []).append(len(into[baseline]["conn"]) - 1)
-        close = self.wrk(path.where, *path.http, close=True)
-        keep = self.wrk(path.where, *path.http, close=False)
-        samples["conn"].append(close["rps"])
-        samples["keepalive"].append(keep["rps"])
-        samples["gbps"].append(self.iperf(path.where, *path.iperf))
-        samples["runs"].append({"close": close, "keepalive": keep})
+    def measure_round(self, paths: Sequence[Path], into: dict, paired: bool = True) -> None:
+        """One round of the three figures of `paths`, appended to into[label], figure by
+        figure: each path's figure is measured within seconds of the same figure of
+        paths[0] (the baseline, direct), not a whole round's minutes later, and with
+        `paired` it is paired with that sample. The other paths' order rotates from round
+        to round, so none is always the farthest from its baseline sample."""
+        base, others = paths[0], list(paths[1:])
+        index = len(_path_samples(into, base.label)["conn"])
+        if others:
+            turn = index % len(others)
+            others = others[turn:] + others[:turn]
+        ordered = [base, *others]
+        if paired:
+            for path in others:
+                _path_samples(into, path.label).setdefault("pairs", []).append(index)
+        runs: dict[str, dict] = {path.label: {} for path in ordered}
+        for key, what in (("close", "new connections"), ("keepalive", "keep-alive")):
+            self.progress(f"  {what}: " + ", ".join(path.label for path in ordered))
+            for path in ordered:
+                runs[path.label][key] = self.wrk(path.where, *path.http,
+                                                 close=key == "close")
+        self.progress("  iperf3: " + ", ".join(path.label for path in ordered))
+        gbps = {path.label: self.iperf(path.where, *path.iperf) for path in ordered}
+        for path in ordered:
+            samples = _path_samples(into, path.label)
+            samples["conn"].append(runs[path.label]["close"]["rps"])
+            samples["keepalive"].append(runs[path.label]["keepalive"]["rps"])
+            samples["gbps"].append(gbps[path.label])
+            samples["runs"].append(runs[path.label])
 
     def program_cost(self, path: Path, into: dict) -> None:
         """The datapath's own cost on a path: BPF run time and runs per request of one
@@ -738,9 +757,7 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                 paths = [clusterip] if mode == "SNAT" else []
                 for r in range(rounds):
                     progress(f"cni-cilium, {count} services, {mode}, round {r + 1}/{rounds}")
-                    bench.measure(direct, samples)
-                    for path in [*paths, *external(mode)]:
-                        bench.measure(path, samples, baseline=DIRECT)
+                    bench.measure_round([direct, *paths, *external(mode)], samples)
                 progress(f"cni-cilium, {count} services, {mode}: the programs' time per request")
                 with bench.program_stats():
                     for path in [direct, *paths, *external(mode)]:
@@ -766,8 +783,8 @@ def traffic_benchmark(lab, seconds: float = 3.0, rounds: int = 2,
                     samples = {}
                     for r in range(rounds):
                         progress(f"kube-proxy, {count} services, round {r + 1}/{rounds}")
-                        for path in [direct, clusterip, *external("")]:
-                            bench.measure(path, samples)
+                        bench.measure_round([direct, clusterip, *external("")], samples,
+                                            paired=False)
                     proxy[count] = summarise(samples)
             finally:
                 _attempt("kube-proxy peer teardown", lambda: _peer_teardown(lab, progress),
@@ -848,8 +865,8 @@ def format_traffic_results(results: dict) -> str:
     lines = [f"wrk -t1 -c{WRK_CONNECTIONS} (CPU {CLIENT_CPU}) and iperf3 against nginx / iperf3 "
              f"on node2 (CPU {SERVER_CPU}); medians of {results['rounds']} rounds of "
              f"{results['seconds']:g} s; (ratio to pod->pod direct, cni-cilium, same count: "
-             "for cni-cilium the median of per-round ratios, direct measured first in each "
-             "round of every mode); "
+             "for cni-cilium the median of per-round ratios, each figure of a path measured "
+             "right after the same figure of direct); "
              "kube-proxy's NodePort/LoadBalancer figures are on the SNAT rows (it masquerades)",
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]

@@ -68,6 +68,11 @@ CT_F_FIN_ORIG = 0x100
 CT_F_FIN_REPLY = 0x200
 CT_F_COUNTED = 0x0400
 CT_F_AUDIT = 0x0800
+
+# skb->mark of a packet an ingress program translated and redirected: the uplink's egress
+# program lets it pass untouched (bpf/lib/fib.h, not part of the maps' layout).
+MARK_TRANSLATED = 0x0C1C0000
+
 CT_FLAG_NAMES = {
     CT_F_REDIRECT: "redirect",
     CT_F_DSR: "dsr",

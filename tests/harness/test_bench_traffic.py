@@ -6,6 +6,8 @@ import pytest
 
 from cni_harness.bench import (
     DIRECT,
+    Path,
+    TrafficBench,
     busiest_agent_cpu,
     busiest_share,
     format_apply_results,
@@ -103,3 +105,44 @@ def test_no_programs_table_when_the_run_measured_none():
                                    "cilium": {1: summarise({DIRECT: _samples([1000])})},
                                    "kubeProxy": {}})
     assert "BPF programs per request" not in text
+
+
+class _RecordingBench(TrafficBench):
+    """A TrafficBench whose generators return a figure per path and note the order."""
+
+    def __init__(self):
+        super().__init__(lab=None, seconds=1, progress=lambda _line: None)
+        self.calls: list[tuple[str, str]] = []
+
+    def wrk(self, where, host, port, close, programs=False):
+        self.calls.append(("close" if close else "keepalive", where))
+        return {"rps": float(port)}
+
+    def iperf(self, where, host, port):
+        self.calls.append(("iperf", where))
+        return float(port)
+
+
+def _path(name: str, port: int) -> Path:
+    return Path(name, name, ("10.0.0.1", port), ("10.0.0.1", port))
+
+
+def test_a_round_measures_figure_by_figure_with_direct_first_and_rotates_the_others():
+    bench, samples = _RecordingBench(), {}
+    paths = [_path(DIRECT, 1000), _path("a", 900), _path("b", 800)]
+    bench.measure_round(paths, samples)
+    bench.measure_round(paths, samples)
+    first, second = bench.calls[:9], bench.calls[9:]
+    assert first == [(k, w) for k in ("close", "keepalive", "iperf")
+                     for w in (DIRECT, "a", "b")]
+    assert second == [(k, w) for k in ("close", "keepalive", "iperf")
+                      for w in (DIRECT, "b", "a")]
+    assert samples["a"]["pairs"] == [0, 1] and "pairs" not in samples[DIRECT]
+    assert samples["b"]["conn"] == [800.0, 800.0]
+    assert summarise(samples)["a"]["ratios"] == {"conn": 0.9, "keepalive": 0.9, "gbps": 0.9}
+
+
+def test_an_unpaired_round_records_no_pairs():
+    bench, samples = _RecordingBench(), {}
+    bench.measure_round([_path(DIRECT, 1000), _path("a", 900)], samples, paired=False)
+    assert "pairs" not in samples["a"] and samples["a"]["keepalive"] == [900.0]

@@ -56,6 +56,11 @@ def test_flag_and_kind_constants_match_the_c_defines(maps_h):
     assert modes == bpfabi.LB_MODES
 
 
+def test_the_translated_mark_matches_the_c_define():
+    with open(os.path.join(os.path.dirname(MAPS_H), "fib.h"), encoding="utf-8") as fh:
+        assert c_defines(fh.read())["MARK_TRANSLATED"] == bpfabi.MARK_TRANSLATED
+
+
 def test_stat_names_follow_the_c_enum_in_order(maps_h):
     body = re.search(r"enum stat_id \{(.*?)\};", maps_h, re.S).group(1)
     entries = re.findall(r"STAT_([A-Z_]+)\s*=\s*(\d+)", body)

@@ -457,12 +457,42 @@ def prog_test_run_timed(prog_fd: int, packet: bytes,
                         out_size: int = 2048) -> tuple[int, bytes, int]:
     """As `prog_test_run`, with the kernel's measure of the run's duration in ns (one run:
     repeats would run on the packet the previous run rewrote)."""
+    run = prog_test_run_skb(prog_fd, packet, out_size=out_size)
+    return run.retval, run.packet, run.duration_ns
+
+
+@dataclass(frozen=True)
+class SkbTestRun:
+    """One BPF_PROG_TEST_RUN of a tc program: its verdict, the packet as it left, the
+    kernel's measure of the run in ns and the skb's mark afterwards."""
+
+    retval: int
+    packet: bytes
+    duration_ns: int
+    mark: int
+
+
+# struct __sk_buff up to and including `mark` (len, pkt_type, mark): the fields a test run
+# may set before the first one it refuses must be zero. The kernel writes the whole
+# struct back (ENOSPC into less room), so the output has room for any kernel's.
+_SKB_CTX = struct.Struct("=III")
+_SKB_CTX_OUT_SIZE = 512
+
+
+def prog_test_run_skb(prog_fd: int, packet: bytes, mark: int = 0,
+                      out_size: int = 2048) -> SkbTestRun:
+    """Run a tc program once on `packet` with skb->mark = `mark` (BPF_PROG_TEST_RUN with a
+    context, kernel >= 5.10), reading back what the program left in the mark."""
     data_in = ctypes.create_string_buffer(packet, len(packet))
     data_out = ctypes.create_string_buffer(out_size)
+    ctx_in = ctypes.create_string_buffer(_SKB_CTX.pack(0, 0, mark), _SKB_CTX.size)
+    ctx_out = ctypes.create_string_buffer(_SKB_CTX_OUT_SIZE)
     attr = ctypes.create_string_buffer(struct.pack(
         "=IIIIQQIIIIQQII", prog_fd, 0, len(packet), out_size, _addr(data_in),
-        _addr(data_out), 1, 0, 0, 0, 0, 0, 0, 0).ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
+        _addr(data_out), 1, 0, _SKB_CTX.size, _SKB_CTX_OUT_SIZE, _addr(ctx_in), _addr(ctx_out),
+        0, 0).ljust(_ATTR_SIZE, b"\0"), _ATTR_SIZE)
     _bpf(BPF_PROG_TEST_RUN, attr)
     _fd, retval, _size_in, size_out = struct.unpack_from("=IIII", attr.raw)
     duration = struct.unpack_from("=I", attr.raw, 36)[0]    # after the buffers and `repeat`
-    return retval, data_out.raw[:size_out], duration
+    return SkbTestRun(retval, data_out.raw[:size_out], duration,
+                      _SKB_CTX.unpack_from(ctx_out.raw)[2])

@@ -24,11 +24,11 @@ from cni_cilium.bpfabi import (
 )
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.datapath import loader
-from cni_cilium.datapath.bpfsys import prog_test_run
-from cni_cilium.datapath.frames import TCP_ACK, TCP_FIN, tcp_frame
+from cni_cilium.datapath.bpfsys import prog_test_run, prog_test_run_skb
+from cni_cilium.datapath.frames import TCP_ACK, TCP_FIN, TCP_SYN, checksum, ipv4_tuple, tcp_frame
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
-from cni_cilium.translate import DesiredState, diff_maps, translate
+from cni_cilium.translate import DEFAULT_NAT_PORTS, DesiredState, diff_maps, translate
 
 pytestmark = [pytest.mark.probe, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ NODES = [Node("node1", "10.99.0.11", "10.100.1.0/24"), Node("node2", "10.99.0.12
 NODE_IP, CLIENT = "10.99.0.11", "10.99.0.100"
 SETTINGS = settings_from_mapping({"extraLoadBalancerAlgorithmsEnabled": True,
                                   "svcSourceRangeCheck": True, "bpfLBMode": "SNAT"})
-TC_ACT_SHOT = 2
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
 def service(name: str, ip: str, node_port: int, algorithm: str | None = None,
             affinity: int = 0, lb_ip: str | None = None, ranges: tuple = ()) -> Service:
     return Service("default", name, "LoadBalancer" if lb_ip else "NodePort", ip,
@@ -63,7 +63,8 @@ OBJECTS = [*NODES,
            service("lc", "10.96.0.11", 30011, "least-conn"), endpoints("lc", LC),
            service("af", "10.96.0.12", 30012, affinity=60), endpoints("af", AF),
            service("src", "10.96.0.13", 30013, lb_ip="10.97.0.13",
-                   ranges=("10.99.0.100/32", "192.0.2.128/25")), endpoints("src", ["10.100.2.40"])]
+                   ranges=("10.99.0.100/32", "192.0.2.128/25")), endpoints("src", ["10.100.2.40"]),
+           service("sn", "10.96.0.14", 30014), endpoints("sn", ["10.100.2.60"])]
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,35 @@ def test_program_runs_count_each_packet_and_its_time_while_stats_are_on(datapath
     assert after["from_netdev"]["runCount"] - before["from_netdev"]["runCount"] == 10
     assert after["from_netdev"]["runTimeNs"] > before["from_netdev"]["runTimeNs"]
     assert after["to_container"]["runCount"] == before["to_container"]["runCount"]
+
+
+def checksums_verify(frame: bytes) -> bool:
+    """Whether a TCP frame's IPv4 header and TCP checksums both verify."""
+    ihl = (frame[14] & 0x0F) * 4
+    ip, tcp = frame[14:14 + ihl], frame[14 + ihl:]
+    pseudo = ip[12:20] + bytes((0, 6)) + len(tcp).to_bytes(2, "big")
+    return checksum(ip) == 0 and checksum(pseudo + tcp) == 0
+
+
+def test_snat_rewrites_both_ends_of_a_request_and_of_its_reply_with_valid_checksums(datapath):
+    dp, _maps, _tr = datapath
+    nat_min, nat_max = DEFAULT_NAT_PORTS
+    _r, request = prog_test_run(dp.prog_fds["from_netdev"], tcp_frame(
+        CLIENT, NODE_IP, 41000, 30014, TCP_SYN, b"GET / HTTP/1.1"))
+    src, nat_port, dst, dport = ipv4_tuple(request)
+    assert (src, dst, dport) == (NODE_IP, "10.100.2.60", 8080)
+    assert nat_min <= nat_port <= nat_max and checksums_verify(request)
+    _r, reply = prog_test_run(dp.prog_fds["from_netdev"], tcp_frame(
+        "10.100.2.60", NODE_IP, 8080, nat_port, TCP_SYN | TCP_ACK, b"HTTP/1.1 200 OK"))
+    assert ipv4_tuple(reply) == (NODE_IP, 30014, CLIENT, 41000)
+    assert checksums_verify(reply)
+
+
+def test_to_netdev_leaves_a_translated_packet_alone_and_clears_its_mark(datapath):
+    dp, _maps, _tr = datapath
+    to_world = tcp_frame("10.100.1.5", "198.51.100.7", 42000, 443, TCP_SYN)
+    masqueraded = prog_test_run_skb(dp.prog_fds["to_netdev"], to_world)
+    assert masqueraded.retval == TC_ACT_OK and ipv4_tuple(masqueraded.packet)[0] == NODE_IP
+    marked = prog_test_run_skb(dp.prog_fds["to_netdev"], to_world,
+                               mark=bpfabi.MARK_TRANSLATED)
+    assert (marked.retval, marked.packet, marked.mark) == (TC_ACT_OK, to_world, 0)
