@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -587,8 +588,10 @@ def _path_samples(into: dict, label: str) -> dict:
 def summarise(samples: dict, baseline: str = DIRECT) -> dict:
     """Per path, the median of each figure; for a path paired with `baseline` round by
     round (`pairs`: the baseline's sample index per sample), also `ratios`: per figure the
-    median of the per-round ratios (pure). Pairing takes out what drifts between the
-    minutes apart a mode's rounds are measured (other load, the host's frequency)."""
+    median of the per-round ratios, and `ratioQuartiles`: their first and third quartiles,
+    the verdict's uncertainty (pure). Pairing takes out what drifts between the seconds
+    apart a figure of the baseline and of the path are measured (other load, the host's
+    frequency)."""
     out = {}
     for label, s in samples.items():
         summary = {**{m: _median(s[m]) for m, _ in METRICS}, "samples": s}
@@ -596,11 +599,21 @@ def summarise(samples: dict, baseline: str = DIRECT) -> dict:
             summary["programs"] = s["programs"]
         if s.get("pairs") and baseline in samples:
             base = samples[baseline]
-            summary["ratios"] = {m: _median([s[m][i] / base[m][j]
-                                             for i, j in enumerate(s["pairs"]) if base[m][j]])
-                                 for m, _ in METRICS}
+            per_round = {m: [s[m][i] / base[m][j] for i, j in enumerate(s["pairs"])
+                             if base[m][j]] for m, _ in METRICS}
+            summary["ratios"] = {m: _median(r) for m, r in per_round.items()}
+            summary["ratioQuartiles"] = {m: _quartiles(r) for m, r in per_round.items()}
         out[label] = summary
     return out
+
+
+def _quartiles(values: Sequence[float]) -> list[float]:
+    """[first, third] quartile (inclusive method); [] for fewer than three values, whose
+    quartiles would say nothing."""
+    if len(values) < 3:
+        return []
+    q1, _q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [q1, q3]
 
 
 def _peer_setup(lab, progress) -> None:
@@ -831,12 +844,17 @@ def format_apply_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: float, base: float, digits: int, paired: float | None = None) -> str:
-    """A figure and its ratio: the paired one when there is one, else value / base."""
+def _cell(value: float, base: float, digits: int, paired: float | None = None,
+          spread: Sequence[float] = ()) -> str:
+    """A figure and its ratio: the paired one (with its quartiles when given) when there
+    is one, else value / base."""
     if not value:
         return "-"
     ratio = paired if paired is not None else (value / base if base else None)
-    return f"{value:,.{digits}f}" + (f" ({ratio:.2f})" if ratio is not None else "")
+    if ratio is None:
+        return f"{value:,.{digits}f}"
+    quartiles = f" [{spread[0]:.2f}-{spread[1]:.2f}]" if len(spread) == 2 else ""
+    return f"{value:,.{digits}f} ({ratio:.2f}{quartiles})"
 
 
 def format_traffic_results(results: dict) -> str:
@@ -859,14 +877,15 @@ def format_traffic_results(results: dict) -> str:
             for key, _name in METRICS:
                 digits = 1 if key == "gbps" else 0
                 paired = ours[label].get("ratios", {}).get(key)
-                row += [_cell(ours[label][key], base.get(key, 0), digits, paired),
+                spread = ours[label].get("ratioQuartiles", {}).get(key, ())
+                row += [_cell(ours[label][key], base.get(key, 0), digits, paired, spread),
                         _cell(other.get(key, 0), base.get(key, 0), digits)]
             rows.append(row)
     lines = [f"wrk -t1 -c{WRK_CONNECTIONS} (CPU {CLIENT_CPU}) and iperf3 against nginx / iperf3 "
              f"on node2 (CPU {SERVER_CPU}); medians of {results['rounds']} rounds of "
              f"{results['seconds']:g} s; (ratio to pod->pod direct, cni-cilium, same count: "
-             "for cni-cilium the median of per-round ratios, each figure of a path measured "
-             "right after the same figure of direct); "
+             "for cni-cilium the median of per-round ratios [their quartiles], each figure of "
+             "a path measured right after the same figure of direct); "
              "kube-proxy's NodePort/LoadBalancer figures are on the SNAT rows (it masquerades)",
              "| " + " | ".join(rows[0]) + " |",
              "|" + "---|" * len(rows[0])]

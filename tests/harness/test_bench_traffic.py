@@ -146,3 +146,18 @@ def test_an_unpaired_round_records_no_pairs():
     bench, samples = _RecordingBench(), {}
     bench.measure_round([_path(DIRECT, 1000), _path("a", 900)], samples, paired=False)
     assert "pairs" not in samples["a"] and samples["a"]["keepalive"] == [900.0]
+
+
+def test_paired_cells_carry_the_quartiles_of_their_per_round_ratios_from_three_rounds():
+    samples = {DIRECT: _samples([1000] * 5),
+               "client->NodePort (SNAT)": _samples([800, 850, 900, 950, 1000],
+                                                   pairs=[0, 1, 2, 3, 4]),
+               "client->NodePort (DSR)": _samples([900, 900], pairs=[0, 1])}
+    summary = summarise(samples)
+    assert summary["client->NodePort (SNAT)"]["ratioQuartiles"]["conn"] == \
+        pytest.approx([0.85, 0.95])
+    assert summary["client->NodePort (DSR)"]["ratioQuartiles"]["conn"] == []
+    text = format_traffic_results({"counts": [1], "rounds": 5, "seconds": 2.0,
+                                   "cilium": {1: summary}, "kubeProxy": {}})
+    assert "| client->NodePort (SNAT) | 1 | 900 (0.90 [0.85-0.95]) | - |" in text
+    assert "| client->NodePort (DSR) | 1 | 900 (0.90) | - |" in text

@@ -54,6 +54,13 @@ BOOT_TIMEOUT = 60.0
 NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                   "net.ipv4.conf.default.rp_filter": "0", **NO_IPV6}
+# The fabric is a plain L2 switch: bridged frames skip netfilter. With br_netfilter in the
+# kernel (built in, or loaded by anything on the host) every netns starts with these at 1,
+# and each bridged IPv4 packet then pays an IP-level pass (header checks, a per-packet skb
+# extension, the IPv4 hooks) that no switch does; the source guard is an nftables bridge
+# table and needs none of it.
+BRIDGE_NO_NETFILTER = {f"net.bridge.bridge-nf-call-{t}": "0"
+                       for t in ("iptables", "ip6tables", "arptables")}
 SSHD_CONFIG = """\
 # sshd of a cni-harness namespace node (own host key, no PAM, root by key only)
 Port 22
@@ -126,6 +133,8 @@ def build_fabric(plan: ClusterPlan) -> None:
     ip_batch(plan.fabric_netns, ["link set lo up", "link add br0 type bridge",
                                  f"link set br0 address {uplink_mac(ROUTER_IP)}",
                                  "link set br0 up", f"addr add {ROUTER_IP}/24 dev br0"])
+    if os.path.isdir("/proc/sys/net/bridge"):   # no br_netfilter in the kernel: nothing to do
+        sysctl(plan.fabric_netns, BRIDGE_NO_NETFILTER)
 
 
 def _attach(plan: ClusterPlan, port: str, netns: str, bridged: bool = True,

@@ -268,6 +268,14 @@ def test_up_refuses_a_bad_module_config_before_creating_anything(venv_bin, tmp_p
     assert leftovers(LC1) == NOTHING
 
 
+def test_the_fabric_bridges_frames_without_netfilter_like_a_switch(local_cluster):
+    if not os.path.isdir("/proc/sys/net/bridge"):
+        pytest.skip("this kernel has no br_netfilter: bridged frames never meet netfilter")
+    names = [f"net.bridge.bridge-nf-call-{t}" for t in ("iptables", "ip6tables", "arptables")]
+    values = local_cluster.exec("router", ["sysctl", "-n", *names]).stdout.split()
+    assert values == ["0", "0", "0"]
+
+
 def test_client_and_world_reach_the_nodes_over_the_fabric(local_cluster, venv_bin):
     for external in ("client", "world"):
         res = local_cluster.exec(external, ["nc", "-z", "-w", "2", "10.99.0.12", "22"],
