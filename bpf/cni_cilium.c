@@ -95,7 +95,7 @@ static __always_inline int handle_service(struct __sk_buff *skb, struct pkt *p, 
 		return TC_ACT_SHOT;
 	if (origin == FROM_POD && lb_is_hairpin(p, &backend)) {
 		/* The pod would drop a packet from its own address: come from the hairpin one. */
-		if (set_addr(skb, p, 1, htonl(HAIRPIN_ADDR)) < 0)
+		if (set_endpoint(skb, p, 1, htonl(HAIRPIN_ADDR), p->sport) < 0)
 			return TC_ACT_SHOT;
 		return fib_redirect(skb, p, 0);
 	}

@@ -12,7 +12,6 @@
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
-#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
 #define TCP_FLAGS_OFF 13
 #define TCP_CSUM_OFF 16
 #define UDP_CSUM_OFF 6
@@ -97,61 +96,10 @@ static __always_inline u64 l4_csum_flags(const struct pkt *p)
 	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
-/* Rewrite the source (is_src) or destination address, fixing IP and L4 checksums. */
-static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int is_src,
-				    __be32 addr)
-{
-	__be32 old = is_src ? p->saddr : p->daddr;
-
-	if (old == addr)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, addr,
-				BPF_F_PSEUDO_HDR | sizeof(addr) | l4_csum_flags(p)) < 0)
-		return -1;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, addr, sizeof(addr)) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, is_src ? IP_SRC_OFF : IP_DST_OFF, &addr, sizeof(addr), 0) < 0)
-		return -1;
-	if (is_src)
-		p->saddr = addr;
-	else
-		p->daddr = addr;
-	return 0;
-}
-
-static __always_inline int set_port(struct __sk_buff *skb, struct pkt *p, int is_src,
-				    __be16 port)
-{
-	__be16 old = is_src ? p->sport : p->dport;
-
-	if (old == port)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4_csum_off(p), old, port,
-				sizeof(port) | l4_csum_flags(p)) < 0)
-		return -1;
-	if (bpf_skb_store_bytes(skb, p->l4_off + (is_src ? 0 : 2), &port, sizeof(port), 0) < 0)
-		return -1;
-	if (is_src)
-		p->sport = port;
-	else
-		p->dport = port;
-	return 0;
-}
-
-static __always_inline int set_endpoint(struct __sk_buff *skb, struct pkt *p, int is_src,
-					__be32 addr, __be16 port)
-{
-	if (set_addr(skb, p, is_src, addr) < 0 || set_port(skb, p, is_src, port) < 0) {
-		stat_inc(STAT_DROP_REWRITE);
-		return -1;
-	}
-	return 0;
-}
-
-/* Write the tuple of `p` into the packet, which still carries the tuple of `was`: changed
- * addresses with one store, both ports with one checksum update and one store (a NAT of
- * source and destination at once takes seven helper calls, where two set_endpoint take
- * ten). */
+/* Write the tuple of `p` into the packet, which still carries the tuple of `was`, fixing
+ * the IP and L4 checksums: changed addresses with one store, both ports with one checksum
+ * update and one store (a NAT of source and destination at once takes seven helper calls,
+ * where one end at a time took ten). Every rewrite of the datapath goes through here. */
 static __always_inline int pkt_rewrite(struct __sk_buff *skb, const struct pkt *was,
 				       const struct pkt *p)
 {
@@ -186,6 +134,22 @@ static __always_inline int pkt_rewrite(struct __sk_buff *skb, const struct pkt *
 fail:
 	stat_inc(STAT_DROP_REWRITE);
 	return -1;
+}
+
+/* Rewrite the source (is_src) or destination address and port, checksums included. */
+static __always_inline int set_endpoint(struct __sk_buff *skb, struct pkt *p, int is_src,
+					__be32 addr, __be16 port)
+{
+	struct pkt was = *p;
+
+	if (is_src) {
+		p->saddr = addr;
+		p->sport = port;
+	} else {
+		p->daddr = addr;
+		p->dport = port;
+	}
+	return pkt_rewrite(skb, &was, p);
 }
 
 static __always_inline struct node_config *node_config(void)

@@ -36,6 +36,8 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt 
 	ep = tunnel_lookup(p->saddr, p->daddr);  /* VXLAN mode: behind the tunnel */
 	if (ep)
 		return tunnel_redirect(skb, ep);
+	if (mark)
+		skb->mark = mark;   /* only read after a redirect; a drop discards it */
 	fib.family = 2; /* AF_INET */
 	fib.l4_protocol = p->proto;
 	fib.sport = p->sport;
@@ -52,8 +54,6 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt 
 		if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
 			goto drop;
 		stat_inc(STAT_FIB_REDIRECT);
-		if (mark)
-			skb->mark = mark;
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
@@ -61,8 +61,6 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, const struct pkt 
 		 * would read them as non-zero flags and drop the packet; without them every
 		 * kernel routes the packet's destination out of fib.ifindex itself. */
 		stat_inc(STAT_FIB_REDIRECT);
-		if (mark)
-			skb->mark = mark;
 		return redirect_neigh(fib.ifindex, NULL, 0, 0);
 	}
 drop:

@@ -40,3 +40,12 @@ def ipv4_tuple(frame: bytes) -> tuple[str, int, str, int]:
     (as a program left it)."""
     sport, dport = struct.unpack_from("!HH", frame, 34)
     return ip_str(frame[26:30]), sport, ip_str(frame[30:34]), dport
+
+
+def checksums_verify(frame: bytes) -> bool:
+    """Whether a TCP frame's IPv4 header and TCP checksums both verify (any header length:
+    a program may have added IP options)."""
+    ihl = (frame[14] & 0x0F) * 4
+    ip, tcp = frame[14:14 + ihl], frame[14 + ihl:]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
+    return checksum(ip) == 0 and checksum(pseudo + tcp) == 0

@@ -25,7 +25,14 @@ from cni_cilium.bpfabi import (
 from cni_cilium.config import settings_from_mapping
 from cni_cilium.datapath import loader
 from cni_cilium.datapath.bpfsys import prog_test_run, prog_test_run_skb
-from cni_cilium.datapath.frames import TCP_ACK, TCP_FIN, TCP_SYN, checksum, ipv4_tuple, tcp_frame
+from cni_cilium.datapath.frames import (
+    TCP_ACK,
+    TCP_FIN,
+    TCP_SYN,
+    checksums_verify,
+    ipv4_tuple,
+    tcp_frame,
+)
 from cni_cilium.datapath.writer import write_ops
 from cni_cilium.manifests import Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 from cni_cilium.translate import DEFAULT_NAT_PORTS, DesiredState, diff_maps, translate
@@ -217,14 +224,6 @@ def test_program_runs_count_each_packet_and_its_time_while_stats_are_on(datapath
     assert after["from_netdev"]["runCount"] - before["from_netdev"]["runCount"] == 10
     assert after["from_netdev"]["runTimeNs"] > before["from_netdev"]["runTimeNs"]
     assert after["to_container"]["runCount"] == before["to_container"]["runCount"]
-
-
-def checksums_verify(frame: bytes) -> bool:
-    """Whether a TCP frame's IPv4 header and TCP checksums both verify."""
-    ihl = (frame[14] & 0x0F) * 4
-    ip, tcp = frame[14:14 + ihl], frame[14 + ihl:]
-    pseudo = ip[12:20] + bytes((0, 6)) + len(tcp).to_bytes(2, "big")
-    return checksum(ip) == 0 and checksum(pseudo + tcp) == 0
 
 
 def test_snat_rewrites_both_ends_of_a_request_and_of_its_reply_with_valid_checksums(datapath):
